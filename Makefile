@@ -1,0 +1,38 @@
+# tff_fl: every target bootstraps .venv with the pinned stack first (see BUILD_NOTES.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TFF_VERSION := 0.87.0
+# Tests and runs must never inherit a random thread layout; see BUILD_NOTES.md.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: venv run test data benchmark clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements/lock.txt requirements/constraints.txt requirements/nodeps.txt setup.cfg
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip==23.2.1" "setuptools==68.2.2"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -r requirements/lock.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check || true
+	$(PY) -c "import tensorflow_federated as t, numpy, scipy; assert t.__version__ == '$(TFF_VERSION)'; assert numpy.__version__ == '1.25.2'; assert scipy.__version__ == '1.9.3'"
+	touch $(STAMP)
+
+run: venv
+	$(PY) -m experiments.train --flagfile=experiments/configs/default.flags
+
+test: venv
+	$(PY) -m pytest -q tests
+
+data: venv
+	bash experiments/fetch_data.sh
+
+benchmark: venv
+	$(PY) -m experiments.benchmark
+
+clean:
+	rm -rf $(VENV) build *.egg-info
