@@ -1,0 +1,121 @@
+"""Client-level DP aggregators: stock `tff.aggregators` factories chosen from flag values.
+
+All noise comes from tensorflow-privacy DP queries inside TFF's `DifferentiallyPrivateFactory`:
+
+* `fixed`: `DifferentiallyPrivateFactory.gaussian_fixed` -- clip each client update to L2 norm `clip_norm`,
+  sum, add N(0, (noise_multiplier * clip_norm)^2), divide by the *expected* cohort size.
+* `adaptive`: `DifferentiallyPrivateFactory.gaussian_adaptive` -- as `fixed`, but the clip norm starts at
+  `clip_norm` and follows the `target_unclipped_quantile` of update norms (Andrew et al. 2021, geometric
+  update). `noise_multiplier` is the total (value + clipped-count) noise multiplier.
+* `tree`: `DifferentiallyPrivateFactory.tree_aggregation` -- DP-FTRL's tree-aggregated noise (Kairouz et al.
+  2021); each round releases the residual of the noised prefix sums. Pair it with a plain SGD server optimizer.
+
+With `secure_bits`, `fixed`/`adaptive` run as distributed DP (TFF's `distributed_dp.DistributedDpSumFactory`:
+rotation, scaling, randomized rounding and discrete Gaussian noise shares added on clients, then a
+`secure_bits`-bit secure modular sum; the cohort count goes through `SecureSumFactory`), which is how TFF composes
+DP with secure aggregation. The noised records are only ever summed through the secure sum intrinsics. Its
+privacy is accounted as a Gaussian with `noise_multiplier` (an approximation: rounding inflates the sensitivity
+slightly and dp-accounting 0.4.3 has no discrete-Gaussian event).
+"""
+
+from collections.abc import Callable
+from typing import Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+DP_MODES = ('none', 'fixed', 'adaptive', 'tree')
+# TFF's DistributedDpSumFactory keeps its integers in float32, so it caps the secure-sum width at 22 bits.
+MAX_SECURE_BITS = 22
+
+
+def model_trainable_specs(model_fn: Callable[[], tff.learning.models.VariableModel]) -> list[tf.TensorSpec]:
+  """`tf.TensorSpec`s of the trainable weights (the `record_specs` that `dp='tree'` needs)."""
+  with tf.Graph().as_default():
+    weights_type = tff.learning.models.weights_type_from_model(model_fn())
+  return list(tff.types.type_to_tf_tensor_specs(weights_type.trainable))
+
+
+def _check_positive(value, name):
+  if not isinstance(value, (int, float)) or not value > 0:
+    raise ValueError(f'{name} must be a positive number, got {value!r}.')
+
+
+def _check_args(dp, noise_multiplier, clip_norm, clients_per_round, target_unclipped_quantile, secure_bits):
+  if dp not in DP_MODES:
+    raise ValueError(f'dp must be one of {"|".join(DP_MODES)}, got {dp!r}.')
+  if not isinstance(noise_multiplier, (int, float)) or not noise_multiplier >= 0:
+    raise ValueError(f'noise_multiplier must be a non-negative number, got {noise_multiplier!r}.')
+  _check_positive(clip_norm, 'clip_norm')
+  _check_positive(clients_per_round, 'clients_per_round')
+  if not 0.0 <= target_unclipped_quantile <= 1.0:
+    raise ValueError(f'target_unclipped_quantile must be in [0, 1], got {target_unclipped_quantile!r}.')
+  if dp == 'adaptive' and noise_multiplier >= 0.1 * clients_per_round:
+    raise ValueError(f'noise_multiplier must be < 0.1 * clients_per_round = {0.1 * clients_per_round:g} for '
+                     f'dp=adaptive (TFF adds clipped-count noise of stddev 0.05 * cohort), got {noise_multiplier}.')
+  if secure_bits is not None:
+    if dp not in ('fixed', 'adaptive'):
+      raise ValueError(f'secure_bits composes only with dp=fixed|adaptive (distributed DP), got dp={dp!r}.')
+    if not isinstance(secure_bits, int) or not 1 <= secure_bits <= MAX_SECURE_BITS:
+      raise ValueError(f'secure_bits must be an integer in [1, {MAX_SECURE_BITS}], got {secure_bits!r}.')
+    if int(clients_per_round) != clients_per_round:
+      raise ValueError(f'clients_per_round must be a whole number with secure_bits, got {clients_per_round!r}.')
+
+
+def build_secure_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clients_per_round: int,
+                               bits: int, target_unclipped_quantile: float = 0.5,
+                               clip_learning_rate: float = 0.2) -> tff.aggregators.UnweightedAggregationFactory:
+  """Distributed DP (discrete Gaussian shares) + `bits`-bit secure sum, averaged over the securely summed count."""
+  _check_args(dp, noise_multiplier, clip_norm, clients_per_round, target_unclipped_quantile, bits)
+  ddp_sum = tff.aggregators.distributed_dp.DistributedDpSumFactory(
+      noise_multiplier=float(noise_multiplier),
+      expected_clients_per_round=int(clients_per_round),
+      bits=bits,
+      l2_clip=float(clip_norm),
+      mechanism='distributed_dgauss',
+      rotation_type='hd',
+      auto_l2_clip=(dp == 'adaptive'),
+      auto_l2_target_quantile=float(target_unclipped_quantile),
+      auto_l2_lr=float(clip_learning_rate))
+  return tff.aggregators.UnweightedMeanFactory(
+      value_sum_factory=ddp_sum,
+      count_sum_factory=tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0))
+
+
+def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clients_per_round: float,
+                        target_unclipped_quantile: float = 0.5, *, clip_learning_rate: float = 0.2,
+                        record_specs: Optional[list[tf.TensorSpec]] = None, secure_bits: Optional[int] = None,
+                        noise_seed: Optional[int] = None) -> Optional[tff.aggregators.UnweightedAggregationFactory]:
+  """The model-update aggregator for `--dp`; None for `dp='none'` (use the algorithm's default).
+
+  Args:
+    dp: 'none' | 'fixed' | 'adaptive' | 'tree'.
+    noise_multiplier: noise stddev / clip norm (>= 0; 0 means clipping only).
+    clip_norm: L2 clip norm (initial clip norm for 'adaptive').
+    clients_per_round: expected cohort size (the sampler's `expected_clients_per_round`).
+    target_unclipped_quantile: 'adaptive' only: fraction of updates the clip norm should leave unclipped.
+    clip_learning_rate: 'adaptive' only: geometric learning rate of the clip norm.
+    record_specs: 'tree' only: specs of the aggregated value, e.g. `model_trainable_specs(model_fn)`.
+    secure_bits: if set, run 'fixed'/'adaptive' as distributed DP over a `secure_bits`-bit secure sum.
+    noise_seed: 'tree' only: seed of the tree noise (None: nondeterministic).
+
+  Returns:
+    An unweighted aggregation factory producing a (noised) mean, or None.
+  """
+  _check_args(dp, noise_multiplier, clip_norm, clients_per_round, target_unclipped_quantile, secure_bits)
+  z, clip, cohort = float(noise_multiplier), float(clip_norm), float(clients_per_round)
+  if dp == 'none':
+    return None
+  if secure_bits is not None:
+    return build_secure_dp_aggregator(dp, z, clip, int(cohort), secure_bits, target_unclipped_quantile,
+                                      clip_learning_rate)
+  if dp == 'fixed':
+    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(z, cohort, clip)
+  if dp == 'adaptive':
+    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+        z, cohort, initial_l2_norm_clip=clip, target_unclipped_quantile=float(target_unclipped_quantile),
+        learning_rate=float(clip_learning_rate))
+  if not record_specs:
+    raise ValueError('record_specs is required for dp=tree; pass model_trainable_specs(model_fn).')
+  return tff.aggregators.DifferentiallyPrivateFactory.tree_aggregation(
+      z, cohort, clip, record_specs, noise_seed=noise_seed)

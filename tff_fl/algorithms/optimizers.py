@@ -1,0 +1,37 @@
+"""Client and server optimizers by name, as `tff.learning.optimizers.Optimizer` (the FedOpt family).
+
+`sgd` is plain SGD; `momentum` is SGD with heavy-ball momentum (FedAvgM on the server); `adam`, `yogi` and `adagrad`
+are the adaptive server optimizers of Reddi et al. (2021), whose `epsilon` is the paper's tau.
+"""
+
+import tensorflow_federated as tff
+
+OPTIMIZERS = ('sgd', 'momentum', 'adam', 'yogi', 'adagrad')
+
+
+def build_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9, beta_1: float = 0.9,
+                    beta_2: float = 0.99, epsilon: float = 1e-3, initial_accumulator_value: float = 0.1,
+                    flag_prefix: str = '') -> tff.learning.optimizers.Optimizer:
+  """Returns the named optimizer; errors name the flag (`--{flag_prefix}_optimizer`, ...)."""
+  opt_flag = f'--{flag_prefix}_optimizer' if flag_prefix else 'optimizer'
+  lr_flag = f'--{flag_prefix}_learning_rate' if flag_prefix else 'learning_rate'
+  if name not in OPTIMIZERS:
+    raise ValueError(f"{opt_flag} must be one of {', '.join(OPTIMIZERS)}; got '{name}'.")
+  if not learning_rate > 0:
+    raise ValueError(f'{lr_flag} must be > 0; got {learning_rate}.')
+  if name == 'sgd':
+    return tff.learning.optimizers.build_sgdm(learning_rate=learning_rate)
+  if name == 'momentum':
+    if not 0 <= momentum < 1:
+      raise ValueError(f'--{flag_prefix}_momentum must be in [0, 1); got {momentum}.')
+    return tff.learning.optimizers.build_sgdm(learning_rate=learning_rate, momentum=momentum)
+  if not epsilon > 0:
+    raise ValueError(f'--{flag_prefix}_epsilon must be > 0; got {epsilon}.')
+  if name == 'adagrad':
+    return tff.learning.optimizers.build_adagrad(
+        learning_rate=learning_rate, initial_preconditioner_value=initial_accumulator_value,
+        epsilon=epsilon)
+  if not (0 <= beta_1 < 1 and 0 <= beta_2 < 1):
+    raise ValueError(f'--{flag_prefix}_beta_1 and --{flag_prefix}_beta_2 must be in [0, 1); got {beta_1}, {beta_2}.')
+  builder = tff.learning.optimizers.build_adam if name == 'adam' else tff.learning.optimizers.build_yogi
+  return builder(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)

@@ -1,0 +1,123 @@
+"""Experiment outputs under `<root_output_dir>/<experiment_name>/`: hparams.json, metrics.csv (one row per round,
+columns the union of all rounds' keys), TensorBoard events (tb/), summary.json, and the checkpoints/ directory.
+Every file is replaced atomically, so a kill never leaves a torn file; on resume the rows after the restored round
+are dropped, so metrics.csv always describes exactly the rounds the model has seen.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tff_fl.simulation import checkpoint
+
+
+def prepare_output_dir(root_output_dir: str, experiment_name: str) -> str:
+  """Returns the experiment directory, created if needed; a path that is a file gives a one-line error."""
+  if not experiment_name or os.sep in experiment_name:
+    raise ValueError(f"--experiment_name must be a non-empty name without '{os.sep}'; got '{experiment_name}'.")
+  for path, flag in ((root_output_dir, '--root_output_dir'), (os.path.join(root_output_dir, experiment_name),
+                                                               '--experiment_name')):
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise ValueError(f'{flag}: {path} exists and is not a directory; choose another path.')
+  exp_dir = os.path.join(root_output_dir, experiment_name)
+  try:
+    os.makedirs(exp_dir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'--root_output_dir: cannot create {exp_dir}: {e.strerror}.') from e
+  return exp_dir
+
+
+def to_scalar(value) -> Any:
+  """Python scalar for CSV/JSON, or None for non-scalars."""
+  arr = np.asarray(value)
+  if arr.ndim != 0 or arr.dtype.kind not in 'biuf':
+    return None
+  return arr.item()
+
+
+def flatten_metrics(metrics, prefix: str = '') -> dict[str, Any]:
+  """Nested OrderedDicts of measurements -> {'a/b/c': scalar}, skipping non-scalar leaves."""
+  flat = {}
+  items = metrics.items() if hasattr(metrics, 'items') else (
+      enumerate(metrics) if isinstance(metrics, (list, tuple)) else None)
+  if items is None:
+    scalar = to_scalar(metrics)
+    if scalar is not None:
+      flat[prefix.rstrip('/')] = scalar
+    return flat
+  for key, value in items:
+    flat.update(flatten_metrics(value, f'{prefix}{key}/'))
+  return flat
+
+
+class ExperimentOutputs:
+  """Writes the experiment's files. `rows` is the in-memory metrics table (list of dicts, one per round)."""
+
+  def __init__(self, exp_dir: str):
+    self.exp_dir = exp_dir
+    self.metrics_path = os.path.join(exp_dir, 'metrics.csv')
+    self.rows: list[dict[str, Any]] = []
+    self._tb = None
+
+  def write_json(self, name: str, obj) -> None:
+    data = json.dumps(obj, indent=1, sort_keys=False, default=_json_default).encode()
+    checkpoint._atomic_write_bytes(os.path.join(self.exp_dir, name), data)  # pylint: disable=protected-access
+
+  def load_rows(self, upto_round: Optional[int]) -> None:
+    """Keeps the rows of rounds <= `upto_round` from an earlier run (none if `upto_round` is None)."""
+    self.rows = []
+    if upto_round is None or not os.path.exists(self.metrics_path):
+      return
+    with open(self.metrics_path, newline='') as f:
+      for row in csv.DictReader(f):
+        if int(row['round']) <= upto_round:
+          self.rows.append({k: _parse(v) for k, v in row.items() if v != ''})
+
+  def add_row(self, row: dict[str, Any]) -> None:
+    self.rows.append(row)
+    columns = []
+    for r in self.rows:
+      columns.extend(k for k in r if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval='', lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(self.rows)
+    checkpoint._atomic_write_bytes(self.metrics_path, buf.getvalue().encode())  # pylint: disable=protected-access
+    self._write_tensorboard(row)
+
+  def _write_tensorboard(self, row: dict[str, Any]) -> None:
+    if self._tb is None:
+      self._tb = tf.summary.create_file_writer(os.path.join(self.exp_dir, 'tb'))
+    with self._tb.as_default():
+      for key, value in row.items():
+        if key != 'round' and isinstance(value, (int, float)) and math.isfinite(value):
+          tf.summary.scalar(key, value, step=int(row['round']))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _parse(text: str):
+  try:
+    return int(text)
+  except ValueError:
+    try:
+      return float(text)
+    except ValueError:
+      return text
+
+
+def _json_default(obj):
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  return str(obj)

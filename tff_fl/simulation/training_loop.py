@@ -1,0 +1,166 @@
+"""The one training loop: sample cohort ► run round ► evaluate ► release metrics ► checkpoint.
+
+Resumes from the newest checkpoint in `<exp_dir>/checkpoints` (refusing one written by another configuration); the
+cohort and client data order of a round depend only on (seed, round, client), so a resumed run reproduces an
+uninterrupted one. Components extend the loop through hooks (see `RoundHook`) rather than copies of it.
+"""
+
+import collections
+import dataclasses
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow_federated as tff
+
+from tff_fl import tasks as tasks_lib
+from tff_fl.simulation import checkpoint as checkpoint_lib
+from tff_fl.simulation import evaluation
+from tff_fl.simulation import outputs as outputs_lib
+from tff_fl.simulation import sampling
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  total_rounds: int = 10
+  clients_per_round: int = 10
+  client_epochs_per_round: int = 1
+  client_batch_size: int = 10
+  rounds_per_eval: int = 1
+  rounds_per_checkpoint: int = 1
+  seed: int = 0
+
+  def validate(self) -> None:
+    for name in ('total_rounds', 'clients_per_round', 'client_epochs_per_round', 'client_batch_size',
+                 'rounds_per_eval', 'rounds_per_checkpoint'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'--{name} must be >= 1; got {getattr(self, name)}.')
+
+
+class RoundHook:
+  """Extension point of the loop; every method is optional to override.
+
+  `stop_before(round_num)` returns a reason to stop before running that round (e.g. a privacy budget), or None.
+  `after_round(round_num, output, row)` adds columns to the round's metrics row.
+  `checkpoint_arrays()` / `restore_arrays(arrays)` save and restore the hook's own state with each checkpoint.
+  """
+  name = 'hook'
+
+  def stop_before(self, round_num: int) -> Optional[str]:
+    del round_num
+    return None
+
+  def after_round(self, round_num: int, output, row: dict[str, Any]) -> None:
+    del round_num, output, row
+
+  def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+    return {}
+
+  def restore_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+    del arrays
+
+  def summary(self) -> dict[str, Any]:
+    return {}
+
+
+def default_client_inputs(task: tasks_lib.Task, cfg: LoopConfig) -> Callable[[int, Sequence[str]], list]:
+  def client_inputs(round_num: int, client_ids: Sequence[str]) -> list:
+    return [task.train_dataset(cid, epochs=cfg.client_epochs_per_round, batch_size=cfg.client_batch_size,
+                               seed=cfg.seed, round_num=round_num) for cid in client_ids]
+  return client_inputs
+
+
+def run_training(process: tff.learning.templates.LearningProcess, task: tasks_lib.Task, cfg: LoopConfig,
+                 exp_dir: str, hparams: dict[str, Any], *, fingerprint: Optional[dict[str, Any]] = None,
+                 sampler=None, client_inputs_fn=None, hooks: Sequence[RoundHook] = (),
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs (or resumes) training; returns the summary also written to `summary.json`."""
+  cfg.validate()
+  sampler = sampler or sampling.UniformSampler(task.client_ids, cfg.clients_per_round, cfg.seed)
+  client_inputs_fn = client_inputs_fn or default_client_inputs(task, cfg)
+  outputs = outputs_lib.ExperimentOutputs(exp_dir)
+  ckpt = checkpoint_lib.CheckpointManager(f'{exp_dir}/checkpoints', fingerprint if fingerprint is not None
+                                          else {k: v for k, v in hparams.items() if k != 'total_rounds'})
+  ckpt.check_config()
+  outputs.write_json('hparams.json', hparams)
+
+  state = process.initialize()
+  start_round = ckpt.latest_round()
+  if start_round is None:
+    state = process.set_model_weights(state, task.initial_weights(cfg.seed))
+    start_round = 0
+  else:
+    start_round, state, extras = ckpt.restore(state)
+    for hook in hooks:
+      hook.restore_arrays({k[len(hook.name) + 1:]: v for k, v in extras.items() if k.startswith(hook.name + '/')})
+    log(f'Resumed from checkpoint at round {start_round}.')
+  outputs.load_rows(start_round if start_round > 0 else None)
+
+  eval_fn = evaluation.build_per_client_eval(task.model_fn)
+  eval_data = [task.eval_dataset(cid) for cid in task.client_ids]
+  last_eval, evaluated_round, stop_reason = None, None, 'completed'
+
+  def evaluate():
+    results = eval_fn(process.get_model_weights(state), eval_data)
+    return evaluation.summarize(task.client_ids, results)
+
+  def save(round_num):
+    extras = {}
+    for hook in hooks:
+      extras.update({f'{hook.name}/{k}': v for k, v in hook.checkpoint_arrays().items()})
+    ckpt.save(round_num, state, extras)
+
+  start_time = time.time()
+  round_num = start_round
+  for round_num in range(start_round + 1, cfg.total_rounds + 1):
+    reason = next((r for r in (h.stop_before(round_num) for h in hooks) if r), None)
+    if reason:
+      stop_reason = reason
+      round_num -= 1
+      log(f'Stopping before round {round_num + 1}: {reason}')
+      break
+    t0 = time.time()
+    cohort = sampler.sample(round_num)
+    output = process.next(state, client_inputs_fn(round_num, cohort))
+    state = output.state
+    train = output.metrics['client_work']['train']
+    row = collections.OrderedDict(round=round_num, round_seconds=0.0, clients=len(cohort),
+                                  train_loss=outputs_lib.to_scalar(train['loss']),
+                                  train_accuracy=outputs_lib.to_scalar(train.get('sparse_categorical_accuracy')))
+    row.update(outputs_lib.flatten_metrics(output.metrics))
+    for hook in hooks:
+      hook.after_round(round_num, output, row)
+    row['round_seconds'] = time.time() - t0
+    if round_num % cfg.rounds_per_eval == 0 or round_num == cfg.total_rounds:
+      last_eval, evaluated_round = evaluate(), round_num
+      row.update((k, v) for k, v in last_eval.items() if k != 'per_client_accuracy')
+    outputs.add_row(row)
+    if round_num % cfg.rounds_per_checkpoint == 0 or round_num == cfg.total_rounds:
+      save(round_num)
+    log(_progress_line(row, cfg.total_rounds))
+
+  if evaluated_round != round_num:
+    last_eval = evaluate()  # Resumed at the end, or stopped early: evaluate the model we release.
+  if stop_reason != 'completed':
+    save(round_num)
+  summary = collections.OrderedDict(rounds_completed=round_num, stop_reason=stop_reason)
+  summary.update(last_eval)
+  summary['train_seconds_this_run'] = time.time() - start_time
+  for hook in hooks:
+    summary.update(hook.summary())
+  summary['hparams'] = hparams
+  outputs.write_json('summary.json', summary)
+  outputs.close()
+  log(f"Done: {round_num} rounds, eval accuracy {summary['eval_accuracy']:.4f} (per-client p10 "
+      f"{summary['client_accuracy_p10']:.3f}, median {summary['client_accuracy_p50']:.3f}), eval loss "
+      f"{summary['eval_loss']:.4f}. Outputs in {exp_dir}")
+  return summary
+
+
+def _progress_line(row, total_rounds) -> str:
+  parts = [f"round {row['round']:4d}/{total_rounds}", f"train_loss {row['train_loss']:.4f}"]
+  if 'eval_accuracy' in row:
+    parts.append(f"eval_accuracy {row['eval_accuracy']:.4f}")
+  parts.append(f"{row['round_seconds']:.2f}s")
+  return '  '.join(parts)

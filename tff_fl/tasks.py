@@ -1,0 +1,120 @@
+"""Named tasks: client data + model + per-round client datasets + evaluation data.
+
+A `Task` owns `FederatedArrays` (per-client numpy train/test splits) and a Keras builder. Client datasets are built
+from in-memory tensors each round: shuffled with a seed derived from (seed, round, client), repeated for the local
+epochs, batched. Adding a task = one builder function registered in `TASK_BUILDERS`.
+"""
+
+import collections
+import dataclasses
+import zlib
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fl.data import client_data as client_data_lib
+from tff_fl.data import partition as partition_lib
+from tff_fl.data import sources
+from tff_fl.data import synthetic
+from tff_fl.models import keras_models
+
+
+@dataclasses.dataclass
+class Task:
+  """Data and model of one experiment. Invariant: every client has >= 1 training example."""
+  name: str
+  data: client_data_lib.FederatedArrays
+  model_name: str
+  input_shape: tuple
+  num_classes: int
+
+  def keras_model(self) -> tf.keras.Model:
+    return keras_models.get_builder(self.model_name)(self.input_shape, self.num_classes)
+
+  @property
+  def element_spec(self) -> collections.OrderedDict:
+    return self.data.element_spec
+
+  @property
+  def model_fn(self) -> Callable[[], tff.learning.models.VariableModel]:
+    return keras_models.build_tff_model_fn(self.keras_model, self.element_spec)
+
+  @property
+  def client_ids(self) -> list[str]:
+    return self.data.client_ids
+
+  def initial_weights(self, seed: int) -> tff.learning.models.ModelWeights:
+    """Seeded Keras initialisation, so a run's starting point depends only on `seed`."""
+    tf.keras.utils.set_random_seed(seed)
+    model = self.keras_model()
+    return tff.learning.models.ModelWeights(
+        trainable=[v.numpy() for v in model.trainable_weights],
+        non_trainable=[v.numpy() for v in model.non_trainable_weights])
+
+  def train_dataset(self, client_id: str, *, epochs: int, batch_size: int, seed: int, round_num: int,
+                    max_examples: Optional[int] = None) -> tf.data.Dataset:
+    """Client's training data: shuffled each epoch (seed from (seed, round, client)), `epochs` passes, batched."""
+    x, y = self.data.train[client_id]
+    if max_examples is not None:
+      x, y = x[:max_examples], y[:max_examples]
+    ds = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y))
+    shuffle_seed = derived_seed(seed, round_num, client_id)
+    ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.repeat(epochs).batch(batch_size)
+
+  def eval_dataset(self, client_id: str, split: str = 'test', batch_size: int = 256) -> tf.data.Dataset:
+    x, y = (self.data.test if split == 'test' else self.data.train)[client_id]
+    return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(batch_size)
+
+
+def derived_seed(seed: int, round_num: int, client_id: str) -> int:
+  """A 31-bit seed that depends only on (seed, round, client id): stable across processes and resumes."""
+  return zlib.crc32(f'{seed}/{round_num}/{client_id}'.encode()) & 0x7FFFFFFF
+
+
+def _digits(cfg) -> Task:
+  data = sources.load_digits()
+  ids, parts = partition_lib.partition(cfg.partition, data, cfg.num_clients, cfg.seed,
+                                       dirichlet_alpha=cfg.dirichlet_alpha, shards_per_client=cfg.shards_per_client)
+  fed = client_data_lib.from_partition(data, ids, parts, test_fraction=cfg.test_fraction, seed=cfg.seed)
+  return Task('digits', fed, cfg.model, tuple(data.x.shape[1:]), data.num_classes)
+
+
+def _synthetic(cfg) -> Task:
+  if cfg.model == 'cnn':
+    raise ValueError("--model=cnn needs image data; --task=synthetic allows --model=logreg or 2nn.")
+  fed = synthetic.synthetic_fedprox(cfg.synthetic_alpha, cfg.synthetic_beta, iid=cfg.synthetic_iid,
+                                    num_clients=cfg.num_clients, seed=cfg.seed)
+  return Task('synthetic', fed, cfg.model, tuple(fed.element_spec['x'].shape), fed.num_classes)
+
+
+@dataclasses.dataclass
+class TaskConfig:
+  """Flag values that define a task (see experiments/flag_groups.py)."""
+  task: str = 'digits'
+  model: str = 'logreg'
+  num_clients: int = 20
+  partition: str = 'dirichlet'
+  dirichlet_alpha: float = 0.5
+  shards_per_client: int = 2
+  test_fraction: float = 0.2
+  synthetic_alpha: float = 1.0
+  synthetic_beta: float = 1.0
+  synthetic_iid: bool = False
+  seed: int = 0
+
+
+TASK_BUILDERS: dict[str, Callable[[TaskConfig], Task]] = collections.OrderedDict(digits=_digits, synthetic=_synthetic)
+
+
+def build_task(cfg: TaskConfig) -> Task:
+  if cfg.task not in TASK_BUILDERS:
+    raise ValueError(f"--task must be one of {', '.join(TASK_BUILDERS)}; got '{cfg.task}'.")
+  keras_models.get_builder(cfg.model)  # Validates --model early.
+  if cfg.num_clients < 1:
+    raise ValueError(f'--num_clients must be >= 1; got {cfg.num_clients}.')
+  if not 0.0 <= cfg.test_fraction < 1.0:
+    raise ValueError(f'--test_fraction must be in [0, 1); got {cfg.test_fraction}.')
+  return TASK_BUILDERS[cfg.task](cfg)
