@@ -17,6 +17,8 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
+from experiments import components
+from experiments import experiment as experiment_lib
 from experiments import flag_groups
 from tff_fl import tasks as tasks_lib
 from tff_fl.algorithms import builders
@@ -40,7 +42,7 @@ _TASK_HELP = {
     'seed': 'seed of data split, initial model, cohort sampling and shuffling',
 }
 _ALGO_HELP = {
-    'algorithm': f"algorithm: {', '.join(builders.ALGORITHMS)}",
+    'algorithm': 'algorithm: fedavg, fedprox, fedsgd, and those registered by components',
     'mu': 'FedProx proximal coefficient (--algorithm=fedprox)',
     'client_weighting': 'weight of a client update: num_examples or uniform',
 }
@@ -60,13 +62,16 @@ flag_groups.define_optimizer_flags('server', 'sgd', 1.0)
 flag_groups.define_dataclass_flags(training_loop.LoopConfig, _LOOP_HELP)
 flag_groups.define_flag('string', 'root_output_dir', '/tmp/tff_fl', 'root of experiment output directories')
 flag_groups.define_flag('string', 'experiment_name', 'default', 'experiment directory under --root_output_dir')
+_COMPONENTS = components.modules()
+for _component in _COMPONENTS:
+  _component.define_flags()
 
 # Flags that do not change what the model sees; a checkpoint may be resumed with other values of these.
 _RESUMABLE_FLAGS = ('total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'root_output_dir', 'experiment_name')
 
 
-def build_experiment():
-  """Validates flags and builds (task, process, loop config, exp dir); raises ValueError on bad input."""
+def build_experiment() -> experiment_lib.Experiment:
+  """Validates flags and builds the experiment (task, components, process); raises ValueError on bad input."""
   task_cfg = flag_groups.from_flags(tasks_lib.TaskConfig)
   algo_cfg = flag_groups.from_flags(builders.AlgorithmConfig)
   loop_cfg = flag_groups.from_flags(training_loop.LoopConfig)
@@ -78,9 +83,12 @@ def build_experiment():
     raise ValueError(f'--clients_per_round must be <= --num_clients ({task_cfg.num_clients}); '
                      f'got {loop_cfg.clients_per_round}.')
   exp_dir = outputs_lib.prepare_output_dir(FLAGS.root_output_dir, FLAGS.experiment_name)
-  task = tasks_lib.build_task(task_cfg)
-  process = builders.build_process(algo_cfg, task.model_fn, client_opt, server_opt)
-  return task, process, loop_cfg, exp_dir
+  exp = experiment_lib.Experiment(tasks_lib.build_task(task_cfg), task_cfg, algo_cfg, loop_cfg, client_opt,
+                                  server_opt, exp_dir)
+  for component in _COMPONENTS:
+    component.configure(exp)
+  exp.build_process()
+  return exp
 
 
 def main(argv):
@@ -90,10 +98,11 @@ def main(argv):
   hparams = flag_groups.hparams()
   fingerprint = {k: v for k, v in hparams.items() if k not in _RESUMABLE_FLAGS}
   try:
-    task, process, loop_cfg, exp_dir = build_experiment()
-    print(f'Task {task.name}: {len(task.client_ids)} clients, model {task.model_name}; '
-          f'algorithm {FLAGS.algorithm}; output {exp_dir}', flush=True)
-    training_loop.run_training(process, task, loop_cfg, exp_dir, hparams, fingerprint=fingerprint,
+    exp = build_experiment()
+    print(f'Task {exp.task.name}: {len(exp.task.client_ids)} clients, model {exp.task.model_name}; '
+          f'algorithm {FLAGS.algorithm}; output {exp.exp_dir}', flush=True)
+    training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams, fingerprint=fingerprint,
+                               sampler=exp.sampler, client_inputs_fn=exp.client_inputs_fn, hooks=exp.hooks,
                                log=lambda line: print(line, flush=True))
   except ValueError as e:
     sys.stderr.write(f'error: {e}\n')

@@ -92,8 +92,9 @@ def test_per_example_clipping_matches_numpy_reference_and_bounds_contributions()
   np.testing.assert_allclose(update / lr, expected, atol=1e-6)
   # Each example contributes at most clip / B, so the step is at most lr * clip.
   assert np.linalg.norm(update) <= lr * clip + 1e-7
-  # One outlier example alone moves the weights by exactly lr * clip.
-  (single,), _ = _updates(dp, [_dataset(x[:1] * 100.0, y[:1], batch_size=1)], weights)
+  # The example with the largest gradient, alone, moves the weights by exactly lr * clip.
+  i = int(np.argmax(norms))
+  (single,), _ = _updates(dp, [_dataset(x[i:i + 1], y[i:i + 1], batch_size=1)], weights)
   assert np.linalg.norm(single) == pytest.approx(lr * clip, rel=1e-5)
 
 

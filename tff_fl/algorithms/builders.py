@@ -1,20 +1,31 @@
-"""Named algorithms for the binary: name -> learning process built from components.
+"""Algorithm registry for the binary: name -> builder of a learning process from an `Experiment`.
 
-`fedavg` (McMahan et al. 2017; with a non-SGD server optimizer it is FedOpt, Reddi et al. 2021), `fedprox` (Li et al.
-2020, needs mu > 0), `fedsgd` (one full-batch gradient per client per round).
+Built in: `fedavg` (McMahan et al. 2017; with a non-SGD server optimizer it is FedOpt, Reddi et al. 2021),
+`fedprox` (Li et al. 2020, needs mu > 0), `fedsgd` (one full-batch gradient per client per round). Other modules
+add theirs with `register(name, builder)`; a builder takes the experiment (task, configs, optimizers, aggregator).
 """
 
+import collections
 import dataclasses
-from typing import Optional
+from typing import Callable
 
 import tensorflow_federated as tff
 
 from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import fed_sgd
 
-ALGORITHMS = ('fedavg', 'fedprox', 'fedsgd')
 WEIGHTINGS = {'num_examples': tff.learning.ClientWeighting.NUM_EXAMPLES,
               'uniform': tff.learning.ClientWeighting.UNIFORM}
+_BUILDERS: dict[str, Callable] = collections.OrderedDict()
+
+
+def register(name: str, builder: Callable) -> None:
+  """Registers `builder(experiment) -> tff.learning.templates.LearningProcess` (or IterativeProcess) as `name`."""
+  _BUILDERS[name] = builder
+
+
+def algorithms() -> tuple:
+  return tuple(_BUILDERS)
 
 
 @dataclasses.dataclass
@@ -24,24 +35,35 @@ class AlgorithmConfig:
   client_weighting: str = 'num_examples'
 
   def validate(self) -> None:
-    if self.algorithm not in ALGORITHMS:
-      raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}; got '{self.algorithm}'.")
+    if self.algorithm not in _BUILDERS:
+      raise ValueError(f"--algorithm must be one of {', '.join(_BUILDERS)}; got '{self.algorithm}'.")
     if self.client_weighting not in WEIGHTINGS:
       raise ValueError(f"--client_weighting must be one of {', '.join(WEIGHTINGS)}; got '{self.client_weighting}'.")
     if self.mu < 0:
       raise ValueError(f'--mu must be >= 0; got {self.mu}.')
     if self.algorithm == 'fedprox' and self.mu == 0:
       raise ValueError('--algorithm=fedprox needs --mu > 0 (mu = 0 is plain fedavg).')
-    if self.algorithm != 'fedprox' and self.mu != 0:
+    if self.algorithm not in ('fedprox',) and self.mu != 0:
       raise ValueError(f'--mu applies only to --algorithm=fedprox; got --algorithm={self.algorithm} --mu={self.mu}.')
 
 
-def build_process(cfg: AlgorithmConfig, model_fn, client_optimizer, server_optimizer,
-                  model_aggregator: Optional[object] = None) -> tff.learning.templates.LearningProcess:
-  cfg.validate()
-  weighting = WEIGHTINGS[cfg.client_weighting]
-  if cfg.algorithm == 'fedsgd':
-    return fed_sgd.build_fed_sgd(model_fn, server_optimizer, client_weighting=weighting,
-                                 model_aggregator=model_aggregator)
-  return fed_avg.build_fed_avg(model_fn, client_optimizer, server_optimizer, client_weighting=weighting,
-                               proximal_mu=cfg.mu, model_aggregator=model_aggregator)
+def build_process(exp):
+  exp.algo_cfg.validate()
+  return _BUILDERS[exp.algo_cfg.algorithm](exp)
+
+
+def _fed_avg(exp):
+  return fed_avg.build_fed_avg(exp.task.model_fn, exp.client_optimizer, exp.server_optimizer,
+                               client_weighting=WEIGHTINGS[exp.algo_cfg.client_weighting], proximal_mu=exp.algo_cfg.mu,
+                               model_aggregator=exp.model_aggregator)
+
+
+def _fed_sgd(exp):
+  return fed_sgd.build_fed_sgd(exp.task.model_fn, exp.server_optimizer,
+                               client_weighting=WEIGHTINGS[exp.algo_cfg.client_weighting],
+                               model_aggregator=exp.model_aggregator)
+
+
+register('fedavg', _fed_avg)
+register('fedprox', _fed_avg)
+register('fedsgd', _fed_sgd)

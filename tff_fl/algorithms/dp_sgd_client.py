@@ -123,16 +123,16 @@ def build_dp_sgd_client_work(
 
   state_type = init_fn.type_signature.result.member
 
-  @tff.tf_computation(state_type)
+  @tff.tensorflow.computation(state_type)
   def get_hparams_fn(state):
     return state
 
-  @tff.tf_computation(state_type, state_type)
+  @tff.tensorflow.computation(state_type, state_type)
   def set_hparams_fn(state, hparams):
     del state
     return hparams
 
-  @tff.tf_computation(state_type, weights_type, data_type)
+  @tff.tensorflow.computation(state_type, weights_type, data_type)
   def client_update_computation(hparams, initial_model_weights, dataset):
     client_update = build_dp_sgd_update(model_fn, per_example_loss, float(l2_norm_clip), float(noise_multiplier),
                                         client_weighting)
@@ -166,7 +166,7 @@ def build_dp_sgd_fed_avg(
   with tf.Graph().as_default():
     weights_type = tff.learning.models.weights_type_from_model(model_fn())
 
-  @tff.tf_computation()
+  @tff.tensorflow.computation()
   def initial_model_weights_fn():
     return tff.learning.models.ModelWeights.from_model(model_fn())
 

@@ -44,6 +44,7 @@ class RoundHook:
   `stop_before(round_num)` returns a reason to stop before running that round (e.g. a privacy budget), or None.
   `after_round(round_num, output, row)` adds columns to the round's metrics row.
   `checkpoint_arrays()` / `restore_arrays(arrays)` save and restore the hook's own state with each checkpoint.
+  `on_train_end(process, state, summary)` sees the final state; `summary()` adds keys to summary.json.
   """
   name = 'hook'
 
@@ -59,6 +60,10 @@ class RoundHook:
 
   def restore_arrays(self, arrays: dict[str, np.ndarray]) -> None:
     del arrays
+
+  def on_train_end(self, process, state, summary: dict[str, Any]) -> None:
+    """Called once with the released model's state, before summary.json is written (e.g. to export it)."""
+    del process, state, summary
 
   def summary(self) -> dict[str, Any]:
     return {}
@@ -148,6 +153,7 @@ def run_training(process: tff.learning.templates.LearningProcess, task: tasks_li
   summary.update(last_eval)
   summary['train_seconds_this_run'] = time.time() - start_time
   for hook in hooks:
+    hook.on_train_end(process, state, summary)
     summary.update(hook.summary())
   summary['hparams'] = hparams
   outputs.write_json('summary.json', summary)

@@ -1,0 +1,17 @@
+"""Experiment components: each module defines its flag group and configures an `Experiment`.
+
+A component module has `define_flags()` (called once at import of the binary) and `configure(exp)` (called in the
+order below, after the task is built and before the process is built). It may set `exp.model_aggregator`, register
+an algorithm builder (`tff_fl.algorithms.builders.register`), set `exp.sampler` / `exp.client_inputs_fn`, or append
+`RoundHook`s. Adding a component = one module here + one line in COMPONENTS.
+"""
+
+import importlib
+
+# Order matters: aggregation builds the aggregator that privacy may wrap; algorithms read both.
+COMPONENTS = (
+)
+
+
+def modules():
+  return [importlib.import_module(f'experiments.components.{name}') for name in COMPONENTS]
