@@ -55,14 +55,17 @@ class Task:
 
   def train_dataset(self, client_id: str, *, epochs: int, batch_size: int, seed: int, round_num: int,
                     max_examples: Optional[int] = None) -> tf.data.Dataset:
-    """Client's training data: shuffled each epoch (seed from (seed, round, client)), `epochs` passes, batched."""
+    """Client's training data: `epochs` passes, each a fresh permutation, batched.
+
+    The permutations come from numpy with a seed derived from (seed, round, client), not from TF's seed state, so a
+    round's data order is the same in a fresh run, a resumed run and any process.
+    """
     x, y = self.data.train[client_id]
     if max_examples is not None:
       x, y = x[:max_examples], y[:max_examples]
-    ds = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y))
-    shuffle_seed = derived_seed(seed, round_num, client_id)
-    ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.repeat(epochs).batch(batch_size)
+    rng = np.random.default_rng(derived_seed(seed, round_num, client_id))
+    order = np.concatenate([rng.permutation(len(x)) for _ in range(epochs)])
+    return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x[order], y=y[order])).batch(batch_size)
 
   def eval_dataset(self, client_id: str, split: str = 'test', batch_size: int = 256) -> tf.data.Dataset:
     x, y = (self.data.test if split == 'test' else self.data.train)[client_id]

@@ -10,6 +10,11 @@ import importlib
 
 # Order matters: aggregation builds the aggregator that privacy may wrap; algorithms read both.
 COMPONENTS = (
+    'real_data',  # registers the real-data tasks at import; adds the central evaluation hook
+    'regimes',  # before hierarchical: it groups the regime's client inputs by cluster
+    'stragglers',  # after regimes (reads its straggler flags), before hierarchical
+    'stateful',  # after regimes/stragglers (wraps their client inputs); registers scaffold, fednova, fedper
+    'hierarchical',
 )
 
 

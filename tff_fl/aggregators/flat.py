@@ -1,8 +1,8 @@
 """Flattening a (structure of) tensors to one float32 vector and back, for aggregators that need a vector.
 
 Invariant: `unflatten_value(flatten_value(v), value_type)` equals `v` (up to the float32 round trip of each
-leaf's dtype) and has `value_type`'s container types, shapes and dtypes. Leaf order is `tff.structure.flatten`
-order, which is also `tf.nest.flatten` order for the Python containers TFF produces.
+leaf's dtype) and has `value_type`'s container types, shapes and dtypes. Leaf order is `tf.nest.flatten` order
+of the Python containers TFF builds for `value_type` (dict keys sorted), never `tff.structure.flatten` order.
 """
 
 import numpy as np
@@ -10,11 +10,15 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 
+def _container(value_type):
+  return tff.types.structure_from_tensor_type_tree(lambda t: t, value_type)
+
+
 def leaf_types(value_type) -> list:
   """The `tff.TensorType` leaves of `value_type`, checked to be floats with fully defined shapes."""
   if not tff.types.is_structure_of_floats(value_type):
     raise TypeError(f'value_type must be a structure of floats; got {value_type}')
-  leaves = tff.structure.flatten(value_type)
+  leaves = tf.nest.flatten(_container(value_type))
   for t in leaves:
     if not tff.types.is_shape_fully_defined(t.shape):
       raise TypeError(f'value_type needs fully defined shapes; got {t}')
@@ -41,8 +45,7 @@ def unflatten_value(vector: tf.Tensor, value_type):
 
 def pack_leaves(tensors: list, value_type):
   """Arranges `tensors` (in leaf order) into `value_type`'s Python containers."""
-  it = iter(tensors)
-  return tff.types.structure_from_tensor_type_tree(lambda _: next(it), value_type)
+  return tf.nest.pack_sequence_as(_container(value_type), tensors)
 
 
 def index_bits(d: int) -> int:

@@ -41,7 +41,9 @@ def _check_positive(value, name):
     raise ValueError(f'{name} must be a positive number, got {value!r}.')
 
 
-def _check_args(dp, noise_multiplier, clip_norm, clients_per_round, target_unclipped_quantile, secure_bits):
+def validate_dp_flags(dp: str, noise_multiplier: float, clip_norm: float, clients_per_round: float,
+                      target_unclipped_quantile: float = 0.5, secure_bits: Optional[int] = None) -> None:
+  """Raises a one-line ValueError naming the first bad argument."""
   if dp not in DP_MODES:
     raise ValueError(f'dp must be one of {"|".join(DP_MODES)}, got {dp!r}.')
   if not isinstance(noise_multiplier, (int, float)) or not noise_multiplier >= 0:
@@ -66,7 +68,7 @@ def build_secure_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: floa
                                bits: int, target_unclipped_quantile: float = 0.5,
                                clip_learning_rate: float = 0.2) -> tff.aggregators.UnweightedAggregationFactory:
   """Distributed DP (discrete Gaussian shares) + `bits`-bit secure sum, averaged over the securely summed count."""
-  _check_args(dp, noise_multiplier, clip_norm, clients_per_round, target_unclipped_quantile, bits)
+  validate_dp_flags(dp, noise_multiplier, clip_norm, clients_per_round, target_unclipped_quantile, bits)
   ddp_sum = tff.aggregators.distributed_dp.DistributedDpSumFactory(
       noise_multiplier=float(noise_multiplier),
       expected_clients_per_round=int(clients_per_round),
@@ -102,7 +104,7 @@ def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clie
   Returns:
     An unweighted aggregation factory producing a (noised) mean, or None.
   """
-  _check_args(dp, noise_multiplier, clip_norm, clients_per_round, target_unclipped_quantile, secure_bits)
+  validate_dp_flags(dp, noise_multiplier, clip_norm, clients_per_round, target_unclipped_quantile, secure_bits)
   z, clip, cohort = float(noise_multiplier), float(clip_norm), float(clients_per_round)
   if dp == 'none':
     return None

@@ -14,7 +14,8 @@ Weights. All factories are `tff.aggregators.WeightedAggregationFactory`s (so the
 `tff.learning.algorithms.build_weighted_fed_avg`) but IGNORE the weights: each client gets one vote, as in the
 papers; weighting by self-reported example counts would let an attacker buy influence.
 
-Cohort size. Each needs a minimum cohort: trimmed mean n - 2*floor(beta*n) >= 1, Krum/Multi-Krum n > 2f+2
+Cohort size. Each needs a minimum cohort: trimmed mean floor(beta*n) >= 1 (otherwise it trims nothing;
+n - 2*floor(beta*n) >= 1 then holds since beta < 0.5), Krum/Multi-Krum n > 2f+2
 (and m <= n - f). Pass `cohort_size=` to validate at construction (ValueError); otherwise, and always at run
 time, the server computation asserts the same condition and TFF raises an error carrying the same message.
 
@@ -122,8 +123,11 @@ class TrimmedMeanFactory(CollectingFactory):
     return tf.cast(tf.floor(self._beta * tf.cast(n, tf.float64)), tf.int32)
 
   def requirement(self, n):
-    return (n - 2 * self._num_trimmed(n) >= 1,
-            f'trimmed_mean(beta={self._beta}) needs n - 2*floor(beta*n) >= 1 clients')
+    # n - 2*floor(beta*n) >= 1 always holds for beta < 0.5; the binding condition is that anything is trimmed.
+    min_n = math.ceil(1.0 / self._beta - 1e-9) if self._beta > 0 else 1
+    trims = self._num_trimmed(n) >= 1 if self._beta > 0 else n >= 1
+    return trims, (f'trimmed_mean(beta={self._beta}) needs floor(beta*n) >= 1, i.e. n >= {min_n} clients, '
+                   'or it trims nothing')
 
   def reduce(self, stacked):
     n = tf.shape(stacked)[0]

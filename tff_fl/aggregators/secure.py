@@ -71,7 +71,7 @@ class SecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
     def decode(int_sum, count):
       n = tf.cast(count, tf.float32)
       decoded = [tf.cast(tf.cast(q, tf.float32) * step - n * r, t.dtype)
-                 for q, t in zip(tf.nest.flatten(int_sum), tff.structure.flatten(value_type))]
+                 for q, t in zip(tf.nest.flatten(int_sum), flat.leaf_types(value_type))]
       return flat.pack_leaves(decoded, value_type)
 
     @tff.federated_computation

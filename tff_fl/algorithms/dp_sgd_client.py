@@ -17,6 +17,7 @@ import collections
 from collections.abc import Callable, Mapping
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
@@ -172,7 +173,9 @@ def build_dp_sgd_fed_avg(
 
   client_work = build_dp_sgd_client_work(model_fn, client_optimizer, per_example_loss, l2_norm_clip,
                                          noise_multiplier)
-  aggregator = (model_aggregator or tff.aggregators.UnweightedMeanFactory()).create(weights_type.trainable)
+  aggregator = tff.aggregators.as_weighted_aggregator(
+      model_aggregator or tff.aggregators.UnweightedMeanFactory()).create(
+          weights_type.trainable, tff.TensorType(np.float32))
   finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
       server_optimizer or tff.learning.optimizers.build_sgdm(learning_rate=1.0), weights_type)
   return tff.learning.templates.compose_learning_process(

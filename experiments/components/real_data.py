@@ -1,0 +1,43 @@
+"""Component: real-data tasks (mnist, fashion_mnist, shakespeare, emnist; `--model=char_lstm`) and central evaluation.
+
+Importing this module registers the tasks of `tff_fl.tasks_real`. Flags: `--central_eval` (comma-separated splits
+among test, train; '' = off) adds `central_<split>_loss` / `central_<split>_accuracy` columns every
+`--rounds_per_eval` rounds, computed on all clients' examples of the split (mnist: the official 10k test set;
+shakespeare: pad targets excluded); `--central_eval_max_examples` (> 0) evaluates a fixed seeded subsample instead.
+"""
+
+import dataclasses
+
+from experiments import flag_groups
+from tff_fl import tasks_real  # pylint: disable=unused-import  (registers the tasks)
+from tff_fl.simulation import central_eval
+
+
+@dataclasses.dataclass
+class CentralEvalConfig:
+  central_eval: str = ''
+  central_eval_max_examples: int = 0
+
+
+_HELP = {
+    'central_eval': "comma-separated splits (test, train) on which to evaluate the server model centrally every "
+                    "--rounds_per_eval rounds; '' = off",
+    'central_eval_max_examples': 'if > 0, evaluate centrally on a fixed seeded subsample of this many examples',
+}
+
+
+def define_flags() -> None:
+  flag_groups.define_dataclass_flags(CentralEvalConfig, _HELP)
+
+
+def configure(exp) -> None:
+  cfg = flag_groups.from_flags(CentralEvalConfig)
+  if cfg.central_eval_max_examples < 0:
+    raise ValueError(f'--central_eval_max_examples must be >= 0; got {cfg.central_eval_max_examples}.')
+  splits = [s.strip() for s in cfg.central_eval.split(',') if s.strip()]
+  if not splits:
+    return
+  exp.hooks.append(central_eval.CentralEvalHook(
+      exp.task, lambda state: exp.process.get_model_weights(state), splits, every=exp.loop_cfg.rounds_per_eval,
+      total_rounds=exp.loop_cfg.total_rounds, max_examples=cfg.central_eval_max_examples or None,
+      seed=exp.loop_cfg.seed))

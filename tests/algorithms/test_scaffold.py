@@ -1,0 +1,129 @@
+"""SCAFFOLD against FedAvg (control variates zero) and a numpy implementation of Algorithm 1 (option II)."""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import scaffold
+from tff_fl.models import keras_models
+
+SPEC = collections.OrderedDict(x=tf.TensorSpec([6], tf.float32), y=tf.TensorSpec([], tf.int32))
+SIZES = (7, 12, 20)
+LR, BATCH = 0.1, 5
+MODEL_FN = keras_models.build_tff_model_fn(lambda: keras_models.logreg([6], 3), SPEC)
+UNIFORM = tff.learning.ClientWeighting.UNIFORM
+
+
+def _arrays(seed=0):
+  rng = np.random.default_rng(seed)
+  # Client-specific feature shift: heterogeneous clients, so control variates matter.
+  return [((rng.normal(size=(n, 6)) + 2.0 * i).astype(np.float32), rng.integers(0, 3, n).astype(np.int32))
+          for i, n in enumerate(SIZES)]
+
+
+def _datasets(arrays):
+  return [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(BATCH) for x, y in arrays]
+
+
+def _initial_weights():
+  tf.keras.utils.set_random_seed(1)
+  m = keras_models.logreg([6], 3)
+  return tff.learning.models.ModelWeights(trainable=[v.numpy() for v in m.trainable_weights], non_trainable=[])
+
+
+def _sgd(lr):
+  return tff.learning.optimizers.build_sgdm(learning_rate=lr)
+
+
+def _zeros_like(structure):
+  return tf.nest.map_structure(np.zeros_like, structure)
+
+
+def test_zero_control_variates_equal_fed_avg_exactly():
+  data = _datasets(_arrays())
+  process = scaffold.build_scaffold(MODEL_FN, LR, num_clients=3, server_optimizer=_sgd(0.7))
+  avg = fed_avg.build_fed_avg(MODEL_FN, _sgd(LR), _sgd(0.7), client_weighting=UNIFORM)
+  stock = tff.learning.algorithms.build_unweighted_fed_avg(MODEL_FN, _sgd(LR), _sgd(0.7))
+  state = process.set_model_weights(process.initialize(), _initial_weights())
+  avg_state = avg.set_model_weights(avg.initialize(), _initial_weights())
+  stock_state = stock.set_model_weights(stock.initialize(), _initial_weights())
+  zero_states = [process.initial_client_state()] * 3
+  for _ in range(3):
+    state['extra'] = _zeros_like(state['extra'])  # Force c = 0 and every c_i = 0 each round.
+    state, client_states, _ = process.next(state, data, zero_states)
+    avg_state = avg.next(avg_state, data).state
+    stock_state = stock.next(stock_state, data).state
+  ours = process.get_model_weights(state).trainable
+  for a, b, c in zip(ours, avg.get_model_weights(avg_state).trainable, stock.get_model_weights(stock_state).trainable):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, c, atol=1e-6)
+  assert max(np.max(np.abs(a - w)) for a, w in zip(ours, _initial_weights().trainable)) > 1e-2
+  # Left free, the control variates become non-zero and change the trajectory.
+  assert max(np.max(np.abs(c)) for c in client_states[0]['control']) > 1e-3
+
+
+def _grad(w, b, x, y):
+  logits = x @ w + b
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  p[np.arange(len(y)), y] -= 1.0
+  return x.T @ p / len(y), p.mean(0)
+
+
+def _numpy_scaffold(params, arrays, cohorts, lr_l, lr_g, n_total):
+  """Algorithm 1 of Karimireddy et al. (option II), uniform averaging, minibatches of BATCH in order."""
+  x = [p.astype(np.float64) for p in params]
+  c = [np.zeros_like(p) for p in x]
+  c_i = {i: [np.zeros_like(p) for p in x] for i in range(len(arrays))}
+  for cohort in cohorts:
+    dys, dcs = [], []
+    for i in cohort:
+      xs, ys = arrays[i]
+      y = [p.copy() for p in x]
+      steps = 0
+      for s in range(0, len(xs), BATCH):
+        g = _grad(y[0], y[1], xs[s:s + BATCH].astype(np.float64), ys[s:s + BATCH])
+        y = [p - lr_l * (gk - cik + ck) for p, gk, cik, ck in zip(y, g, c_i[i], c)]
+        steps += 1
+      new_ci = [cik - ck + (xk - yk) / (steps * lr_l) for cik, ck, xk, yk in zip(c_i[i], c, x, y)]
+      dys.append([yk - xk for yk, xk in zip(y, x)])
+      dcs.append([n - o for n, o in zip(new_ci, c_i[i])])
+      c_i[i] = new_ci
+    x = [xk + lr_g * np.mean([d[k] for d in dys], axis=0) for k, xk in enumerate(x)]
+    c = [ck + np.sum([d[k] for d in dcs], axis=0) / n_total for k, ck in enumerate(c)]
+  return x, c, c_i
+
+
+def test_matches_numpy_algorithm_1_with_partial_participation():
+  arrays, lr_g = _arrays(), 0.7
+  cohorts = [(0, 1), (1, 2)]
+  process = scaffold.build_scaffold(MODEL_FN, LR, num_clients=3, server_optimizer=_sgd(lr_g))
+  state = process.set_model_weights(process.initialize(), _initial_weights())
+  client_states = [process.initial_client_state()] * 3
+  datasets = _datasets(arrays)
+  for cohort in cohorts:
+    state, new_states, _ = process.next(state, [datasets[i] for i in cohort], [client_states[i] for i in cohort])
+    for i, s in zip(cohort, new_states):
+      client_states[i] = s
+  want_x, want_c, want_ci = _numpy_scaffold(_initial_weights().trainable, arrays, cohorts, LR, lr_g, 3)
+  for got, want in zip(process.get_model_weights(state).trainable, want_x):
+    np.testing.assert_allclose(got, want, atol=2e-5)
+  for got, want in zip(state['extra'], want_c):
+    np.testing.assert_allclose(got, want, atol=2e-5)
+  for i in range(3):
+    for got, want in zip(client_states[i]['control'], want_ci[i]):
+      np.testing.assert_allclose(got, want, atol=2e-5)
+  assert np.max(np.abs(want_c[0])) > 1e-2  # The reference is not trivially zero.
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(client_learning_rate=0.0, num_clients=3), 'client_learning_rate'),
+    (dict(client_learning_rate=0.1, num_clients=0), 'num_clients'),
+])
+def test_bad_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    scaffold.build_scaffold(MODEL_FN, **kwargs)

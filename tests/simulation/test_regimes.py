@@ -1,0 +1,126 @@
+"""Participation regimes: event statistics vs their definitions; drop vs partial straggler policy vs stock FedAvg.
+
+Statistical checks use thousands of (round, client) draws and a 5-sigma binomial tolerance.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from tff_fl import tasks
+from tff_fl.simulation import regimes
+from tff_fl.simulation import training_loop
+
+IDS = [f'c{i:05d}' for i in range(4000)]
+
+
+def _within(count, n, p):
+  assert abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p)) + 1, (count, n, p)
+
+
+def test_dropout_and_straggler_rates_match_definitions():
+  part = regimes.Participation(dropout_rate=0.2, straggler_fraction=0.3, straggler_policy='partial', seed=3)
+  total_steps = 7
+  fates = [part.fate(r, c, total_steps) for r in (1, 2) for c in IDS]
+  dropped = sum(f.dropped for f in fates)
+  _within(dropped, len(fates), 0.2)
+  stragglers = [f for f in fates if f.straggler]
+  _within(len(stragglers), len(fates) - dropped, 0.3)  # Among clients that did not drop.
+  steps = np.array([f.steps if f.steps is not None else 0 for f in stragglers])
+  assert steps.min() >= 0 and steps.max() <= total_steps - 1
+  # floor(u * S) with u ~ U[0, 1) is uniform on {0..S-1}: mean (S-1)/2, each value with probability 1/S.
+  for value in range(total_steps):
+    _within(int(np.sum(steps == value)), steps.size, 1 / total_steps)
+  assert all(f.reported == (f.steps is not None) for f in stragglers)  # Partial keeps stragglers with work done.
+  assert not any(f.reported for f in fates if f.dropped)
+  assert part.fate(2, IDS[5], total_steps) == part.fate(2, IDS[5], total_steps)  # Depends only on (seed, round, id).
+
+
+def test_drop_policy_never_reports_a_straggler():
+  part = regimes.Participation(straggler_fraction=0.5, straggler_policy='drop', seed=0)
+  fates = [part.fate(1, c, 5) for c in IDS[:1000]]
+  assert any(f.straggler for f in fates)
+  assert all(f.reported != f.straggler for f in fates)
+
+
+def test_diurnal_availability_matches_definition():
+  pattern = regimes.DiurnalAvailability(len(IDS), seed=1, period=24, window=8)
+  masks = np.stack([pattern.available(r) for r in range(24)])
+  np.testing.assert_array_equal(masks.sum(axis=0), 8)  # Each client: exactly `window` rounds of every period.
+  for r in (0, 11):
+    _within(int(masks[r].sum()), len(IDS), 8 / 24)
+  np.testing.assert_array_equal(masks[0], pattern.available(24))  # Periodic.
+  sampler = regimes.AvailabilitySampler(IDS, 10, seed=1, availability='diurnal')
+  cohort = sampler.sample(5)
+  available = {c for c, a in zip(IDS, sampler.pattern.available(5)) if a}
+  assert len(cohort) == 10 and set(cohort) <= available and sampler.last_available == len(available)
+
+
+def test_validation_errors():
+  with pytest.raises(ValueError, match='--dropout_rate'):
+    regimes.Participation(dropout_rate=1.0)
+  with pytest.raises(ValueError, match='--straggler_policy'):
+    regimes.Participation(straggler_policy='wait')
+  with pytest.raises(ValueError, match='--availability'):
+    regimes.AvailabilitySampler(IDS, 10, 0, availability='weekly')
+  with pytest.raises(ValueError, match='--regime=cross_device'):
+    regimes.check_regime('cross_device', 1000, 50)
+  with pytest.raises(ValueError, match='--regime=cross_silo'):
+    regimes.check_regime('cross_silo', 10, 5)
+  regimes.check_regime('cross_device', 2000, 10)
+  regimes.check_regime('cross_silo', 10, 10)
+
+
+@pytest.fixture(scope='module')
+def task():
+  return tasks.build_task(tasks.TaskConfig(num_clients=8, model='logreg', partition='iid', seed=0))
+
+
+def _flat(weights):
+  return np.concatenate([np.ravel(w) for w in weights.trainable])
+
+
+def test_drop_vs_partial_straggler_update_vs_stock_fedavg(task):
+  cfg = training_loop.LoopConfig(client_batch_size=8, client_epochs_per_round=2, seed=0)
+  cohort = task.client_ids[:4]
+  inputs = {p: regimes.RegimeInputs(task, cfg, regimes.Participation(straggler_fraction=0.5, straggler_policy=p,
+                                                                      seed=0)) for p in ('drop', 'partial')}
+  # First round (deterministic search over the definition) with at least one straggler that finished some steps.
+  round_num = next(r for r in range(1, 200) if any(f.steps for f in inputs['partial'].plan(r, cohort))
+                   and not all(f.straggler for f in inputs['partial'].plan(r, cohort)))
+  fates = inputs['partial'].plan(round_num, cohort)
+  full = {f.client_id: task.train_dataset(f.client_id, epochs=2, batch_size=8, seed=0, round_num=round_num)
+          for f in fates}
+  partial_ds = inputs['partial'](round_num, cohort)
+  drop_ds = inputs['drop'](round_num, cohort)
+  reporters = [f for f in fates if f.reported]
+  assert len(partial_ds) == len(reporters) and len(drop_ds) == sum(not f.straggler for f in fates)
+  for f, ds in zip(reporters, partial_ds):  # A partial straggler runs exactly its finished steps.
+    assert int(ds.reduce(0, lambda n, _: n + 1)) == (f.steps if f.steps is not None else
+                                                     regimes.local_steps(len(task.data.train[f.client_id][1]), 2, 8))
+  assert inputs['partial'].stats['partial'] == sum(f.steps is not None for f in fates)
+
+  proc = tff.learning.algorithms.build_weighted_fed_avg(
+      task.model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
+      server_optimizer_fn=tff.learning.optimizers.build_sgdm(1.0))
+  w0 = task.initial_weights(0)
+  start = proc.set_model_weights(proc.initialize(), w0)
+  run = lambda datasets: _flat(proc.get_model_weights(proc.next(start, datasets).state))
+
+  def single(ds):
+    out = proc.next(start, [ds])
+    return _flat(w0) - _flat(proc.get_model_weights(out.state)), float(out.metrics['client_work']['train'][
+        'num_examples'])
+
+  # drop: exactly FedAvg over the non-stragglers.
+  np.testing.assert_allclose(run(drop_ds), run([full[f.client_id] for f in fates if not f.straggler]),
+                             rtol=1e-6, atol=1e-7)
+  # partial: example-weighted mean of each reporter's own update, the straggler's from its truncated data.
+  singles = [single(full[f.client_id] if f.steps is None else full[f.client_id].take(f.steps)) for f in reporters]
+  n = np.array([e for _, e in singles])
+  expected = _flat(w0) - np.sum([d * e for d, e in singles], axis=0) / n.sum()
+  got = run(partial_ds)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  assert np.abs(got - run(drop_ds)).max() > 1e-4  # The policy changes the update.
