@@ -22,6 +22,8 @@ class Experiment:
   sampler: Any = None  # .sample(round_num) -> list of client ids; None = uniform.
   client_inputs_fn: Optional[Callable] = None  # (round_num, client_ids) -> per-client process inputs.
   hooks: list = dataclasses.field(default_factory=list)
+  # ClientWorkProcess -> ClientWorkProcess, applied in order by the built-in algorithms (e.g. attacks).
+  client_work_wrappers: list = dataclasses.field(default_factory=list)
   process: Any = None
 
   def build_process(self):

@@ -10,11 +10,16 @@ import importlib
 
 # Order matters: aggregation builds the aggregator that privacy may wrap; algorithms read both.
 COMPONENTS = (
+    'aggregation',  # first: builds the aggregator chain that privacy and drift wrap
     'real_data',  # registers the real-data tasks at import; adds the central evaluation hook
     'regimes',  # before hierarchical: it groups the regime's client inputs by cluster
     'stragglers',  # after regimes (reads its straggler flags), before hierarchical
     'stateful',  # after regimes/stragglers (wraps their client inputs); registers scaffold, fednova, fedper
     'hierarchical',
+    'pruning',  # replaces build_process for fedavg/fedprox; before drift and preprocessing, which wrap it
+    'drift',  # wraps the aggregator and the process
+    'preprocessing',  # composes the dataset computation around the final process
+    'engine',  # last: --engine=fast refuses experiments whose components changed inputs, client work or process
 )
 
 

@@ -58,11 +58,34 @@ def fed_avg_weights():
 @pytest.mark.parametrize('dp', ['fixed', 'adaptive', 'tree'])
 def test_no_noise_and_large_clip_equals_fed_avg(dp, fed_avg_weights):
   specs = privacy.model_trainable_specs(model_fn)
-  aggregator = privacy.build_dp_aggregator(dp, 0.0, clip_norm=1e3, clients_per_round=3, record_specs=specs)
+  aggregator = privacy.build_dp_aggregator(dp, 0.0, clip_norm=1e3, clients_per_round=3, record_specs=specs,
+                                          tree_restart_rounds=2)
   dp_weights = _train(aggregator)
   assert np.abs(fed_avg_weights[0] - _initial_weights().trainable[0]).max() > 1e-2  # Training moved the model.
   for a, b in zip(dp_weights, fed_avg_weights):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _tree_outputs(restart_rounds, rounds=3, seed=7):
+  specs = tf.TensorSpec([4], tf.float32)
+  factory = privacy.build_dp_aggregator('tree', 1.0, 1.0, 2, record_specs=specs, noise_seed=seed,
+                                        tree_restart_rounds=restart_rounds)
+  process = factory.create(tff.TensorType(np.float32, [4]))
+  state, outputs = process.initialize(), []
+  for _ in range(rounds):
+    out = process.next(state, [np.zeros(4, np.float32)] * 2)
+    state = out.state
+    outputs.append(np.asarray(out.result))
+  return outputs
+
+
+def test_tree_restarts_exactly_after_each_epoch():
+  restart_after_2, restart_after_3 = _tree_outputs(2), _tree_outputs(3)
+  for r in (0, 1):  # Same seed, same tree for the first two rounds...
+    np.testing.assert_array_equal(restart_after_2[r], restart_after_3[r])
+  assert np.all(restart_after_2[0] != 0)
+  # ...then the first releases round 3 from a fresh tree: fresh leaf noise, no residual subtraction.
+  assert not np.allclose(restart_after_2[2], restart_after_3[2])
 
 
 def test_fixed_clipping_and_noise_std_match_numpy_and_chi_square():
@@ -163,6 +186,7 @@ def test_secure_distributed_dp_uses_secure_sum_and_averages():
     (dict(dp='adaptive', target_unclipped_quantile=1.5), 'target_unclipped_quantile'),
     (dict(dp='adaptive', noise_multiplier=1.0, clients_per_round=5), 'noise_multiplier must be <'),
     (dict(dp='tree'), 'record_specs'),
+    (dict(dp='tree', record_specs=[tf.TensorSpec([2])]), 'tree_restart_rounds'),
     (dict(dp='tree', secure_bits=16), 'secure_bits composes only'),
     (dict(secure_bits=30), 'secure_bits must be an integer'),
 ])

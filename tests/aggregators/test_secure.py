@@ -10,7 +10,13 @@ from tff_fl.aggregators import secure
 
 VALUE_TYPE = tff.to_type(collections.OrderedDict(a=tff.TensorType(np.float32, [5]), b=tff.TensorType(np.float32, [3])))
 WEIGHT_TYPE = tff.TensorType(np.float32)
-pytestmark = pytest.mark.usefixtures('secure_context')
+
+
+def _run(process, *args):
+  # TFF's C++ runtime has no SecAgg: lower the secure intrinsics to checked plain sums, as tff.backends.test does.
+  # The lowered computation returns a plain OrderedDict(state=, result=, measurements=).
+  out = tff.backends.test.replace_secure_intrinsics_with_bodies(process.next)(process.initialize(), *args)
+  return tff.templates.MeasuredProcessOutput(**out)
 
 
 def _clients(rows):
@@ -27,7 +33,7 @@ def test_secure_sum_type_signature_and_bit_width():
   assert process.next.type_signature.result.result == tff.FederatedType(VALUE_TYPE, tff.SERVER)
   measurements = process.next.type_signature.result.measurements.member
   assert measurements.bits_per_client == tff.TensorType(np.float32)
-  out = process.next(process.initialize(), _clients(np.zeros((2, 8))))
+  out = _run(process, _clients(np.zeros((2, 8))))
   assert out.measurements['bits_per_client'] == 12 * 8
   # TFF's SecureSumFactory reports the integer range it sums: [0, 2^bits - 1] is a 12-bit secure sum.
   assert out.measurements['secure']['secure_upper_threshold'] == 2**12 - 1
@@ -36,8 +42,7 @@ def test_secure_sum_type_signature_and_bit_width():
 
 def test_secure_sum_matches_numpy_sum_of_clipped_values():
   rows = np.random.default_rng(0).normal(scale=0.8, size=(6, 8))
-  out = secure.secure_sum(16, 1.0).create(VALUE_TYPE)
-  out = out.next(out.initialize(), _clients(rows))
+  out = _run(secure.secure_sum(16, 1.0).create(VALUE_TYPE), _clients(rows))
   step = 2.0 / (2**16 - 1)
   np.testing.assert_allclose(_flat(out.result), np.clip(rows, -1.0, 1.0).sum(0), atol=6 * step + 1e-5)
   assert out.measurements['clipped_coordinates'] == int(np.sum(np.abs(rows) > 1.0))
@@ -47,7 +52,7 @@ def test_secure_mean_is_the_weighted_mean():
   rows = np.random.default_rng(1).uniform(-0.3, 0.3, size=(5, 8))
   weights = [1.0, 2.0, 3.0, 4.0, 10.0]
   process = secure.secure_mean(16, 1.0).create(VALUE_TYPE, WEIGHT_TYPE)
-  out = process.next(process.initialize(), _clients(rows), weights)
+  out = _run(process, _clients(rows), weights)
   np.testing.assert_allclose(_flat(out.result), np.average(rows, axis=0, weights=weights), atol=1e-4)
   assert out.measurements['clipped_coordinates'] == 0
 
@@ -57,7 +62,7 @@ def test_secure_sum_under_tff_mean_factory():
   weights = [1.0, 1.0, 2.0, 4.0]
   factory = tff.aggregators.MeanFactory(value_sum_factory=secure.secure_sum(16, 4.0))  # bounds w * x.
   process = factory.create(VALUE_TYPE, WEIGHT_TYPE)
-  out = process.next(process.initialize(), _clients(rows), weights)
+  out = _run(process, _clients(rows), weights)
   np.testing.assert_allclose(_flat(out.result), np.average(rows, axis=0, weights=weights), atol=1e-3)
 
 

@@ -9,6 +9,7 @@ import tensorflow_federated as tff
 
 from tff_fl import aggregators as agg
 from tff_fl.algorithms import attacks
+from tff_fl.algorithms import fed_avg
 
 NUM_CLASSES = 3
 
@@ -124,18 +125,12 @@ def test_bad_attack_arguments(inner):
     attacks.build_attacked_client_work(inner, 'label_flip')
 
 
-def test_composes_into_a_learning_process_where_median_resists_sign_flip(inner):
-  initial_fn = tff.tensorflow.computation(lambda: tff.learning.models.ModelWeights.from_model(_model_fn()))
-  weights_type = initial_fn.type_signature.result
+def test_composes_into_our_fed_avg_where_median_resists_sign_flip(inner):
+  # Our algorithms' composer (tff.learning.templates.compose_learning_process underneath) takes the wrapped work.
   attacked = attacks.build_attacked_client_work(inner, 'sign_flip', scale=10.0)
-  result_type = attacked.next.type_signature.result.result.member
-  processes = {}
-  for name, factory in (('mean', agg.mean()), ('median', agg.median())):
-    processes[name] = tff.learning.templates.compose_learning_process(
-        initial_fn, tff.learning.templates.build_broadcast_process(weights_type), attacked,
-        factory.create(result_type.update, result_type.update_weight),
-        tff.learning.templates.build_apply_optimizer_finalizer(tff.learning.optimizers.build_sgdm(1.0),
-                                                               weights_type))
+  processes = {name: fed_avg.compose(_model_fn, attacked, tff.learning.optimizers.build_sgdm(1.0), factory)
+               for name, factory in (('mean', agg.mean()), ('median', agg.median()))}
+  initial_fn = fed_avg.initial_weights_computation(_model_fn)
   datasets = _datasets(5)  # Equal sizes: equal example weights.
   data = [attacks.attacked_client_data(d, m) for d, m in zip(datasets, [1, 0, 0, 0, 0])]
   initial = initial_fn()

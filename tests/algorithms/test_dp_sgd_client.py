@@ -117,7 +117,8 @@ def test_noise_std_is_noise_multiplier_times_clip_over_batch():
 
 def test_composes_into_learning_process_equal_to_stock_unweighted_fed_avg():
   sgd = tff.learning.optimizers.build_sgdm(learning_rate=0.1)
-  dp_process = dp_sgd_client.build_dp_sgd_fed_avg(model_fn, sgd, LOSS, l2_norm_clip=1e6, noise_multiplier=0.0)
+  dp_process = dp_sgd_client.build_dp_sgd_fed_avg(  # The Keras loss object itself, as the model uses.
+      model_fn, sgd, tf.keras.losses.SparseCategoricalCrossentropy(), l2_norm_clip=1e6, noise_multiplier=0.0)
   stock = tff.learning.algorithms.build_unweighted_fed_avg(model_fn, sgd)
   datasets = [_dataset(*_client_data(s), batch_size=4) for s in (5, 6)]
   results = []
@@ -132,8 +133,10 @@ def test_composes_into_learning_process_equal_to_stock_unweighted_fed_avg():
 @pytest.mark.parametrize('kwargs, match', [
     (dict(l2_norm_clip=0.0, noise_multiplier=1.0), 'l2_norm_clip'),
     (dict(l2_norm_clip=1.0, noise_multiplier=-1.0), 'noise_multiplier'),
+    (dict(l2_norm_clip=1.0, noise_multiplier=1.0, per_example_loss='mse'), 'per_example_loss'),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
+  kwargs = dict(dict(per_example_loss=LOSS), **kwargs)
   with pytest.raises(ValueError, match=match):
-    dp_sgd_client.build_dp_sgd_client_work(model_fn, tff.learning.optimizers.build_sgdm(0.1), LOSS, **kwargs)
+    dp_sgd_client.build_dp_sgd_client_work(model_fn, tff.learning.optimizers.build_sgdm(0.1), **kwargs)
 

@@ -24,8 +24,11 @@ from tff_fl.aggregators.secure import secure_sum
 from tff_fl.aggregators.spec import ALLOWED_SPELLINGS
 from tff_fl.aggregators.spec import build_aggregator
 from tff_fl.aggregators.spec import describe
+from tff_fl.aggregators.weighting import accumulate_loss_stats
 from tff_fl.aggregators.weighting import client_weighted
+from tff_fl.aggregators.weighting import example_count
 from tff_fl.aggregators.weighting import inverse_loss_variance
 from tff_fl.aggregators.weighting import LOSS_STATS_TYPE
+from tff_fl.aggregators.weighting import loss_stats_zero
 from tff_fl.aggregators.weighting import mean
 from tff_fl.aggregators.weighting import uniform_mean

@@ -28,6 +28,14 @@ import tensorflow_federated as tff
 from tff_fl.aggregators import flat
 
 
+def stochastic_round(y: tf.Tensor) -> tf.Tensor:
+  """floor(y + u), u ~ U[0, 1): ceil(y) with probability y - floor(y), else floor(y); so E = y (unbiased).
+
+  Unseeded op: a fresh random stream per call and client, like TFF's own stochastic discretization.
+  """
+  return tf.floor(y + tf.random.uniform(tf.shape(y), dtype=y.dtype))
+
+
 def _stochastic_quantize(x: tf.Tensor, bits: int) -> tf.Tensor:
   """Unbiased stochastic rounding of `x` to a (2^bits)-level grid on [min(x), max(x)]; returns decoded floats."""
   levels = float(2**bits - 1)
@@ -36,9 +44,7 @@ def _stochastic_quantize(x: tf.Tensor, bits: int) -> tf.Tensor:
   step = (hi - lo) / levels
   safe_step = tf.where(step > 0.0, step, 1.0)
   scaled = (x32 - lo) / safe_step
-  # floor(y + u), u ~ U[0, 1): equals ceil(y) with probability y - floor(y), so E = y. Unseeded op: a fresh
-  # random stream per call and client, like TFF's own stochastic discretization.
-  q = tf.clip_by_value(tf.floor(scaled + tf.random.uniform(tf.shape(scaled))), 0.0, levels)
+  q = tf.clip_by_value(stochastic_round(scaled), 0.0, levels)
   decoded = tf.where(step > 0.0, lo + q * step, x32)
   return tf.cast(decoded, x.dtype)
 

@@ -7,8 +7,11 @@ All noise comes from tensorflow-privacy DP queries inside TFF's `DifferentiallyP
 * `adaptive`: `DifferentiallyPrivateFactory.gaussian_adaptive` -- as `fixed`, but the clip norm starts at
   `clip_norm` and follows the `target_unclipped_quantile` of update norms (Andrew et al. 2021, geometric
   update). `noise_multiplier` is the total (value + clipped-count) noise multiplier.
-* `tree`: `DifferentiallyPrivateFactory.tree_aggregation` -- DP-FTRL's tree-aggregated noise (Kairouz et al.
-  2021); each round releases the residual of the noised prefix sums. Pair it with a plain SGD server optimizer.
+* `tree`: DP-FTRL's tree-aggregated noise (Kairouz et al. 2021): the query of
+  `DifferentiallyPrivateFactory.tree_aggregation` (`TreeResidualSumQuery`; each round releases the residual of
+  the noised prefix sums) wrapped, as TFF's `tree_adaptive` does, in a `RestartQuery` that starts a fresh tree
+  every `tree_restart_rounds` rounds -- one epoch of `CyclicSampler`, which is what the accountant assumes.
+  Pair it with a plain SGD server optimizer.
 
 With `secure_bits`, `fixed`/`adaptive` run as distributed DP (TFF's `distributed_dp.DistributedDpSumFactory`:
 rotation, scaling, randomized rounding and discrete Gaussian noise shares added on clients, then a
@@ -19,10 +22,11 @@ slightly and dp-accounting 0.4.3 has no discrete-Gaussian event).
 """
 
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
+import tensorflow_privacy as tfp
 
 DP_MODES = ('none', 'fixed', 'adaptive', 'tree')
 # TFF's DistributedDpSumFactory keeps its integers in float32, so it caps the secure-sum width at 22 bits.
@@ -86,7 +90,8 @@ def build_secure_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: floa
 
 def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clients_per_round: float,
                         target_unclipped_quantile: float = 0.5, *, clip_learning_rate: float = 0.2,
-                        record_specs: Optional[list[tf.TensorSpec]] = None, secure_bits: Optional[int] = None,
+                        record_specs: Optional[Any] = None,
+                        tree_restart_rounds: Optional[int] = None, secure_bits: Optional[int] = None,
                         noise_seed: Optional[int] = None) -> Optional[tff.aggregators.UnweightedAggregationFactory]:
   """The model-update aggregator for `--dp`; None for `dp='none'` (use the algorithm's default).
 
@@ -97,7 +102,9 @@ def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clie
     clients_per_round: expected cohort size (the sampler's `expected_clients_per_round`).
     target_unclipped_quantile: 'adaptive' only: fraction of updates the clip norm should leave unclipped.
     clip_learning_rate: 'adaptive' only: geometric learning rate of the clip norm.
-    record_specs: 'tree' only: specs of the aggregated value, e.g. `model_trainable_specs(model_fn)`.
+    record_specs: 'tree' only: `tf.TensorSpec` structure of the aggregated value, e.g.
+      `model_trainable_specs(model_fn)`.
+    tree_restart_rounds: 'tree' only: rounds per tree (`CyclicSampler.cohorts_per_epoch`).
     secure_bits: if set, run 'fixed'/'adaptive' as distributed DP over a `secure_bits`-bit secure sum.
     noise_seed: 'tree' only: seed of the tree noise (None: nondeterministic).
 
@@ -117,7 +124,12 @@ def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clie
     return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
         z, cohort, initial_l2_norm_clip=clip, target_unclipped_quantile=float(target_unclipped_quantile),
         learning_rate=float(clip_learning_rate))
-  if not record_specs:
+  if record_specs is None:
     raise ValueError('record_specs is required for dp=tree; pass model_trainable_specs(model_fn).')
-  return tff.aggregators.DifferentiallyPrivateFactory.tree_aggregation(
-      z, cohort, clip, record_specs, noise_seed=noise_seed)
+  if not isinstance(tree_restart_rounds, int) or tree_restart_rounds < 1:
+    raise ValueError(f'tree_restart_rounds must be a positive integer for dp=tree (rounds per epoch of cyclic '
+                     f'sampling), got {tree_restart_rounds!r}.')
+  tree_sum = tfp.TreeResidualSumQuery.build_l2_gaussian_query(clip, z, record_specs, noise_seed=noise_seed)
+  restarting_sum = tfp.RestartQuery(
+      tree_sum, tfp.restart_query.PeriodicRoundRestartIndicator(period=tree_restart_rounds))
+  return tff.aggregators.DifferentiallyPrivateFactory(tfp.NormalizedQuery(restarting_sum, denominator=cohort))

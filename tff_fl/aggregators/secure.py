@@ -12,11 +12,13 @@ broadcast) and securely sum y_i = x_i * w_i * n / W, so `clip_range` bounds valu
 (y_i = x_i when all weights are equal) rather than of w_i * x_i; the result is sum_i y_i / n.
 
 Measurements: OrderedDict(bits_per_client=bits*d, clipped_coordinates=<coordinates clipped, summed over
-clients>, secure=<SecureSumFactory's measurements>).
+clients>, secure=<SecureSumFactory's measurements>). The client count and clipped count are summed with
+`tff.federated_secure_sum_bitwidth` too; only `secure_mean`'s weights (W, as in TFF's MeanFactory) and client
+count for the rescaling travel by plain `federated_sum`.
 
-Runtime note: the C++ runtime has no secure-aggregation protocol. TFF executes the secure intrinsics only in a
-context whose compiler lowers them to plain sums (`tensorflow_federated.python.core.backends.test.compiler.
-replace_secure_intrinsics_with_bodies`, as `tff.backends.test` contexts do); our managed context must apply it.
+Runtime note: the C++ runtime has no secure-aggregation protocol and rejects the secure intrinsics. Simulate
+them by lowering to plain sums with range checks, as `tff.backends.test` contexts do: either call
+`tff.backends.test.replace_secure_intrinsics_with_bodies(process.next)` or use a context whose compiler does.
 Robust aggregators (median, trimmed mean, Krum) cannot sit under secure sum: they need each client's value.
 """
 
@@ -26,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fl.aggregators import compression
 from tff_fl.aggregators import flat
 
 MAX_BITS = 16  # int32 sums of n clients stay exact for n < 2^(31 - bits).
@@ -38,7 +41,7 @@ def _check_args(bits, clip_range):
     raise ValueError(f'secure clip_range must be a float > 0; got {clip_range!r}')
 
 
-class SecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
+class ClippedSecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
   """Sum of client values, clipped per coordinate to [-clip_range, clip_range], over `bits`-bit SecAgg."""
 
   def __init__(self, bits: int, clip_range: float = 1.0):
@@ -47,20 +50,22 @@ class SecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
     self._range = float(clip_range)
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
+    d = flat.flat_size(value_type)  # Also checks that value_type is a structure of floats.
     levels = 2**self._bits - 1
     r = self._range
     step = 2.0 * r / levels
     int_type = tff.to_type(tff.types.structure_from_tensor_type_tree(
         lambda t: tff.TensorType(np.int32, t.shape), value_type))
     secure = tff.aggregators.SecureSumFactory(levels, 0).create(int_type)
-    bits_per_client = np.float32(self._bits * flat.flat_size(value_type))  # Also checks value_type.
+    bits_per_client = np.float32(self._bits * d)
+    count_bits = flat.index_bits(d + 1)  # A client clips at most d coordinates.
 
     @tff.tensorflow.computation(value_type)
     def encode(value):
       def one(x):
         x = tf.cast(x, tf.float32)
         scaled = (tf.clip_by_value(x, -r, r) + r) / step
-        q = tf.clip_by_value(tf.floor(scaled + tf.random.uniform(tf.shape(scaled))), 0.0, levels)
+        q = tf.clip_by_value(compression.stochastic_round(scaled), 0.0, levels)
         return tf.cast(q, tf.int32), tf.reduce_sum(tf.cast(tf.abs(x) > r, tf.int32))
 
       pairs = [one(x) for x in tf.nest.flatten(value)]
@@ -82,11 +87,11 @@ class SecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
     def next_fn(state, value):
       ints, clipped, ones = tff.federated_map(encode, value)
       out = secure.next(state, ints)
-      count = tff.federated_sum(ones)
+      count = tff.federated_secure_sum_bitwidth(ones, bitwidth=1)
       result = tff.federated_map(decode, (out.result, count))
       measurements = tff.federated_zip(collections.OrderedDict(
           bits_per_client=tff.federated_value(bits_per_client, tff.SERVER),
-          clipped_coordinates=tff.federated_sum(clipped),
+          clipped_coordinates=tff.federated_secure_sum_bitwidth(clipped, bitwidth=count_bits),
           secure=out.measurements))
       return tff.templates.MeasuredProcessOutput(state=out.state, result=result, measurements=measurements)
 
@@ -97,7 +102,7 @@ class SecureMeanFactory(tff.aggregators.WeightedAggregationFactory):
   """Weighted mean whose value sum runs over `bits`-bit SecAgg; `clip_range` bounds x_i * w_i * n / W."""
 
   def __init__(self, bits: int, clip_range: float = 1.0):
-    self._sum_factory = SecureSumFactory(bits, clip_range)
+    self._sum_factory = ClippedSecureSumFactory(bits, clip_range)
 
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
     sum_process = self._sum_factory.create(value_type)
@@ -133,9 +138,9 @@ class SecureMeanFactory(tff.aggregators.WeightedAggregationFactory):
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
-def secure_sum(bits: int, clip_range: float = 1.0) -> SecureSumFactory:
+def secure_sum(bits: int, clip_range: float = 1.0) -> ClippedSecureSumFactory:
   """`bits`-bit secure sum of values clipped per coordinate to [-clip_range, clip_range]."""
-  return SecureSumFactory(bits, clip_range)
+  return ClippedSecureSumFactory(bits, clip_range)
 
 
 def secure_mean(bits: int, clip_range: float = 1.0) -> SecureMeanFactory:

@@ -11,6 +11,7 @@ from typing import Callable
 
 import tensorflow_federated as tff
 
+from tff_fl.algorithms import client_work as client_work_lib
 from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import fed_sgd
 
@@ -52,16 +53,23 @@ def build_process(exp):
   return _BUILDERS[exp.algo_cfg.algorithm](exp)
 
 
+def wrap_client_work(exp, work: tff.learning.templates.ClientWorkProcess) -> tff.learning.templates.ClientWorkProcess:
+  """Applies the experiment's client work wrappers (e.g. Byzantine attacks) in order."""
+  for wrapper in getattr(exp, 'client_work_wrappers', ()):
+    work = wrapper(work)
+  return work
+
+
 def _fed_avg(exp):
-  return fed_avg.build_fed_avg(exp.task.model_fn, exp.client_optimizer, exp.server_optimizer,
-                               client_weighting=WEIGHTINGS[exp.algo_cfg.client_weighting], proximal_mu=exp.algo_cfg.mu,
-                               model_aggregator=exp.model_aggregator)
+  work = client_work_lib.build_local_training_client_work(
+      exp.task.model_fn, exp.client_optimizer, client_weighting=WEIGHTINGS[exp.algo_cfg.client_weighting],
+      proximal_mu=exp.algo_cfg.mu)
+  return fed_avg.compose(exp.task.model_fn, wrap_client_work(exp, work), exp.server_optimizer, exp.model_aggregator)
 
 
 def _fed_sgd(exp):
-  return fed_sgd.build_fed_sgd(exp.task.model_fn, exp.server_optimizer,
-                               client_weighting=WEIGHTINGS[exp.algo_cfg.client_weighting],
-                               model_aggregator=exp.model_aggregator)
+  work = fed_sgd.build_gradient_client_work(exp.task.model_fn, WEIGHTINGS[exp.algo_cfg.client_weighting])
+  return fed_avg.compose(exp.task.model_fn, wrap_client_work(exp, work), exp.server_optimizer, exp.model_aggregator)
 
 
 register('fedavg', _fed_avg)

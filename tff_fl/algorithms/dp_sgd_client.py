@@ -15,7 +15,7 @@ model are not used. Example-level epsilon: `tff_fl.privacy.accounting.example_le
 
 import collections
 from collections.abc import Callable, Mapping
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -24,16 +24,27 @@ import tensorflow_privacy as tfp
 from tensorflow_federated.python.learning import tensor_utils
 
 PerExampleLoss = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (y_true [B, ...], y_pred [B, ...]) -> [B]
+LossArg = Union[PerExampleLoss, tf.keras.losses.Loss]
 
 
 def _labels(batch):
   return batch['y'] if isinstance(batch, Mapping) else batch[1]
 
 
-def build_dp_sgd_update(model_fn: Callable[[], tff.learning.models.VariableModel], per_example_loss: PerExampleLoss,
+def _per_example(loss) -> PerExampleLoss:
+  """A Keras `Loss` object (its unreduced `call`) or a callable already returning per-example losses."""
+  if isinstance(loss, tf.keras.losses.Loss):
+    return loss.call
+  if not callable(loss):
+    raise ValueError(f'per_example_loss must be a tf.keras.losses.Loss or a callable, got {loss!r}.')
+  return loss
+
+
+def build_dp_sgd_update(model_fn: Callable[[], tff.learning.models.VariableModel], per_example_loss: LossArg,
                         l2_norm_clip: float, noise_multiplier: float, weighting: tff.learning.ClientWeighting):
   """A `tf.function` (optimizer, initial_weights, data, hparams) -> (ClientResult, unfinalized metrics)."""
   model = model_fn()
+  per_example_loss = _per_example(per_example_loss)
   query = tfp.GaussianSumQuery(l2_norm_clip=l2_norm_clip, stddev=l2_norm_clip * noise_multiplier)
 
   @tf.function
@@ -85,7 +96,7 @@ def build_dp_sgd_update(model_fn: Callable[[], tff.learning.models.VariableModel
 def build_dp_sgd_client_work(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     optimizer: tff.learning.optimizers.Optimizer,
-    per_example_loss: PerExampleLoss,
+    per_example_loss: LossArg,
     l2_norm_clip: float,
     noise_multiplier: float,
     client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.UNIFORM,
@@ -96,8 +107,8 @@ def build_dp_sgd_client_work(
   Args:
     model_fn: no-arg callable building a fresh `tff.learning.models.VariableModel`.
     optimizer: the local `tff.learning.optimizers.Optimizer`, applied to the noised mean gradient.
-    per_example_loss: (labels, predictions) -> per-example loss [B], e.g.
-      `tf.keras.losses.sparse_categorical_crossentropy`; must match the model's training loss.
+    per_example_loss: the model's training loss as a `tf.keras.losses.Loss` (its unreduced `call` is used) or a
+      callable (labels, predictions) -> per-example losses [B], e.g. `tf.keras.losses.sparse_categorical_crossentropy`.
     l2_norm_clip: per-example gradient clip norm C (> 0).
     noise_multiplier: z >= 0; noise stddev on each batch's summed gradient is z * C.
     client_weighting: `UNIFORM` (default: the weight reveals nothing about the data) or `NUM_EXAMPLES`.
@@ -107,6 +118,7 @@ def build_dp_sgd_client_work(
     raise ValueError(f'l2_norm_clip must be a positive number, got {l2_norm_clip!r}.')
   if not isinstance(noise_multiplier, (int, float)) or not noise_multiplier >= 0:
     raise ValueError(f'noise_multiplier must be a non-negative number, got {noise_multiplier!r}.')
+  _per_example(per_example_loss)
   if not isinstance(client_weighting, tff.learning.ClientWeighting):
     raise ValueError(f'client_weighting must be a tff.learning.ClientWeighting, got {client_weighting!r}.')
   metrics_aggregator = metrics_aggregator or tff.learning.metrics.sum_then_finalize
@@ -154,7 +166,7 @@ def build_dp_sgd_client_work(
 def build_dp_sgd_fed_avg(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     client_optimizer: tff.learning.optimizers.Optimizer,
-    per_example_loss: PerExampleLoss,
+    per_example_loss: LossArg,
     l2_norm_clip: float,
     noise_multiplier: float,
     server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None,

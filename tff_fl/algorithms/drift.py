@@ -131,6 +131,10 @@ def with_client_gradients(process: tff.learning.templates.LearningProcess,
   def sq_norm(gradient):
     return tf.reduce_sum(tf.square(_flat(gradient)))
 
+  @tff.tensorflow.computation(tf.float32)
+  def square(x):
+    return x * x
+
   @tff.tensorflow.computation(tf.float32, tf.float32)
   def std(mean, mean_sq):
     return tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
@@ -141,7 +145,7 @@ def with_client_gradients(process: tff.learning.templates.LearningProcess,
     diag = tff.federated_map(client_gradient, (tff.federated_broadcast(weights), client_data))
     mean_gradient = tff.federated_mean(diag.gradient)
     loss_mean = tff.federated_mean(diag.loss)
-    loss_sq_mean = tff.federated_mean(tff.federated_map(tff.tensorflow.computation(lambda x: x * x, tf.float32), diag.loss))
+    loss_sq_mean = tff.federated_mean(tff.federated_map(square, diag.loss))
     drift = tff.federated_zip(collections.OrderedDict(
         gradient_dissimilarity=tff.federated_mean(tff.federated_map(
             sq_distance, (diag.gradient, tff.federated_broadcast(mean_gradient)))),

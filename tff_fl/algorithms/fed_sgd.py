@@ -49,6 +49,17 @@ def build_gradient_fn(model: tff.learning.models.VariableModel, weighting):
   return client_gradient
 
 
+def build_gradient_client_work(model_fn: client_work_lib.ModelFn,
+                               client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+                               metrics_aggregator=None) -> tff.learning.templates.ClientWorkProcess:
+  """`ClientWorkProcess` whose update is the client's mean gradient at the broadcast model."""
+
+  def client_tf_fn(initial_weights, dataset):
+    return build_gradient_fn(model_fn(), client_weighting)(initial_weights, dataset)
+
+  return client_work_lib.build_client_work_process(client_tf_fn, model_fn, metrics_aggregator)
+
+
 def build_fed_sgd(model_fn: client_work_lib.ModelFn,
                   server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None, *,
                   client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
@@ -56,9 +67,5 @@ def build_fed_sgd(model_fn: client_work_lib.ModelFn,
                   metrics_aggregator=None) -> tff.learning.templates.LearningProcess:
   """FedSGD; default server optimizer is SGD with learning rate 0.1 (TFF's default)."""
   server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(learning_rate=0.1)
-
-  def client_tf_fn(initial_weights, dataset):
-    return build_gradient_fn(model_fn(), client_weighting)(initial_weights, dataset)
-
-  work = client_work_lib.build_client_work_process(client_tf_fn, model_fn, metrics_aggregator)
+  work = build_gradient_client_work(model_fn, client_weighting, metrics_aggregator)
   return fed_avg.compose(model_fn, work, server_optimizer, model_aggregator, model_distributor)

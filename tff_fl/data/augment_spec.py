@@ -13,7 +13,7 @@ Augmentations (training data only, seeded per client, round and example):
 Client preprocessing:
   normalize(client)   (x - mean) / std with the client's own statistics, computed on the client
   normalize(m, s)     (x - m) / s with global constants (s > 0)
-  shuffle(n)          shuffle buffer of n examples (default: the whole client dataset)
+  shuffle(n)          shuffle buffer of n examples (default: the whole client dataset; 10000 if its size is unknown)
   take(n)             at most n batches per client per round (n >= 1)
 """
 

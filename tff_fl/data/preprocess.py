@@ -29,6 +29,7 @@ import tensorflow_federated as tff
 from tff_fl.data import augment_spec
 
 _MAX_INT31 = 2**31 - 1
+_DEFAULT_BUFFER = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ class PreprocessSpec:
   epochs: int = 1
   batch_size: int = 10
   seed: int = 0
-  shuffle_buffer: Optional[int] = None  # None: the whole client dataset.
+  shuffle_buffer: Optional[int] = None  # None: the whole client dataset (10000 if its size is unknown).
   max_batches: Optional[int] = None  # None: every batch.
   normalize: Optional[tuple] = None  # None, ('client',) or (mean, std).
   augment: tuple = ()  # augment_spec.Op items, applied in order.
@@ -128,7 +129,8 @@ def preprocess_train(raw: tf.data.Dataset, spec: PreprocessSpec, seed: tf.Tensor
     mean, std = client_statistics(raw)
   else:
     mean, std = tf.constant(spec.normalize[0], tf.float32), tf.constant(spec.normalize[1], tf.float32)
-  buffer = spec.shuffle_buffer or tf.maximum(raw.cardinality(), 1)
+  cardinality = raw.cardinality()  # Unknown (< 0) for some sources: fall back to a large buffer.
+  buffer = spec.shuffle_buffer or tf.where(cardinality > 0, cardinality, _DEFAULT_BUFFER)
   shuffle_seed = tf.random.stateless_uniform([], seed, minval=0, maxval=_MAX_INT31, dtype=tf.int64)
   ds = raw.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True).repeat(spec.epochs)
 

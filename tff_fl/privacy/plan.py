@@ -35,6 +35,7 @@ class ClientDPPlan:
   accountant: Optional[accounting.ClientLevelAccountant]
   budget: budget_lib.PrivacyBudget
   accountant_kind: str
+  client_sampling: str
   secure_bits: Optional[int] = None
 
   def sample(self, round_num: int, client_ids: Sequence[str]) -> list[str]:
@@ -61,16 +62,17 @@ class ClientDPPlan:
 
   def build_aggregator(self, model_fn: Optional[Callable[[], object]] = None):
     """The `tff.aggregators` factory for the model update (None for dp='none'); tree needs `model_fn`."""
-    specs = dp_aggregators.model_trainable_specs(model_fn) if self.dp == 'tree' and model_fn else None
+    tree = dict(record_specs=dp_aggregators.model_trainable_specs(model_fn) if model_fn else None,
+                tree_restart_rounds=self.sampler.cohorts_per_epoch) if self.dp == 'tree' else {}
     return dp_aggregators.build_dp_aggregator(
         self.dp, self.noise_multiplier, self.clip_norm, self.sampler.expected_clients_per_round,
-        self.target_unclipped_quantile, record_specs=specs, secure_bits=self.secure_bits)
+        self.target_unclipped_quantile, secure_bits=self.secure_bits, **tree)
 
   def summary(self) -> collections.OrderedDict:
     """JSON-ready description for summary.json."""
     return collections.OrderedDict(
         dp=self.dp, noise_multiplier=self.noise_multiplier, clip_norm=self.clip_norm,
-        client_sampling=type(self.sampler).__name__,
+        client_sampling=self.client_sampling,
         expected_clients_per_round=self.sampler.expected_clients_per_round,
         accountant=self.accountant_kind if self.accountant else None,
         neighboring_relation=self.sampler.neighboring_relation.name if self.accountant else None,
@@ -118,7 +120,7 @@ def build_client_dp_plan(dp: str, num_clients: int, clients_per_round: int, *, n
                                            accountant)
   budget = budget_lib.PrivacyBudget(acc or _NoPrivacy(), target_delta, target_epsilon)
   return ClientDPPlan(dp, float(noise_multiplier), float(clip_norm), float(target_unclipped_quantile), sampler,
-                      acc, budget, accountant, secure_bits)
+                      acc, budget, accountant, client_sampling, secure_bits)
 
 
 class _NoPrivacy:

@@ -8,26 +8,19 @@ accountant can never assume a sampling scheme other than the one that ran:
 * `FixedSizeSampler`: exactly `k` of the `n` clients, uniformly without replacement
   (`dp_accounting.SampledWithoutReplacementDpEvent`, replace-one adjacency; RDP only in dp-accounting 0.4.3).
 * `CyclicSampler`: DP-FTRL's "no sampling": a fixed random partition of the clients into `n // k` cohorts
-  visited in turn, so a client's participations are exactly `n // k` rounds apart. Accounted by the tree
-  aggregation accountant (`tensorflow_privacy` / `dp_accounting`), for use with `--dp=tree` only.
+  visited in turn (one epoch = one pass), accounted as one tree-aggregation event per epoch
+  (`dp_accounting.SingleEpochTreeAggregationDpEvent`, replace-special adjacency; RDP only); `--dp=tree` only.
 
 Cohorts are a pure function of `(seed, round_num)`: resuming a run reproduces them.
 """
 
 import abc
 from collections.abc import Sequence
-import math
 
 import dp_accounting
 import numpy as np
 
 NeighboringRelation = dp_accounting.NeighboringRelation
-
-
-def _check_cohort_size(clients_per_round, num_clients: int) -> int:
-  if not isinstance(clients_per_round, (int, np.integer)) or not 1 <= clients_per_round <= num_clients:
-    raise ValueError(f'clients_per_round must be an integer in [1, {num_clients}], got {clients_per_round!r}.')
-  return int(clients_per_round)
 
 
 class ClientSampler(abc.ABC):
@@ -107,16 +100,22 @@ class PoissonSampler(ClientSampler):
     return dp_accounting.PoissonSampledDpEvent(sampling_probability=self._rate, event=mechanism)
 
 
-class FixedSizeSampler(ClientSampler):
-  """Exactly `clients_per_round` distinct clients per round, uniformly at random."""
+class _FixedCohortSampler(ClientSampler, abc.ABC):
+  """Cohorts of exactly `clients_per_round` distinct clients."""
 
   def __init__(self, num_clients: int, clients_per_round: int, seed: int = 0):
     super().__init__(num_clients, seed)
-    self._k = _check_cohort_size(clients_per_round, num_clients)
+    if not isinstance(clients_per_round, (int, np.integer)) or not 1 <= clients_per_round <= num_clients:
+      raise ValueError(f'clients_per_round must be an integer in [1, {num_clients}], got {clients_per_round!r}.')
+    self._k = int(clients_per_round)
 
   @property
   def expected_clients_per_round(self) -> float:
     return float(self._k)
+
+
+class FixedSizeSampler(_FixedCohortSampler):
+  """Exactly `clients_per_round` distinct clients per round, uniformly at random."""
 
   @property
   def neighboring_relation(self) -> NeighboringRelation:
@@ -130,26 +129,23 @@ class FixedSizeSampler(ClientSampler):
         source_dataset_size=self._num_clients, sample_size=self._k, event=mechanism)
 
 
-class CyclicSampler(ClientSampler):
+class CyclicSampler(_FixedCohortSampler):
   """DP-FTRL without sampling: `num_clients // k` disjoint cohorts of size `k`, visited cyclically.
 
-  Clients beyond `(num_clients // k) * k` in the (seeded) permutation never participate. A client takes part
-  at most `ceil(rounds / cohorts_per_epoch)` times in `rounds` rounds, with `cohorts_per_epoch - 1` rounds
-  between two participations; `tree_rdp` turns that into RDP for a single (never restarted) tree.
+  One pass over the cohorts is an epoch; clients beyond `(num_clients // k) * k` in the (seeded) permutation
+  never participate. Every client is in at most one cohort per epoch, so with the tree restarted at each
+  epoch boundary (`build_dp_aggregator(..., tree_restart_rounds=cohorts_per_epoch)`) the run is one
+  `SingleEpochTreeAggregationDpEvent` per epoch (Kairouz et al. 2021, appendix D).
   """
 
   def __init__(self, num_clients: int, clients_per_round: int, seed: int = 0):
-    super().__init__(num_clients, seed)
-    self._k = _check_cohort_size(clients_per_round, num_clients)
+    super().__init__(num_clients, clients_per_round, seed)
     self._order = np.random.default_rng([self._seed, 2**32 - 1]).permutation(num_clients)
 
   @property
   def cohorts_per_epoch(self) -> int:
+    """Rounds per epoch; the tree aggregator must restart after every this many rounds."""
     return self._num_clients // self._k
-
-  @property
-  def expected_clients_per_round(self) -> float:
-    return float(self._k)
 
   @property
   def neighboring_relation(self) -> NeighboringRelation:
@@ -159,22 +155,12 @@ class CyclicSampler(ClientSampler):
     start = (round_num % self.cohorts_per_epoch) * self._k
     return np.sort(self._order[start:start + self._k])
 
-  def max_participations(self, rounds: int) -> int:
-    return math.ceil(rounds / self.cohorts_per_epoch)
-
   def round_event(self, mechanism):
-    raise ValueError('CyclicSampler has no per-round sampling event; it is accounted with tree_rdp (--dp=tree).')
+    raise ValueError('CyclicSampler has no per-round sampling event; its rounds are accounted per epoch.')
 
   def dp_event(self, noise_multiplier, rounds):
-    """Single-epoch tree event; only valid while no client has participated twice."""
-    if self.max_participations(rounds) > 1:
-      raise ValueError(f'rounds={rounds} exceeds one epoch ({self.cohorts_per_epoch} cohorts); use tree_rdp.')
-    return dp_accounting.SingleEpochTreeAggregationDpEvent(noise_multiplier, int(rounds))
-
-  def tree_rdp(self, noise_multiplier: float, rounds: int, orders: Sequence[float]) -> np.ndarray:
-    """RDP at `orders` of `rounds` leaves of one tree (tensorflow-privacy's single-tree accountant)."""
-    # pylint: disable=g-import-not-at-top
-    from tensorflow_privacy.privacy.analysis import tree_aggregation_accountant
-    return np.asarray(tree_aggregation_accountant.compute_rdp_single_tree(
-        noise_multiplier, total_steps=int(rounds), max_participation=self.max_participations(rounds),
-        min_separation=self.cohorts_per_epoch - 1, orders=list(orders)), dtype=np.float64)
+    """One tree per (possibly partial) epoch; each client contributes at most once to each tree."""
+    full_epochs, rest = divmod(int(rounds), self.cohorts_per_epoch)
+    tree = lambda steps: dp_accounting.SingleEpochTreeAggregationDpEvent(noise_multiplier, steps)
+    events = [dp_accounting.SelfComposedDpEvent(tree(self.cohorts_per_epoch), full_epochs)] if full_epochs else []
+    return dp_accounting.ComposedDpEvent(events + ([tree(rest)] if rest else []))

@@ -9,6 +9,8 @@ compiler, same gRPC options):
 * the worker's stdout/stderr go to a log file (or /dev/null), never to the parent's pipes;
 * the worker is started with `PR_SET_PDEATHSIG=SIGKILL`, so the kernel kills it if Python dies, even on `kill -9`;
 * `shutdown()` (also registered with `atexit`) terminates and reaps every worker this module started.
+
+Secure-sum intrinsics are lowered to plain sums (as `tff.backends.test` does), so secure aggregators simulate.
 """
 
 import atexit
@@ -26,6 +28,7 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.native import compiler
+from tensorflow_federated.python.core.backends.test import compiler as test_compiler
 from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
@@ -128,6 +131,12 @@ class _ManagedWorker:
     self._proc, self._stub = None, None
 
 
+def _compile(comp):
+  """TFF's native compiler, after lowering secure sums to plain sums with bit-width checks (the C++ runtime has no
+  SecAgg; `tff.backends.test` does the same), so `tff.federated_secure_sum_bitwidth` aggregators run in simulation."""
+  return compiler.desugar_and_transform_to_native(test_compiler.replace_secure_intrinsics_with_bodies(comp))
+
+
 def create_local_cpp_context(default_num_clients: int = 0, log_path: Optional[str] = None):
   """Returns (context, close_fn): TFF's sync C++ context backed by a worker that this module manages."""
   worker = _ManagedWorker(log_path)
@@ -142,7 +151,7 @@ def create_local_cpp_context(default_num_clients: int = 0, log_path: Optional[st
   factory = python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
   context = sync_execution_context.SyncExecutionContext(
       executor_fn=factory,
-      compiler_fn=compiler.desugar_and_transform_to_native,
+      compiler_fn=_compile,
       transform_args=tensorflow_computation.transform_args,
       transform_result=tensorflow_computation.transform_result,
   )

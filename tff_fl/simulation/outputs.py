@@ -41,16 +41,24 @@ def to_scalar(value) -> Any:
   return arr.item()
 
 
+_MAX_VECTOR_COLUMNS = 32
+
+
 def flatten_metrics(metrics, prefix: str = '') -> dict[str, Any]:
-  """Nested OrderedDicts of measurements -> {'a/b/c': scalar}, skipping non-scalar leaves."""
+  """Nested OrderedDicts of measurements -> {'a/b/c': scalar}; vectors of <= 32 numbers -> 'a/b/0', 'a/b/1', ...;
+  larger tensors are skipped."""
   flat = {}
   items = metrics.items() if hasattr(metrics, 'items') else (
       enumerate(metrics) if isinstance(metrics, (list, tuple)) else None)
   if items is None:
-    scalar = to_scalar(metrics)
-    if scalar is not None:
-      flat[prefix.rstrip('/')] = scalar
-    return flat
+    arr = np.asarray(metrics)
+    if arr.ndim == 1 and 0 < arr.size <= _MAX_VECTOR_COLUMNS and arr.dtype.kind in 'biuf':
+      items = enumerate(arr.tolist())  # Small vectors (e.g. Krum's selected indices) become one column each.
+    else:
+      scalar = to_scalar(metrics)
+      if scalar is not None:
+        flat[prefix.rstrip('/')] = scalar
+      return flat
   for key, value in items:
     flat.update(flatten_metrics(value, f'{prefix}{key}/'))
   return flat

@@ -4,8 +4,8 @@ Each round exactly `len(cohort) - round(len(cohort) * (1 - fraction))` of the sa
 FedProx code's `active_clients`, at least one client stays active); a straggler manages k local epochs,
 k ~ U{1, ..., E - 1} ("a random number of epochs in [1, E)"). Policy 'drop' (FedAvg in the paper) discards the
 stragglers; 'partial' (FedProx) keeps the work they finished: the first ceil(k * n / B) batches of their usual
-E-epoch dataset, i.e. exactly k passes over their n examples. Draws depend only on (seed, round), so a resumed run
-sees the same stragglers.
+E-epoch dataset (batched across epoch boundaries), i.e. k passes over their n examples rounded up to a whole batch.
+Draws depend only on (seed, round), so a resumed run sees the same stragglers.
 
 This differs from `regimes.Participation` (each client straggles independently with probability `fraction` and
 finishes a uniform share of its steps); `RegimeInputs` and its `regime/*` metrics columns are reused as they are.

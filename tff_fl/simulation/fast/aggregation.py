@@ -13,8 +13,27 @@ per-client engine. Shapes/types are those of `process.next`: value = model updat
 """
 
 import collections
+import itertools
 
+import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.computation import computation_impl
+from tensorflow_federated.python.core.impl.types import type_conversions
+from tensorflow_federated.python.core.impl.utils import tensorflow_utils
+
+_suffixes = itertools.count()
+
+
+def call_in_graph(comp: tff.Computation, arg=None):
+  """Calls a `tff.tensorflow.computation` inside the current TF graph, including a `tf.function` or loop body
+  (TFF's own nested invocation imports into the outermost computation graph, which a loop body cannot use)."""
+  proto = computation_impl.ConcreteComputation.get_proto(comp)
+  token = tf.constant('', tf.string)  # TFF's per-session token placeholder; unused by aggregator pieces.
+  init_op, result = tensorflow_utils.deserialize_and_call_tf_computation(
+      proto, arg, tf.compat.v1.get_default_graph(), f'_fast_{next(_suffixes)}', token)
+  if init_op:
+    raise ValueError('the fast engine cannot run aggregator pieces that create variables.')
+  return type_conversions.type_to_py_container(result, comp.type_signature.result)
 
 
 class ClientAxisAggregation:
@@ -45,12 +64,12 @@ class ClientAxisAggregation:
 
   # TensorFlow side (call inside a TF computation / tf.function).
   def zero(self):
-    return self.form.zero()
+    return call_in_graph(self.form.zero)
 
   def accumulate_client(self, accumulator, value, weight, client_input):
     """Runs the aggregator's client-side `work` on one client's (value, weight) and adds it to `accumulator`."""
-    contribution = self.form.work(collections.OrderedDict(value=value, weight=weight), client_input)
-    return self.form.accumulate(accumulator, contribution[0])
+    contribution = call_in_graph(self.form.work, (collections.OrderedDict(value=value, weight=weight), client_input))
+    return call_in_graph(self.form.accumulate, (accumulator, contribution[0]))
 
   # Federated side (call inside a tff.federated_computation).
   def broadcast_input(self, state):

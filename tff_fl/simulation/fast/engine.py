@@ -74,6 +74,23 @@ class FastLearningProcess:
     return self._set_weights_fn(state, weights)
 
 
+class TensorBatches:
+  """Duck-types the one `tf.data.Dataset` method local training uses, `reduce`, over one client's packed rows:
+  batches are `rows[k*B : min((k+1)*B, n)]`, folded with a `tf.while_loop` (no per-client dataset to build)."""
+
+  def __init__(self, rows: collections.OrderedDict, num_examples, batch_size: int):
+    self._rows, self._n, self._batch_size = rows, num_examples, batch_size
+
+  def reduce(self, initial_state, reduce_fn):
+    def step(i, state):
+      lo = i * self._batch_size
+      hi = tf.minimum(self._n, lo + self._batch_size)
+      return i + 1, reduce_fn(state, collections.OrderedDict((k, v[lo:hi]) for k, v in self._rows.items()))
+
+    num_batches = (self._n + self._batch_size - 1) // self._batch_size
+    return tf.while_loop(lambda i, _: i < num_batches, step, (tf.constant(0), initial_state))[1]
+
+
 def _build_group_training(model_fn, client_optimizer, weighting, proximal_mu, batch_size, weights_type, agg,
                           data_type):
   """TF computation (weights, aggregator client input, group) -> (slot accumulator, summed unfinalized metrics)."""
@@ -84,13 +101,12 @@ def _build_group_training(model_fn, client_optimizer, weighting, proximal_mu, ba
     model = model_fn()
     local_train = client_work_lib.build_local_training_fn(model, weighting=weighting, proximal_mu=proximal_mu)
 
-    @tf.function
+    @tf.function(autograph=False)  # Autograph would rewrite TFF's graph import of the aggregator's pieces.
     def run():
       def train_client(c, accumulator):
         n = group['n'][c]
-        data = collections.OrderedDict((k, group[k][c, :n]) for k in keys)
-        dataset = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
-        result, _ = local_train(client_optimizer, initial_weights, dataset)
+        batches = TensorBatches(collections.OrderedDict((k, group[k][c]) for k in keys), n, batch_size)
+        result, _ = local_train(client_optimizer, initial_weights, batches)
         return c + 1, agg.accumulate_client(accumulator, result.update, result.update_weight, client_input)
 
       num_clients = tf.shape(group['n'])[0]

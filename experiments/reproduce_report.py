@@ -1,0 +1,201 @@
+"""Tables and curves for `experiments.reproduce`: rounds-to-target, FedProx orderings, final accuracy.
+
+Every number comes from a run's metrics.csv rows (dicts with a 'round' key). Rounds-to-target follows McMahan et al.
+(2017): the accuracy curve is made monotone by its running maximum and the crossing of the target is linearly
+interpolated between the two evaluated rounds around it. PNGs are written with matplotlib's Agg backend.
+"""
+
+import collections
+import os
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def rounds_to_target(rounds: Sequence[float], values: Sequence[float], target: float) -> Optional[float]:
+  """First round at which the running max of `values` reaches `target`, interpolated linearly; None if never.
+
+  If the first evaluated round already reaches the target, that round is returned (no earlier point to interpolate).
+  """
+  rounds, values = np.asarray(rounds, np.float64), np.asarray(values, np.float64)
+  if rounds.shape != values.shape or rounds.ndim != 1:
+    raise ValueError(f'rounds and values must be 1-D of equal length; got {rounds.shape} and {values.shape}')
+  best = np.maximum.accumulate(values) if values.size else values
+  hits = np.flatnonzero(best >= target)
+  if hits.size == 0:
+    return None
+  i = int(hits[0])
+  if i == 0:
+    return float(rounds[0])
+  r0, r1, a0, a1 = rounds[i - 1], rounds[i], best[i - 1], best[i]
+  return float(r0 + (target - a0) / (a1 - a0) * (r1 - r0))
+
+
+def curve(rows: Sequence[dict], column: str) -> tuple[np.ndarray, np.ndarray]:
+  """(rounds, values) of the rows that have a numeric `column`."""
+  pts = [(r['round'], r[column]) for r in rows if isinstance(r.get(column), (int, float))]
+  if not pts:
+    return np.zeros(0), np.zeros(0)
+  rounds, values = zip(*pts)
+  return np.asarray(rounds, np.float64), np.asarray(values, np.float64)
+
+
+def last_value(rows: Sequence[dict], column: str) -> Optional[float]:
+  _, values = curve(rows, column)
+  return float(values[-1]) if values.size else None
+
+
+def tail_std(rows: Sequence[dict], column: str, fraction: float = 0.5) -> Optional[float]:
+  """Std of `column` over the last `fraction` of its evaluated rounds (instability of a curve)."""
+  _, values = curve(rows, column)
+  if values.size < 2:
+    return None
+  return float(np.std(values[-max(int(round(values.size * fraction)), 2):]))
+
+
+def mean_spread(values: Sequence[Optional[float]], digits: int = 3) -> str:
+  """'mean ± std (n=k)' over the non-None values; '-' if none."""
+  vals = np.asarray([v for v in values if v is not None], np.float64)
+  if vals.size == 0:
+    return '-'
+  if vals.size == 1:
+    return f'{vals[0]:.{digits}f}'
+  return f'{vals.mean():.{digits}f} ± {vals.std():.{digits}f} (n={vals.size})'
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def plot_panels(path: str, panels: Sequence[tuple], ylabel: str, ncols: Optional[int] = None) -> str:
+  """One subplot per (title, lines, hline) where lines = [(label, rounds, values)]; `hline` an optional target."""
+  ncols = ncols or min(len(panels), 4)
+  nrows = int(np.ceil(len(panels) / ncols))
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+  for ax, (title, lines, hline) in zip(axes.ravel(), panels):
+    for label, rounds, values in lines:
+      ax.plot(rounds, values, label=label, linewidth=1.2)
+    if hline is not None:
+      ax.axhline(hline, color='gray', linestyle='--', linewidth=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel('round')
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if lines:
+      ax.legend(fontsize=7)
+  for ax in axes.ravel()[len(panels):]:
+    ax.axis('off')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _fmt(value, digits=1, suffix=''):
+  return '-' if value is None else f'{value:.{digits}f}{suffix}'
+
+
+def rounds_to_target_section(suite, results, out_dir: str) -> str:
+  """McMahan-style table: paper rounds vs ours per seed, ratio, best accuracy, rounds used, wall time; one PNG."""
+  table, panels = [], []
+  for run in suite.runs:
+    mine = [r for r in results if r.run.name == run.name]
+    if not mine:
+      continue
+    lines = []
+    for res in mine:
+      rounds, acc = curve(res.rows, run.metric)
+      hit = rounds_to_target(rounds, acc, run.target)
+      ratio = f'{hit / run.paper_rounds:.2f}x' if hit is not None else '-'
+      ours = f'{hit:.1f}' if hit is not None else f'not reached (best {acc.max():.4f})' if acc.size else 'no data'
+      table.append([run.label, run.paper, ours, ratio, res.settings, res.seed, res.rounds_used,
+                    _fmt(res.wall_seconds / 60, 1, ' min')])
+      lines.append((f'seed {res.seed}', rounds, acc))
+    panels.append((f'{run.label} (paper {run.paper_rounds:g} rounds)', lines, run.target))
+  png = plot_panels(os.path.join(out_dir, f'{suite.name}_accuracy.png'), panels, run_metric(suite), ncols=2)
+  header = ['config', 'paper', 'ours: rounds to target', 'ours / paper', 'settings', 'seed', 'rounds used', 'wall']
+  return markdown_table(header, table) + f'\n\n![curves]({os.path.basename(png)})\n'
+
+
+def run_metric(suite) -> str:
+  return suite.runs[0].metric if suite.runs else ''
+
+
+def fedprox_section(suite, results, out_dir: str) -> str:
+  """FedAvg vs FedProx per (dataset, stragglers): final train loss / test accuracy (mean ± std over seeds),
+  instability (std of test accuracy over the last half of the run), and whether the paper's ordering holds."""
+  by_key = collections.defaultdict(list)
+  for res in results:
+    by_key[(res.run.group, res.run.stragglers, res.run.label)].append(res)
+  groups = list(dict.fromkeys(r.group for r in suite.runs))
+  levels = sorted({r.stragglers for r in suite.runs})
+  labels = list(dict.fromkeys(r.label for r in suite.runs))
+  table, loss_panels, acc_panels = [], [], []
+  for level in levels:
+    for group in groups:
+      cells = {lab: by_key.get((group, level, lab), []) for lab in labels}
+      if not any(cells.values()):
+        continue
+      stats = {lab: dict(loss=[last_value(r.rows, 'central_train_loss') for r in rs],
+                         acc=[last_value(r.rows, 'eval_accuracy') for r in rs],
+                         instab=[tail_std(r.rows, 'eval_accuracy') for r in rs]) for lab, rs in cells.items()}
+      base, prox = labels[0], labels[-1]
+      mean = lambda lab, key: (np.mean([v for v in stats[lab][key] if v is not None])
+                               if any(v is not None for v in stats[lab][key]) else None)
+      lower_loss = (None if mean(prox, 'loss') is None or mean(base, 'loss') is None
+                    else bool(mean(prox, 'loss') < mean(base, 'loss')))
+      better_acc = (None if mean(prox, 'acc') is None or mean(base, 'acc') is None
+                    else bool(mean(prox, 'acc') > mean(base, 'acc')))
+      table.append([group, f'{level:.0%}'] +
+                   [mean_spread(stats[lab]['loss']) for lab in labels] +
+                   [mean_spread(stats[lab]['acc']) for lab in labels] +
+                   [mean_spread(stats[lab]['instab']) for lab in labels] +
+                   [_yes_no(lower_loss), _yes_no(better_acc), max(r.rounds_used for rs in cells.values() for r in rs),
+                    ','.join(str(r.seed) for r in cells[prox] or cells[base]),
+                    _fmt(sum(r.wall_seconds for rs in cells.values() for r in rs) / 60, 1, ' min')])
+      title = f'{group}, {level:.0%} stragglers'
+      loss_panels.append((title, [(f'{lab} seed {r.seed}', *curve(r.rows, 'central_train_loss'))
+                                  for lab in labels for r in cells[lab]], None))
+      acc_panels.append((title, [(f'{lab} seed {r.seed}', *curve(r.rows, 'eval_accuracy'))
+                                 for lab in labels for r in cells[lab]], None))
+  ncols = max(len(groups), 1)
+  loss_png = plot_panels(os.path.join(out_dir, f'{suite.name}_train_loss.png'), loss_panels, 'train loss', ncols)
+  acc_png = plot_panels(os.path.join(out_dir, f'{suite.name}_test_accuracy.png'), acc_panels, 'test accuracy', ncols)
+  header = (['dataset', 'stragglers'] + [f'train loss {lab}' for lab in labels] +
+            [f'test acc {lab}' for lab in labels] + [f'acc instability {lab}' for lab in labels] +
+            [f'{labels[-1]} lower loss', f'{labels[-1]} higher acc', 'rounds used', 'seeds', 'wall'])
+  return (markdown_table(header, table) + f'\n\n![train loss]({os.path.basename(loss_png)})\n'
+          f'![test accuracy]({os.path.basename(acc_png)})\n')
+
+
+def _yes_no(flag: Optional[bool]) -> str:
+  return '-' if flag is None else ('yes' if flag else 'no')
+
+
+def final_accuracy_section(suite, results, out_dir: str) -> str:
+  """Accuracy after the rounds used, next to the paper's number; one PNG of the curves."""
+  table, panels = [], []
+  for run in suite.runs:
+    mine = [r for r in results if r.run.name == run.name]
+    if not mine:
+      continue
+    for res in mine:
+      table.append([run.label, run.paper, _fmt(last_value(res.rows, run.metric), 4),
+                    _fmt(last_value(res.rows, 'eval_accuracy'), 4), res.settings, res.seed, res.rounds_used,
+                    _fmt(res.wall_seconds / 60, 1, ' min')])
+    panels.append((run.label, [(f'seed {r.seed}', *curve(r.rows, run.metric)) for r in mine], None))
+  png = plot_panels(os.path.join(out_dir, f'{suite.name}_accuracy.png'), panels, run_metric(suite))
+  header = ['config', 'paper', f'ours: {run_metric(suite)}', 'ours: eval_accuracy (all targets)', 'settings',
+            'seed', 'rounds used', 'wall']
+  return markdown_table(header, table) + f'\n\n![curves]({os.path.basename(png)})\n'
+
+
+SECTIONS = {'rounds_to_target': rounds_to_target_section, 'fedprox': fedprox_section,
+            'final_accuracy': final_accuracy_section}

@@ -1,0 +1,75 @@
+"""Reproduction runner: McMahan's rounds-to-target method against hand-computed numbers, and a 2-round toy suite
+run through the binary's flag parsing and training loop, its table checked against its own metrics.csv."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from absl import flags
+
+from experiments import reproduce
+from experiments import reproduce_report
+
+
+def test_rounds_to_target_hand_computed():
+  rounds, acc = [1, 2, 3, 4, 5], [0.5, 0.8, 0.7, 0.95, 0.9]
+  # Running max: 0.5, 0.8, 0.8, 0.95, 0.95 -> crosses 0.9 between round 3 (0.8) and 4 (0.95): 3 + 0.1 / 0.15.
+  assert reproduce_report.rounds_to_target(rounds, acc, 0.9) == pytest.approx(3 + 0.1 / 0.15)
+  # A dip below the target after reaching it does not matter; uneven spacing: 10 + (0.6 - 0.4) / 0.4 * 10 = 15.
+  assert reproduce_report.rounds_to_target([5, 10, 20, 25], [0.3, 0.4, 0.8, 0.1], 0.6) == pytest.approx(15.0)
+  assert reproduce_report.rounds_to_target(rounds, acc, 0.96) is None
+  assert reproduce_report.rounds_to_target(rounds, acc, 0.5) == 1.0
+  with pytest.raises(ValueError, match='equal length'):
+    reproduce_report.rounds_to_target([1, 2], [0.1], 0.5)
+
+
+def test_mean_spread_and_tail_std():
+  assert reproduce_report.mean_spread([1.0, 3.0, None]) == '2.000 ± 1.000 (n=2)'
+  rows = [{'round': r, 'a': v} for r, v in zip(range(1, 7), [0.0, 0.0, 0.0, 1.0, 3.0, 5.0])] + [{'round': 7}]
+  assert reproduce_report.tail_std(rows, 'a') == pytest.approx(np.std([1.0, 3.0, 5.0]))
+
+
+def _toy_suite(tmp_path):
+  flagfile = tmp_path / 'toy.flags'
+  flagfile.write_text('\n'.join([
+      '--task=digits', '--model=logreg', '--num_clients=5', '--partition=iid', '--clients_per_round=2',
+      '--client_learning_rate=0.5', '--client_batch_size=32', '--total_rounds=2', '--rounds_per_eval=1',
+      '--central_eval=test', '--experiment_name=ignored']))
+  run = reproduce.Run('toy', str(flagfile), 'reached', overrides=(('client_learning_rate', 0.1),), target=0.0,
+                      paper='1 round', paper_rounds=1)
+  return reproduce.Suite('toy', 'Toy suite', (run,), (0,), 'rounds_to_target', 'notes')
+
+
+def test_toy_suite_runs_through_the_binary(tmp_path):
+  suite = _toy_suite(tmp_path)
+  work, out = str(tmp_path / 'work'), str(tmp_path / 'out')
+  try:
+    path = reproduce.run_suite(suite, work, out, log=lambda line: None)
+  finally:
+    flags.FLAGS.unparse_flags()
+  with open(os.path.join(work, 'toy_seed0', 'metrics.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert [r['round'] for r in rows] == ['1']  # Target 0 is reached after round 1 of 2: the run stops there.
+  # Central evaluation (Keras, all clients' test examples) agrees with the loop's federated per-client evaluation.
+  assert float(rows[0]['central_test_accuracy']) == pytest.approx(float(rows[0]['eval_accuracy']), abs=1e-6)
+  assert float(rows[0]['central_test_loss']) == pytest.approx(float(rows[0]['eval_loss']), rel=1e-4)
+  with open(os.path.join(work, 'toy_seed0', 'hparams.json')) as f:
+    assert '"client_learning_rate": 0.1' in f.read()  # The override reached the binary's flags.
+  table = [line.split(' | ') for line in open(path).read().splitlines() if line.startswith('| reached')]
+  assert table[0][1:4] == ['1 round', '1.0', '1.00x'] and table[0][6] == '1'
+  assert 'client lr 0.1' in table[0][4] and 'digits/logreg' in table[0][4]
+  assert os.path.getsize(os.path.join(out, 'toy_accuracy.png')) > 0
+  assert os.path.exists(os.path.join(out, reproduce.REPORT_NAME))
+
+
+def test_rounds_to_target_section_not_reached(tmp_path):
+  run = reproduce.Run('r', 'unused.flags', 'cfg', target=0.9, paper='3 rounds', paper_rounds=3)
+  suite = reproduce.Suite('s', 'S', (run,), (0, 1), 'rounds_to_target')
+  rows = [{'round': 1, 'central_test_accuracy': 0.5}, {'round': 2, 'central_test_accuracy': 0.95}]
+  results = [reproduce.RunResult(run, 0, rows, 2, 60.0, 'settings'),
+             reproduce.RunResult(run, 1, rows[:1] + [{'round': 2, 'central_test_accuracy': 0.7}], 2, 30.0, 'x')]
+  lines = [l.split(' | ') for l in reproduce_report.rounds_to_target_section(suite, results, str(tmp_path))
+           .splitlines() if l.startswith('| cfg')]
+  assert lines[0][2:4] == [f'{1 + 0.4 / 0.45:.1f}', f'{(1 + 0.4 / 0.45) / 3:.2f}x'] and lines[0][7] == '1.0 min |'
+  assert lines[1][2:4] == ['not reached (best 0.7000)', '-']
