@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TFF_VERSION := 0.87.0
 # Tests and runs must never inherit a random thread layout; see BUILD_NOTES.md.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONHASHSEED ?= 0
 
 .PHONY: venv run test data benchmark clean

@@ -75,7 +75,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def plot_panels(path: str, panels: Sequence[tuple], ylabel: str, ncols: Optional[int] = None) -> str:
   """One subplot per (title, lines, hline) where lines = [(label, rounds, values)]; `hline` an optional target."""
-  ncols = ncols or min(len(panels), 4)
+  ncols = min(ncols or 4, max(len(panels), 1))
   nrows = int(np.ceil(len(panels) / ncols))
   fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
   for ax, (title, lines, hline) in zip(axes.ravel(), panels):
@@ -102,26 +102,36 @@ def _fmt(value, digits=1, suffix=''):
   return '-' if value is None else f'{value:.{digits}f}{suffix}'
 
 
-def rounds_to_target_section(suite, results, out_dir: str) -> str:
-  """McMahan-style table: paper rounds vs ours per seed, ratio, best accuracy, rounds used, wall time; one PNG."""
+def _per_run_section(suite, results, out_dir: str, ours, ours_header: Sequence[str], ncols=None) -> str:
+  """One table row per (run, seed): config, paper, `ours(run, result)` cells, settings, seed, rounds used, wall
+  time; one PNG panel per run with a curve per seed (and the target line, if any)."""
   table, panels = [], []
   for run in suite.runs:
     mine = [r for r in results if r.run.name == run.name]
     if not mine:
       continue
-    lines = []
     for res in mine:
-      rounds, acc = curve(res.rows, run.metric)
-      hit = rounds_to_target(rounds, acc, run.target)
-      ratio = f'{hit / run.paper_rounds:.2f}x' if hit is not None else '-'
-      ours = f'{hit:.1f}' if hit is not None else f'not reached (best {acc.max():.4f})' if acc.size else 'no data'
-      table.append([run.label, run.paper, ours, ratio, res.settings, res.seed, res.rounds_used,
+      table.append([run.label, run.paper, *ours(run, res), res.settings, res.seed, res.rounds_used,
                     _fmt(res.wall_seconds / 60, 1, ' min')])
-      lines.append((f'seed {res.seed}', rounds, acc))
-    panels.append((f'{run.label} (paper {run.paper_rounds:g} rounds)', lines, run.target))
-  png = plot_panels(os.path.join(out_dir, f'{suite.name}_accuracy.png'), panels, run_metric(suite), ncols=2)
-  header = ['config', 'paper', 'ours: rounds to target', 'ours / paper', 'settings', 'seed', 'rounds used', 'wall']
+    title = run.label + (f' (paper {run.paper_rounds:g} rounds)' if run.target is not None else '')
+    panels.append((title, [(f'seed {r.seed}', *curve(r.rows, run.metric)) for r in mine], run.target))
+  png = plot_panels(os.path.join(out_dir, f'{suite.name}_accuracy.png'), panels, run_metric(suite), ncols)
+  header = ['config', 'paper', *ours_header, 'settings', 'seed', 'rounds used', 'wall']
   return markdown_table(header, table) + f'\n\n![curves]({os.path.basename(png)})\n'
+
+
+def _rounds_to_target_cells(run, res) -> list[str]:
+  rounds, acc = curve(res.rows, run.metric)
+  hit = rounds_to_target(rounds, acc, run.target)
+  if hit is not None:
+    return [f'{hit:.1f}', f'{hit / run.paper_rounds:.2f}x']
+  return [f'not reached (best {acc.max():.4f})' if acc.size else 'no data', '-']
+
+
+def rounds_to_target_section(suite, results, out_dir: str) -> str:
+  """McMahan-style table: paper rounds vs ours (interpolated rounds to target, ratio) per seed; one PNG."""
+  return _per_run_section(suite, results, out_dir, _rounds_to_target_cells,
+                          ['ours: rounds to target', 'ours / paper'], ncols=2)
 
 
 def run_metric(suite) -> str:
@@ -181,20 +191,9 @@ def _yes_no(flag: Optional[bool]) -> str:
 
 def final_accuracy_section(suite, results, out_dir: str) -> str:
   """Accuracy after the rounds used, next to the paper's number; one PNG of the curves."""
-  table, panels = [], []
-  for run in suite.runs:
-    mine = [r for r in results if r.run.name == run.name]
-    if not mine:
-      continue
-    for res in mine:
-      table.append([run.label, run.paper, _fmt(last_value(res.rows, run.metric), 4),
-                    _fmt(last_value(res.rows, 'eval_accuracy'), 4), res.settings, res.seed, res.rounds_used,
-                    _fmt(res.wall_seconds / 60, 1, ' min')])
-    panels.append((run.label, [(f'seed {r.seed}', *curve(r.rows, run.metric)) for r in mine], None))
-  png = plot_panels(os.path.join(out_dir, f'{suite.name}_accuracy.png'), panels, run_metric(suite))
-  header = ['config', 'paper', f'ours: {run_metric(suite)}', 'ours: eval_accuracy (all targets)', 'settings',
-            'seed', 'rounds used', 'wall']
-  return markdown_table(header, table) + f'\n\n![curves]({os.path.basename(png)})\n'
+  cells = lambda run, res: [_fmt(last_value(res.rows, run.metric), 4), _fmt(last_value(res.rows, 'eval_accuracy'), 4)]
+  return _per_run_section(suite, results, out_dir, cells,
+                          [f'ours: {run_metric(suite)}', 'ours: eval_accuracy (all targets)'])
 
 
 SECTIONS = {'rounds_to_target': rounds_to_target_section, 'fedprox': fedprox_section,

@@ -148,7 +148,7 @@ def _personal_accuracy(exp, adapter, head_size, process, state):
   return acc
 
 
-def _adapter(exp, process):
+def _adapter(process):
   store = client_state.make_store(stateful_process.state_dim(process), FLAGS.client_state_dir)
   _hook.store = store
   return stateful_process.StoreAdapter(process, store)
@@ -162,7 +162,7 @@ def _scaffold(exp):
   process = scaffold.build_scaffold(exp.task.model_fn, FLAGS.client_learning_rate, len(exp.task.client_ids),
                                     exp.server_optimizer, client_weighting=_weighting(exp),
                                     model_aggregator=exp.model_aggregator)
-  return _adapter(exp, process)
+  return _adapter(process)
 
 
 def _fednova(exp):
@@ -176,7 +176,7 @@ def _fedper(exp):
   head_size = fedper.head_size_from_layers(exp.task.keras_model(), FLAGS.fedper_head_layers)
   process = fedper.build_fedper(exp.task.model_fn, exp.client_optimizer, head_size, exp.server_optimizer,
                                 client_weighting=_weighting(exp), model_aggregator=exp.model_aggregator)
-  adapter = _adapter(exp, process)
+  adapter = _adapter(process)
   _hook.evaluators['personal'] = lambda p, s: _personal_accuracy(exp, adapter, head_size, p, s)
   return adapter
 
@@ -185,7 +185,7 @@ def _topk_ef(exp):
   process = error_feedback.build_topk_error_feedback(
       exp.task.model_fn, exp.client_optimizer, parse_compression(FLAGS.compression), exp.server_optimizer,
       client_weighting=_weighting(exp), model_aggregator=exp.model_aggregator)
-  return _adapter(exp, process)
+  return _adapter(process)
 
 
 builders.register('scaffold', _scaffold)

@@ -21,7 +21,7 @@ def _cmd(out_dir, *flags):
 
 def _run(out_dir, *flags, check=True):
   proc = subprocess.run(_cmd(out_dir, *flags), cwd=REPO, capture_output=True, text=True, timeout=300,
-                        stdin=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                        stdin=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
   if check:
     assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
@@ -64,7 +64,7 @@ def test_same_seed_same_metrics_and_resume_after_kill(tmp_path):
   # kill -9 after round 3 is checkpointed, then re-run the same command.
   proc = subprocess.Popen(_cmd(tmp_path, '--experiment_name=k', *flags), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
   for line in proc.stdout:
     if line.startswith('round    3/'):
       break
