@@ -24,6 +24,8 @@ class Experiment:
   hooks: list = dataclasses.field(default_factory=list)
   # ClientWorkProcess -> ClientWorkProcess, applied in order by the built-in algorithms (e.g. attacks).
   client_work_wrappers: list = dataclasses.field(default_factory=list)
+  # (experiment) -> ClientWorkProcess replacing local SGD in fedavg/fedprox (e.g. sample-level DP-SGD); None = SGD.
+  client_work_builder: Optional[Callable] = None
   process: Any = None
 
   def build_process(self):

@@ -7,8 +7,8 @@ Each run is a flagfile in experiments/configs plus overrides: the flags are pars
 `python -m experiments.train --flagfile=...` would parse them, the experiment is built by the binary's
 `build_experiment()` and trained by the one training loop (checkpoints under --work_dir, so re-running continues).
 Runs with a target accuracy stop once it is reached. Then `<output_dir>/<suite>.md` (table: paper number, ours,
-settings, seeds, rounds used, wall time) and PNG curves are written from every run of the suite found in --work_dir,
-and `<output_dir>/reproductions.md` is reassembled from the suites' markdown files.
+settings, seeds, rounds used, wall time) and PNG curves are written from every run and seed of the suite found in
+--work_dir (also those of earlier invocations), and `<output_dir>/reproductions.md` is reassembled from the suites' markdown files.
 """
 
 import dataclasses
@@ -229,9 +229,18 @@ def select_runs(suite: Suite, patterns: Sequence[str]) -> list[Run]:
   return runs
 
 
-def write_report(suite: Suite, work_dir: str, output_dir: str, seeds: Sequence[int]) -> str:
-  """Writes `<output_dir>/<suite>.md` (+ PNGs) from every recorded run of the suite, and reassembles REPORT_NAME."""
-  results = [res for run in suite.runs for seed in seeds if (res := load_result(run, seed, work_dir)) is not None]
+def recorded_seeds(run: Run, work_dir: str) -> list[int]:
+  """Seeds of `run` that have an experiment directory in `work_dir`, ascending."""
+  prefix = f'{run.name}_seed'
+  names = os.listdir(work_dir) if os.path.isdir(work_dir) else []
+  return sorted(int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit())
+
+
+def write_report(suite: Suite, work_dir: str, output_dir: str) -> str:
+  """Writes `<output_dir>/<suite>.md` (+ PNGs) from every recorded (run, seed) of the suite in `work_dir`, and
+  reassembles REPORT_NAME from the suites' markdown files."""
+  results = [res for run in suite.runs for seed in recorded_seeds(run, work_dir)
+             if (res := load_result(run, seed, work_dir)) is not None]
   os.makedirs(output_dir, exist_ok=True)
   body = reproduce_report.SECTIONS[suite.section](suite, results, output_dir) if results else 'No run recorded yet.\n'
   total = sum(r.wall_seconds for r in results if np.isfinite(r.wall_seconds))
@@ -257,7 +266,7 @@ def run_suite(suite: Suite, work_dir: str, output_dir: str, seeds: Optional[Sequ
   for run in select_runs(suite, patterns):
     for seed in seeds:
       run_one(run, seed, work_dir, max_rounds, log)
-  return write_report(suite, work_dir, output_dir, seeds)
+  return write_report(suite, work_dir, output_dir)
 
 
 def main(argv):

@@ -8,12 +8,13 @@ an algorithm builder (`tff_fl.algorithms.builders.register`), set `exp.sampler` 
 
 import importlib
 
-# Order matters: aggregation builds the aggregator that privacy may wrap; algorithms read both.
+# Order matters: each entry says what it must follow.
 COMPONENTS = (
-    'aggregation',  # first: builds the aggregator chain that privacy and drift wrap
     'real_data',  # registers the real-data tasks at import; adds the central evaluation hook
     'regimes',  # before hierarchical: it groups the regime's client inputs by cluster
     'stragglers',  # after regimes (reads its straggler flags), before hierarchical
+    'aggregation',  # after regimes/stragglers (wraps their client inputs for attacks); before privacy and drift
+    'privacy',  # after any sampler-setting component (refuses them); owns sampler + accounting; sets the DP aggregator
     'stateful',  # after regimes/stragglers (wraps their client inputs); registers scaffold, fednova, fedper
     'hierarchical',
     'pruning',  # replaces build_process for fedavg/fedprox; before drift and preprocessing, which wrap it

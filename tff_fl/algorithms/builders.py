@@ -61,9 +61,12 @@ def wrap_client_work(exp, work: tff.learning.templates.ClientWorkProcess) -> tff
 
 
 def _fed_avg(exp):
-  work = client_work_lib.build_local_training_client_work(
-      exp.task.model_fn, exp.client_optimizer, client_weighting=WEIGHTINGS[exp.algo_cfg.client_weighting],
-      proximal_mu=exp.algo_cfg.mu)
+  if getattr(exp, 'client_work_builder', None) is not None:
+    work = exp.client_work_builder(exp)
+  else:
+    work = client_work_lib.build_local_training_client_work(
+        exp.task.model_fn, exp.client_optimizer, client_weighting=WEIGHTINGS[exp.algo_cfg.client_weighting],
+        proximal_mu=exp.algo_cfg.mu)
   return fed_avg.compose(exp.task.model_fn, wrap_client_work(exp, work), exp.server_optimizer, exp.model_aggregator)
 
 

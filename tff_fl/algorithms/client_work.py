@@ -31,23 +31,33 @@ def client_weight(weighting: ClientWeighting, has_non_finite, num_examples):
   return tf.where(has_non_finite > 0, tf.constant(0.0, tf.float32), weight)
 
 
-def build_local_training_fn(model: tff.learning.models.VariableModel, *, weighting: ClientWeighting,
-                            proximal_mu: float = 0.0):
-  """A `tf.function` (optimizer, initial ModelWeights, dataset) -> (ClientResult, unfinalized metrics)."""
+def build_local_sgd_fn(model: tff.learning.models.VariableModel, *, weighting: ClientWeighting,
+                       proximal_mu: float = 0.0, with_correction: bool = False):
+  """A `tf.function` (optimizer, initial ModelWeights, dataset[, correction]) -> (OrderedDict, unfinalized metrics).
+
+  The one local-training loop of the package (FedAvg, FedProx, SCAFFOLD, FedNova, FedPer, error feedback). Per
+  minibatch: gradient of the model loss, plus `proximal_mu * (w - w0)` (FedProx), plus `correction` if
+  `with_correction` (SCAFFOLD's c - c_i, structure of the trainable weights); one optimizer step. Returns
+  OrderedDict(update=initial - final trainable weights (zeroed if not finite), update_weight=float32,
+  num_steps=float32 minibatches, finite=float32 1/0, loss=float32 mean local loss, num_examples=float32).
+  """
+  finalizers = model.metric_finalizers()
 
   @tf.function
-  def client_update(optimizer, initial_weights, data):
+  def local_train(optimizer, initial_weights, data, correction=None):
     weights = tff.learning.models.ModelWeights.from_model(model)
     tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
 
     def reduce_fn(state, batch):
-      num_examples, opt_state = state
+      num_examples, num_steps, opt_state = state
       with tf.GradientTape() as tape:
         output = model.forward_pass(batch, training=True)
       grads = tape.gradient(output.loss, weights.trainable)
       if proximal_mu > 0.0:
         grads = tf.nest.map_structure(lambda g, w, w0: g + proximal_mu * (w - w0),
                                       grads, weights.trainable, initial_weights.trainable)
+      if with_correction:
+        grads = tf.nest.map_structure(tf.add, grads, correction)
       opt_state, updated = optimizer.next(
           opt_state, tuple(tf.nest.flatten(weights.trainable)), tuple(tf.nest.flatten(grads)))
       updated = tf.nest.pack_sequence_as(weights.trainable, updated)
@@ -56,15 +66,36 @@ def build_local_training_fn(model: tff.learning.models.VariableModel, *, weighti
         num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
       else:
         num_examples += tf.cast(output.num_examples, tf.int64)
-      return num_examples, opt_state
+      return num_examples, num_steps + 1, opt_state
 
     specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in tf.nest.flatten(weights.trainable))
-    num_examples, _ = data.reduce((tf.zeros([], tf.int64), optimizer.initialize(specs)), reduce_fn)
+    init = (tf.zeros([], tf.int64), tf.zeros([], tf.int64), optimizer.initialize(specs))
+    num_examples, num_steps, _ = data.reduce(init, reduce_fn)
     delta = tf.nest.map_structure(tf.subtract, initial_weights.trainable, weights.trainable)
     delta, has_non_finite = tensor_utils.zero_all_if_any_non_finite(delta)
-    result = tff.learning.templates.ClientResult(
-        update=delta, update_weight=client_weight(weighting, has_non_finite, num_examples))
-    return result, model.report_local_unfinalized_metrics()
+    unfinalized = model.report_local_unfinalized_metrics()
+    loss = finalizers['loss'](unfinalized['loss']) if 'loss' in finalizers else tf.constant(0.0)
+    result = collections.OrderedDict(
+        update=delta,
+        update_weight=client_weight(weighting, has_non_finite, num_examples),
+        num_steps=tf.cast(num_steps, tf.float32),
+        finite=tf.cast(tf.equal(has_non_finite, 0), tf.float32),
+        loss=tf.cast(loss, tf.float32),
+        num_examples=tf.cast(num_examples, tf.float32))
+    return result, unfinalized
+
+  return local_train
+
+
+def build_local_training_fn(model: tff.learning.models.VariableModel, *, weighting: ClientWeighting,
+                            proximal_mu: float = 0.0):
+  """A `tf.function` (optimizer, initial ModelWeights, dataset) -> (ClientResult, unfinalized metrics)."""
+  local_sgd = build_local_sgd_fn(model, weighting=weighting, proximal_mu=proximal_mu)
+
+  @tf.function
+  def client_update(optimizer, initial_weights, data):
+    out, unfinalized = local_sgd(optimizer, initial_weights, data)
+    return tff.learning.templates.ClientResult(update=out['update'], update_weight=out['update_weight']), unfinalized
 
   return client_update
 

@@ -45,55 +45,8 @@ class StatefulProcess(tff.templates.IterativeProcess):
     return self.initial_client_state.type_signature.result
 
 
-def build_local_sgd_fn(model: tff.learning.models.VariableModel, *, weighting: client_work_lib.ClientWeighting,
-                       with_correction: bool = False):
-  """A `tf.function` (optimizer, initial ModelWeights, dataset[, correction]) -> (OrderedDict, unfinalized).
-
-  Local training as in `client_work.build_local_training_fn` (same reduce, optimizer and non-finite guard); with
-  `with_correction` the structure `correction` (like the trainable weights) is added to every minibatch gradient
-  (SCAFFOLD's c - c_i). Returns OrderedDict(update=initial - final trainable, update_weight=float32,
-  num_steps=float32 minibatches, finite=float32 1/0, loss=float32 mean local loss, num_examples=float32).
-  """
-
-  @tf.function
-  def local_train(optimizer, initial_weights, data, correction=None):
-    weights = tff.learning.models.ModelWeights.from_model(model)
-    tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
-
-    def reduce_fn(state, batch):
-      num_examples, num_steps, opt_state = state
-      with tf.GradientTape() as tape:
-        output = model.forward_pass(batch, training=True)
-      grads = tape.gradient(output.loss, weights.trainable)
-      if with_correction:
-        grads = tf.nest.map_structure(tf.add, grads, correction)
-      opt_state, updated = optimizer.next(
-          opt_state, tuple(tf.nest.flatten(weights.trainable)), tuple(tf.nest.flatten(grads)))
-      updated = tf.nest.pack_sequence_as(weights.trainable, updated)
-      tf.nest.map_structure(lambda a, b: a.assign(b), weights.trainable, updated)
-      if output.num_examples is None:
-        num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
-      else:
-        num_examples += tf.cast(output.num_examples, tf.int64)
-      return num_examples, num_steps + 1, opt_state
-
-    specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in tf.nest.flatten(weights.trainable))
-    init = (tf.zeros([], tf.int64), tf.zeros([], tf.int64), optimizer.initialize(specs))
-    num_examples, num_steps, _ = data.reduce(init, reduce_fn)
-    delta = tf.nest.map_structure(tf.subtract, initial_weights.trainable, weights.trainable)
-    delta, has_non_finite = tensor_utils.zero_all_if_any_non_finite(delta)
-    unfinalized = model.report_local_unfinalized_metrics()
-    loss = model.metric_finalizers()['loss'](unfinalized['loss'])
-    result = collections.OrderedDict(
-        update=delta,
-        update_weight=client_work_lib.client_weight(weighting, has_non_finite, num_examples),
-        num_steps=tf.cast(num_steps, tf.float32),
-        finite=tf.cast(tf.equal(has_non_finite, 0), tf.float32),
-        loss=tf.cast(loss, tf.float32),
-        num_examples=tf.cast(num_examples, tf.float32))
-    return result, unfinalized
-
-  return local_train
+# The package's one local-training loop (with SCAFFOLD's correction and step counts).
+build_local_sgd_fn = client_work_lib.build_local_sgd_fn
 
 
 def build_stateful_process(model_fn: client_work_lib.ModelFn, *, client_fn: Callable, client_state_fn: Callable,

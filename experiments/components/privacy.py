@@ -1,0 +1,73 @@
+"""Component: differential privacy (client-level DP-FedAvg / DP-FTRL, sample-level DP-SGD) with accounting.
+
+  --dp=none|fixed|adaptive|tree  --noise_multiplier  --clip_norm  --target_unclipped_quantile
+  --client_sampling=uniform|poisson|cyclic   one object (`ClientDPPlan`) owns both the sampler and its dp-accounting
+                                             event, so accounting for one scheme while sampling another is impossible
+  --accountant=rdp|pld  --target_delta  --target_epsilon   epsilon is a metrics.csv column every round; training stops
+                                             before the round that would exceed --target_epsilon
+  --secure_bits=N                            distributed DP: discrete Gaussian shares summed by TFF secure sum
+  --sample_dp --sample_noise_multiplier --sample_clip_norm   DP-SGD inside local training (example-level DP)
+"""
+
+from absl import flags
+import tensorflow as tf
+
+from experiments import flag_groups
+from tff_fl.algorithms import dp_sgd_client
+from tff_fl.privacy import hooks
+from tff_fl.privacy import plan as plan_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  d = flag_groups.define_flag
+  d('string', 'dp', 'none', 'client-level DP aggregator: none, fixed, adaptive, tree (DP-FTRL)')
+  d('float', 'noise_multiplier', 0.0, 'Gaussian noise stddev / clip norm of the client-level DP aggregator')
+  d('float', 'clip_norm', 1.0, 'L2 clip norm of client updates (initial norm for --dp=adaptive)')
+  d('float', 'target_unclipped_quantile', 0.5, '--dp=adaptive: fraction of updates left unclipped (Andrew et al.)')
+  d('string', 'client_sampling', 'uniform', f"client sampling with its accounting: {', '.join(plan_lib.CLIENT_SAMPLING)}"
+    ' (poisson: rate --clients_per_round/--num_clients; cyclic: DP-FTRL epochs, needs --dp=tree)')
+  d('string', 'accountant', 'rdp', 'dp-accounting accountant: rdp or pld (pld with poisson sampling)')
+  d('float', 'target_delta', 1e-5, 'delta at which epsilon is reported')
+  d('float', 'target_epsilon', None, 'privacy budget: stop before the round that would exceed it')
+  d('integer', 'secure_bits', 0, 'distributed DP through TFF secure sum with this bit width (0: off)')
+  d('bool', 'sample_dp', False, 'DP-SGD on clients: per-example clipping and Gaussian noise in local training')
+  d('float', 'sample_noise_multiplier', 1.0, '--sample_dp: noise stddev / per-example clip norm')
+  d('float', 'sample_clip_norm', 1.0, '--sample_dp: per-example gradient clip norm')
+
+
+def configure(exp) -> None:
+  client_dp = FLAGS.dp != 'none' or FLAGS.client_sampling != 'uniform' or FLAGS.target_epsilon is not None
+  if not (client_dp or FLAGS.sample_dp):
+    return
+  if exp.sampler is not None:
+    raise ValueError('--dp/--client_sampling choose the sampler (it must match the accounting); they cannot be '
+                     'combined with components that sample clients themselves (e.g. --availability, --regime).')
+  if FLAGS.dp != 'none' and exp.model_aggregator is not None:
+    raise ValueError(f"--dp={FLAGS.dp} is the aggregator; use --aggregator=mean with it (got a custom chain).")
+  if FLAGS.dp != 'none' and exp.algo_cfg.client_weighting != 'uniform':
+    raise ValueError('--dp needs --client_weighting=uniform (DP-FedAvg weights clients equally; a weight would '
+                     'leak the example count).')
+  if FLAGS.secure_bits < 0:
+    raise ValueError(f'--secure_bits must be >= 0 (0 disables secure aggregation); got {FLAGS.secure_bits}.')
+  plan = plan_lib.build_client_dp_plan(
+      FLAGS.dp, len(exp.task.client_ids), exp.loop_cfg.clients_per_round,
+      noise_multiplier=FLAGS.noise_multiplier, clip_norm=FLAGS.clip_norm,
+      target_unclipped_quantile=FLAGS.target_unclipped_quantile, client_sampling=FLAGS.client_sampling,
+      accountant=FLAGS.accountant, target_delta=FLAGS.target_delta, target_epsilon=FLAGS.target_epsilon,
+      secure_bits=FLAGS.secure_bits or None, seed=exp.task_cfg.seed)
+  exp.sampler = hooks.BoundSampler(plan, exp.task.client_ids)
+  if FLAGS.dp != 'none':
+    exp.model_aggregator = plan.build_aggregator(exp.task.model_fn)
+  sample_level = None
+  if FLAGS.sample_dp:
+    if exp.algo_cfg.algorithm not in ('fedavg', 'fedprox') or exp.algo_cfg.mu:
+      raise ValueError(f'--sample_dp runs DP-SGD as the client work of --algorithm=fedavg; got '
+                       f'--algorithm={exp.algo_cfg.algorithm}.')
+    exp.client_work_builder = lambda e: dp_sgd_client.build_dp_sgd_client_work(
+        e.task.model_fn, e.client_optimizer,
+        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+        FLAGS.sample_clip_norm, FLAGS.sample_noise_multiplier)
+    sample_level = plan_lib.SampleLevelAccountant(FLAGS.sample_noise_multiplier, exp.loop_cfg.client_epochs_per_round)
+  exp.hooks.append(hooks.PrivacyHook(plan, exp.sampler, sample_level))
