@@ -22,6 +22,7 @@ class Experiment:
   sampler: Any = None  # .sample(round_num) -> list of client ids; None = uniform.
   client_inputs_fn: Optional[Callable] = None  # (round_num, client_ids) -> per-client process inputs.
   hooks: list = dataclasses.field(default_factory=list)
+  eval_dataset_fn: Optional[Callable] = None  # client id -> batched eval dataset; None = task.eval_dataset.
   # ClientWorkProcess -> ClientWorkProcess, applied in order by the built-in algorithms (e.g. attacks).
   client_work_wrappers: list = dataclasses.field(default_factory=list)
   # (experiment) -> ClientWorkProcess replacing local SGD in fedavg/fedprox (e.g. sample-level DP-SGD); None = SGD.

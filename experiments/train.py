@@ -103,6 +103,7 @@ def main(argv):
           f'algorithm {FLAGS.algorithm}; output {exp.exp_dir}', flush=True)
     training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams, fingerprint=fingerprint,
                                sampler=exp.sampler, client_inputs_fn=exp.client_inputs_fn, hooks=exp.hooks,
+                               eval_dataset_fn=exp.eval_dataset_fn,
                                log=lambda line: print(line, flush=True))
   except ValueError as e:
     sys.stderr.write(f'error: {e}\n')

@@ -6,7 +6,7 @@
 When either is set, the process built for the algorithm is composed with the dataset computation of
 `tff_fl.data.preprocess` (as `tff.simulation.compose_dataset_computation_with_learning_process`), and the round's
 client inputs become (client_id, round_num) pairs: each client builds, shuffles (per epoch), augments, normalises and
-batches its own data. Evaluation data is untouched, also by normalize (the model is evaluated on raw inputs). Needs
+batches its own data. Evaluation is never augmented; with normalize it uses the client's own normalisation. Needs
 a `tff.learning.templates.LearningProcess` and no other component's client inputs; put it last in COMPONENTS (it
 composes around the processes the others build).
 """
@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   flag_groups.define_flag('string', 'client_preprocess', '', 'client-side preprocessing, comma-separated: '
                           + ', '.join(augment_spec.PREPROCESSING.values()) + " ('' = shuffle, repeat, batch only); "
-                          'training data only: evaluation sees raw inputs, so normalize shifts train vs eval inputs')
+                          'evaluation uses the same normalize (client statistics from its training data)')
   flag_groups.define_flag('string', 'augment', '', 'training-data augmentation on the clients, comma-separated: '
                           + ', '.join(augment_spec.AUGMENTATIONS.values()))
 
@@ -60,4 +60,8 @@ def configure(exp) -> None:
     raise ValueError(f'--{flag} builds client datasets on the clients and cannot be combined with a component that '
                      'sets its own client inputs (regimes dropout/stragglers, stateful algorithms, hierarchical).')
   exp.client_inputs_fn = preprocess.client_inputs
+  if spec.normalize is not None:  # Evaluation sees the client's normalisation (never its augmentation).
+    test_data = exp.task.data.test_client_data()
+    exp.eval_dataset_fn = lambda cid: preprocess.normalized_eval_dataset(
+        client_data.create_tf_dataset_for_client(cid), test_data.create_tf_dataset_for_client(cid), spec)
   wrap_build_process(exp, lambda process: preprocess.compose(process, client_data, spec), flag)

@@ -175,3 +175,17 @@ def test_composed_process_trains_on_preprocessed_data_and_eval_data_is_untouched
   for cid in task.client_ids:
     ev = next(iter(task.eval_dataset(cid)))
     np.testing.assert_array_equal(ev['x'].numpy(), task.data.test[cid][0])
+
+
+def test_eval_uses_the_clients_training_normalisation_and_no_augmentation(task):
+  spec = preprocess.PreprocessSpec.from_flags('normalize(client)', 'flip,brightness(0.5)', epochs=1, batch_size=10,
+                                              seed=0)
+  cid = task.client_ids[1]
+  train = task.data.train_client_data().create_tf_dataset_for_client(cid)
+  test = task.data.test_client_data().create_tf_dataset_for_client(cid)
+  batch = next(iter(preprocess.normalized_eval_dataset(train, test, spec)))
+  x_train = task.data.train[cid][0].astype(np.float64)
+  x_test, y_test = task.data.test[cid]
+  expect = (x_test - x_train.mean()) / x_train.std()  # Train statistics; test order kept; no flip or brightness.
+  np.testing.assert_allclose(batch['x'].numpy(), expect, atol=1e-5)
+  np.testing.assert_array_equal(batch['y'].numpy(), y_test)

@@ -121,14 +121,27 @@ def client_statistics(raw: tf.data.Dataset) -> tuple[tf.Tensor, tf.Tensor]:
   return tf.cast(mean, tf.float32), tf.cast(tf.maximum(std, 1e-6), tf.float32)
 
 
+def normalization(raw_train: tf.data.Dataset, spec: PreprocessSpec):
+  """(mean, std) the client normalises with: its own training statistics, global constants, or (None, None)."""
+  if spec.normalize is None:
+    return None, None
+  if spec.normalize == ('client',):
+    return client_statistics(raw_train)
+  return tf.constant(spec.normalize[0], tf.float32), tf.constant(spec.normalize[1], tf.float32)
+
+
+def normalized_eval_dataset(raw_train: tf.data.Dataset, raw_eval: tf.data.Dataset, spec: PreprocessSpec,
+                            batch_size: int = 256) -> tf.data.Dataset:
+  """A client's evaluation data with the same normalisation as its training data (never augmented)."""
+  mean, std = normalization(raw_train, spec)
+  if mean is not None:
+    raw_eval = raw_eval.map(lambda e: collections.OrderedDict(x=(e['x'] - mean) / std, y=e['y']))
+  return raw_eval.batch(batch_size)
+
+
 def preprocess_train(raw: tf.data.Dataset, spec: PreprocessSpec, seed: tf.Tensor) -> tf.data.Dataset:
   """Raw unbatched OrderedDict(x, y) examples -> the client's batched training stream for one round."""
-  if spec.normalize is None:
-    mean, std = None, None
-  elif spec.normalize == ('client',):
-    mean, std = client_statistics(raw)
-  else:
-    mean, std = tf.constant(spec.normalize[0], tf.float32), tf.constant(spec.normalize[1], tf.float32)
+  mean, std = normalization(raw, spec)
   cardinality = raw.cardinality()  # Unknown (< 0) for some sources: fall back to a large buffer.
   buffer = spec.shuffle_buffer or tf.where(cardinality > 0, cardinality, _DEFAULT_BUFFER)
   shuffle_seed = tf.random.stateless_uniform([], seed, minval=0, maxval=_MAX_INT31, dtype=tf.int64)

@@ -79,8 +79,13 @@ def default_client_inputs(task: tasks_lib.Task, cfg: LoopConfig) -> Callable[[in
 def run_training(process: tff.learning.templates.LearningProcess, task: tasks_lib.Task, cfg: LoopConfig,
                  exp_dir: str, hparams: dict[str, Any], *, fingerprint: Optional[dict[str, Any]] = None,
                  sampler=None, client_inputs_fn=None, hooks: Sequence[RoundHook] = (),
+                 eval_dataset_fn: Optional[Callable[[str], Any]] = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Runs (or resumes) training; returns the summary also written to `summary.json`."""
+  """Runs (or resumes) training; returns the summary also written to `summary.json`.
+
+  `eval_dataset_fn(client_id)` gives a client's batched evaluation data (default `task.eval_dataset`); components
+  that change the input representation (e.g. normalisation) supply it so evaluation sees what training saw.
+  """
   cfg.validate()
   sampler = sampler or sampling.UniformSampler(task.client_ids, cfg.clients_per_round, cfg.seed)
   client_inputs_fn = client_inputs_fn or default_client_inputs(task, cfg)
@@ -103,7 +108,7 @@ def run_training(process: tff.learning.templates.LearningProcess, task: tasks_li
   outputs.load_rows(start_round if start_round > 0 else None)
 
   eval_fn = evaluation.build_per_client_eval(task.model_fn)
-  eval_data = [task.eval_dataset(cid) for cid in task.client_ids]
+  eval_data = [(eval_dataset_fn or task.eval_dataset)(cid) for cid in task.client_ids]
   last_eval, evaluated_round, stop_reason = None, None, 'completed'
 
   def evaluate():
