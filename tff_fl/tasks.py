@@ -63,9 +63,15 @@ class Task:
     x, y = self.data.train[client_id]
     if max_examples is not None:
       x, y = x[:max_examples], y[:max_examples]
-    rng = np.random.default_rng(derived_seed(seed, round_num, client_id))
-    order = np.concatenate([rng.permutation(len(x)) for _ in range(epochs)])
+    order = self.train_order(client_id, epochs=epochs, seed=seed, round_num=round_num, num_examples=len(x))
     return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x[order], y=y[order])).batch(batch_size)
+
+  def train_order(self, client_id: str, *, epochs: int, seed: int, round_num: int,
+                  num_examples: Optional[int] = None) -> np.ndarray:
+    """Indices into the client's train arrays in the order of one round's local training: `epochs` permutations."""
+    n = len(self.data.train[client_id][1]) if num_examples is None else num_examples
+    rng = np.random.default_rng(derived_seed(seed, round_num, client_id))
+    return np.concatenate([rng.permutation(n) for _ in range(epochs)])
 
   def eval_dataset(self, client_id: str, split: str = 'test', batch_size: int = 256) -> tf.data.Dataset:
     x, y = (self.data.test if split == 'test' else self.data.train)[client_id]

@@ -25,12 +25,13 @@ def define_flags() -> None:
   flag_groups.define_flag('integer', 'engine_slots', 1, '--engine=fast: CLIENTS slots the cohort is split into')
 
 
-def validate(exp) -> None:
-  if FLAGS.engine not in ENGINES:
-    raise ValueError(f"--engine must be one of {', '.join(ENGINES)}; got '{FLAGS.engine}'.")
-  if FLAGS.engine_slots < 1:
-    raise ValueError(f'--engine_slots must be >= 1; got {FLAGS.engine_slots}.')
-  if FLAGS.engine == 'tff':
+def validate(engine: str, slots: int, exp) -> None:
+  """One-line ValueErrors naming the flag; `exp` is the experiment as configured by the earlier components."""
+  if engine not in ENGINES:
+    raise ValueError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'.")
+  if slots < 1:
+    raise ValueError(f'--engine_slots must be >= 1; got {slots}.')
+  if engine == 'tff':
     return
   if exp.algo_cfg.algorithm not in FAST_ALGORITHMS:
     raise ValueError(f"--engine=fast runs --algorithm={' or '.join(FAST_ALGORITHMS)}; got "
@@ -42,7 +43,7 @@ def validate(exp) -> None:
 
 
 def configure(exp) -> None:
-  validate(exp)
+  validate(FLAGS.engine, FLAGS.engine_slots, exp)
   if FLAGS.engine == 'tff':
     return
   loop = exp.loop_cfg

@@ -1,10 +1,10 @@
 """The fast engine gives the weights and metrics of the reference paths: stock TFF FedAvg, and our FedProx /
 aggregator chains on tf.data client datasets, on the same initial weights and data order."""
 
-import collections
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -142,5 +142,18 @@ def test_binary_engine_flag(tmp_path):
       if name.endswith('seconds') or not a:
         continue
       np.testing.assert_allclose(float(b), float(a), rtol=1e-4, err_msg=name)
-  bad = _train(tmp_path, '--engine=fast', '--algorithm=fedsgd', '--experiment_name=bad')
-  assert bad.returncode == 2 and '--engine=fast runs --algorithm=fedavg or fedprox' in bad.stderr
+
+
+@pytest.mark.parametrize('engine_flag, slots, algorithm, inputs, match', [
+    ('bogus', 1, 'fedavg', None, '--engine must be one of tff, fast'),
+    ('fast', 0, 'fedavg', None, '--engine_slots must be >= 1'),
+    ('fast', 1, 'fedsgd', None, '--engine=fast runs --algorithm=fedavg or fedprox'),
+    ('fast', 1, 'fedavg', lambda r, c: c, '--engine=fast cannot be combined'),
+])
+def test_engine_flag_validation(engine_flag, slots, algorithm, inputs, match):
+  from experiments.components import engine as engine_component  # pylint: disable=g-import-not-at-top
+  exp = types.SimpleNamespace(algo_cfg=types.SimpleNamespace(algorithm=algorithm), client_inputs_fn=inputs,
+                              client_work_wrappers=[])
+  with pytest.raises(ValueError, match=match):
+    engine_component.validate(engine_flag, slots, exp)
+  engine_component.validate('tff', 1, exp)  # The stock engine accepts any experiment.

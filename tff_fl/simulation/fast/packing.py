@@ -21,9 +21,7 @@ from tff_fl import tasks as tasks_lib
 
 def train_order(task: tasks_lib.Task, client_id: str, *, epochs: int, seed: int, round_num: int) -> np.ndarray:
   """Indices into the client's train arrays in the order `Task.train_dataset` yields them (its numpy rule)."""
-  rng = np.random.default_rng(tasks_lib.derived_seed(seed, round_num, client_id))
-  n = len(task.data.train[client_id][1])
-  return np.concatenate([rng.permutation(n) for _ in range(epochs)])
+  return task.train_order(client_id, epochs=epochs, seed=seed, round_num=round_num)
 
 
 def pack(arrays: Sequence[tuple[np.ndarray, np.ndarray]], orders: Sequence[np.ndarray]) -> collections.OrderedDict:
