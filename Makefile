@@ -8,7 +8,7 @@ TFF_VERSION := 0.87.0
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONHASHSEED ?= 0
 
-.PHONY: venv run test data benchmark clean
+.PHONY: venv run test data benchmark reproduce clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,15 @@ data: venv
 
 benchmark: venv
 	$(PY) -m experiments.benchmark
+
+# Paper baselines: make reproduce SUITE=fedprox2020 (mcmahan2017, fedprox2020, shakespeare).
+SUITE ?= mcmahan2017
+reproduce: venv
+	$(PY) -m experiments.reproduce --suite=$(SUITE)
+
+# Results tables in experiments/results/: make report-pruning (robustness, privacy, stateful, hierarchical, pruning).
+report-%: venv
+	$(PY) -m experiments.$*_report
 
 clean:
 	rm -rf $(VENV) build *.egg-info
