@@ -13,6 +13,16 @@ fast engine and stock TFF after the same rounds (same initial weights and data o
 * stock_tff: `tff.learning.algorithms.build_weighted_fed_avg` on the managed local C++ context.
 * ours: `tff_fl.simulation.fast.build_fast_fed_avg` (one packed CLIENTS slot; `ours_2slots` uses two).
 * floor: one `tf.function` doing the same SGD steps on a Keras model (per client: reset, train, weighted sum).
+
+Memory (`--extras=memory`, key `memory` in benchmark.json): a long run over a population of 3,400 clients, 10
+sampled per round (uniform without replacement, seeded per round, so nearly every round brings new client inputs),
+each client 10+-2 digits examples drawn with replacement (digits has only 1,797 examples, so examples repeat across
+clients). Each engine runs in its own subprocess, so each peak is its own: VmHWM (peak RSS) and VmRSS of the
+Python process and of its TFF worker at round 100 and at the end, and end / round-100 ratios.
+
+Scaling (`--extras=scaling`, key `scaling`): cross_device_100x9 and cross_silo_10x900 rounds on one worker (the
+managed context) vs two local workers through TFF's mergeable-computation context
+(`tff_fl.simulation.multi_worker`), for stock TFF and ours (two CLIENTS slots, one per worker).
 """
 
 import collections
@@ -20,6 +30,8 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -35,6 +47,7 @@ from tff_fl import tasks as tasks_lib
 from tff_fl.data import client_data as client_data_lib
 from tff_fl.data import sources
 from tff_fl.simulation import contexts
+from tff_fl.simulation import multi_worker
 from tff_fl.simulation import training_loop
 from tff_fl.simulation.fast import engine as fast_engine
 from tff_fl.simulation.fast import packing
@@ -47,6 +60,13 @@ _SCENARIOS = flags.DEFINE_list('scenarios', list(SCENARIOS), f"scenarios to run:
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'timed rounds per engine and scenario (median reported)')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'untimed rounds first (compilation, worker start)')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'experiments/results', 'where benchmark.json/.md are written')
+EXTRAS = ('memory', 'scaling')
+_EXTRAS = flags.DEFINE_list('extras', list(EXTRAS), f"extra measurements: {', '.join(EXTRAS)} (results of those not "
+                            'run, and of round-time scenarios when --scenarios is empty, are kept from the old json)')
+MEMORY_POPULATION, MEMORY_COHORT, MEMORY_EXAMPLES, MEMORY_MARK = 3400, 10, 10, 100
+_MEMORY_ROUNDS = flags.DEFINE_integer('memory_rounds', 2000, 'memory scenario: rounds of our engine')
+_MEMORY_STOCK_ROUNDS = flags.DEFINE_integer('memory_stock_rounds', 2000, 'memory scenario: rounds of stock TFF')
+_MEMORY_CHILD = flags.DEFINE_string('memory_child', '', 'internal: run one memory run (stock_tff or ours) and print it')
 
 
 def build_task(num_clients: int, examples: int) -> tasks_lib.Task:
@@ -169,6 +189,142 @@ def run_scenario(name: str, rounds: int, warmup: int) -> dict:
   return result
 
 
+def _proc_status_mb(pid: int) -> dict:
+  """VmHWM (peak RSS) and VmRSS of `pid` in MB."""
+  out = {}
+  with open(f'/proc/{pid}/status') as f:
+    for line in f:
+      if line.startswith(('VmHWM', 'VmRSS')):
+        out[line.split(':')[0]] = int(line.split()[1]) / 1024
+  return out
+
+
+def _memory_marks(round_num: int) -> dict:
+  marks = collections.OrderedDict(round=round_num)
+  for who, pids in (('python', [os.getpid()]), ('worker', contexts.running_workers()[:1])):
+    for pid in pids:
+      status = _proc_status_mb(pid)
+      marks[f'{who}_peak_rss_mb'], marks[f'{who}_rss_mb'] = status['VmHWM'], status['VmRSS']
+  return marks
+
+
+def memory_run(engine: str, rounds: int) -> dict:
+  """One engine over `rounds` rounds of the memory scenario (call in a fresh process); marks at rounds
+  1, 10, 100, every 250 and the last."""
+  task = build_task(MEMORY_POPULATION, MEMORY_EXAMPLES)
+  client_opt = tff.learning.optimizers.build_sgdm(learning_rate=CLIENT_LR)
+  if engine == 'stock_tff':
+    process = tff.learning.algorithms.build_weighted_fed_avg(task.model_fn, client_optimizer_fn=client_opt)
+    loop_cfg = training_loop.LoopConfig(client_epochs_per_round=1, client_batch_size=BATCH_SIZE, seed=SEED)
+    inputs_fn = training_loop.default_client_inputs(task, loop_cfg)
+  elif engine == 'ours':
+    process = fast_engine.build_fast_fed_avg(task.model_fn, client_opt, batch_size=BATCH_SIZE)
+    inputs_fn = packing.build_client_inputs_fn(task, epochs=1, seed=SEED)
+  else:
+    raise ValueError(f"--memory_child must be stock_tff or ours; got '{engine}'.")
+  state = process.set_model_weights(process.initialize(), task.initial_weights(SEED))
+  ids = np.array(task.client_ids)
+  marks, t0 = [], time.perf_counter()
+  for r in range(1, rounds + 1):
+    cohort = list(np.random.default_rng([SEED, r]).choice(ids, MEMORY_COHORT, replace=False))
+    state = process.next(state, inputs_fn(r, cohort)).state
+    if r in (1, 10, MEMORY_MARK, rounds) or r % 250 == 0:
+      marks.append(_memory_marks(r))
+      marks[-1]['elapsed_s'] = time.perf_counter() - t0
+  return collections.OrderedDict(engine=engine, rounds=rounds, marks=marks)
+
+
+def run_memory(rounds_by_engine: dict) -> dict:
+  """Each engine in its own subprocess (peak RSS is per process); ratios of the end to round 100."""
+  result = collections.OrderedDict(
+      population=MEMORY_POPULATION, cohort=MEMORY_COHORT, examples_per_client=MEMORY_EXAMPLES, mark_round=MEMORY_MARK,
+      data='digits examples drawn with replacement, 10+-2 per client; 2NN, batch 10, 1 epoch')
+  for engine, rounds in rounds_by_engine.items():
+    cmd = [sys.executable, '-m', 'experiments.benchmark', f'--memory_child={engine}', f'--memory_rounds={rounds}']
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+    lines = [l for l in proc.stdout.splitlines() if l.startswith('MEMORY_RESULT ')]
+    if proc.returncode or not lines:
+      raise RuntimeError(f'memory run {engine} failed ({proc.returncode}): {proc.stderr[-2000:]}')
+    run = json.loads(lines[-1][len('MEMORY_RESULT '):])
+    at = {m['round']: m for m in run['marks']}
+    mark, end = at[MEMORY_MARK], run['marks'][-1]
+    for who in ('python', 'worker'):
+      for key in (f'{who}_peak_rss_mb', f'{who}_rss_mb'):
+        if key in end:
+          run[f'{key}_at_{MEMORY_MARK}'], run[f'{key}_at_end'] = mark.get(key), end[key]
+          run[f'{key}_end_over_{MEMORY_MARK}'] = end[key] / mark[key] if mark.get(key) else None
+    run['s_per_round'] = (end['elapsed_s'] - mark['elapsed_s']) / max(1, end['round'] - MEMORY_MARK)
+    result[engine] = run
+    print(f'memory {engine}: {json.dumps({k: v for k, v in run.items() if k != "marks"})}', flush=True)
+  return result
+
+
+def run_scaling(rounds: int, warmup: int) -> list:
+  """Seconds per round: one managed worker vs two local workers (mergeable context), stock TFF and ours."""
+  rows = []
+  for name in ('cross_device_100x9', 'cross_silo_10x900'):
+    num_clients, examples = SCENARIOS[name]
+    task = build_task(num_clients, examples)
+    init = task.initial_weights(SEED)
+    client_opt = tff.learning.optimizers.build_sgdm(learning_rate=CLIENT_LR)
+    loop_cfg = training_loop.LoopConfig(client_epochs_per_round=1, client_batch_size=BATCH_SIZE, seed=SEED)
+    engines = collections.OrderedDict(
+        stock_tff=(lambda: tff.learning.algorithms.build_weighted_fed_avg(task.model_fn, client_optimizer_fn=client_opt),
+                   training_loop.default_client_inputs(task, loop_cfg)),
+        ours=(lambda: fast_engine.build_fast_fed_avg(task.model_fn, client_opt, batch_size=BATCH_SIZE),
+              packing.build_client_inputs_fn(task, epochs=1, seed=SEED, num_groups=2)))
+    for engine, (build, inputs_fn) in engines.items():
+      row = collections.OrderedDict(name=name, engine=engine, clients=num_clients)
+      final = {}
+      for workers in (1, 2):
+        process = build()
+        state = {'s': process.set_model_weights(process.initialize(), init)}
+
+        def run_round(r, process=process, state=state, inputs_fn=inputs_fn):
+          state['s'] = process.next(state['s'], inputs_fn(r, task.client_ids)).state
+
+        if workers == 1:
+          row['s_per_round_1_worker'], _ = _timed(run_round, rounds, warmup)
+        else:
+          with multi_worker.worker_context(num_local=2):
+            row['s_per_round_2_workers'], _ = _timed(run_round, rounds, warmup)
+        final[workers] = [np.asarray(w) for w in process.get_model_weights(state['s']).trainable]
+      row['speedup_2_workers'] = row['s_per_round_1_worker'] / row['s_per_round_2_workers']
+      row['max_abs_weight_diff_2_vs_1'] = max(float(np.max(np.abs(a - b))) for a, b in zip(final[1], final[2]))
+      rows.append(row)
+      print(f'scaling: {json.dumps(row)}', flush=True)
+  return rows
+
+
+def markdown_memory(memory: dict) -> str:
+  rows = [f"Memory: population {memory['population']} clients, {memory['cohort']} per round, "
+          f"{memory['examples_per_client']}+-2 examples each ({memory['data']}). Peak RSS (VmHWM) in MB.\n",
+          f"| engine | rounds | python peak @{MEMORY_MARK} | python peak @end | end / @{MEMORY_MARK} | "
+          f"worker peak @{MEMORY_MARK} | worker peak @end | end / @{MEMORY_MARK} | s/round |",
+          '|---|---|---|---|---|---|---|---|---|']
+  for engine in ('stock_tff', 'ours'):
+    if engine in memory:
+      r = memory[engine]
+      cells = []
+      for who in ('python', 'worker'):
+        key = f'{who}_peak_rss_mb'
+        cells += [f"{r[f'{key}_at_{MEMORY_MARK}']:.0f}", f"{r[f'{key}_at_end']:.0f}",
+                  f"{r[f'{key}_end_over_{MEMORY_MARK}']:.3f}"]
+      rows.append(f"| {engine} | {r['rounds']} | {' | '.join(cells)} | {r['s_per_round']:.4f} |")
+  return '\n'.join(rows) + '\n'
+
+
+def markdown_scaling(scaling: list) -> str:
+  rows = ['Scaling: one managed worker vs two local workers (mergeable context) on the same host.\n',
+          '| scenario | engine | 1 worker s/round | 2 workers s/round | speed-up | max weight diff 2 vs 1 |',
+          '|---|---|---|---|---|---|']
+  for r in scaling:
+    rows.append(f"| {r['name']} | {r['engine']} | {r['s_per_round_1_worker']:.4f} | {r['s_per_round_2_workers']:.4f} | "
+                f"{r['speedup_2_workers']:.2f}x | {r['max_abs_weight_diff_2_vs_1']:.1e} |")
+  return '\n'.join(rows) + '\n'
+
+
 def markdown(results: list) -> str:
   rows = ['| scenario | clients x examples | stock TFF s/round | ours s/round | ours (2 slots) | floor s/round | '
           'speed-up vs stock | ours / floor | ours updates/s | ours examples/s | max weight diff vs stock |',
@@ -183,30 +339,61 @@ def markdown(results: list) -> str:
 
 def main(argv):
   del argv
-  unknown = [s for s in _SCENARIOS.value if s not in SCENARIOS]
+  if _MEMORY_CHILD.value:
+    try:
+      run = memory_run(_MEMORY_CHILD.value, _MEMORY_ROUNDS.value)
+    finally:
+      contexts.shutdown()
+    print('MEMORY_RESULT ' + json.dumps(run), flush=True)
+    return
+  unknown = [s for s in _SCENARIOS.value if s not in SCENARIOS] + [e for e in _EXTRAS.value if e not in EXTRAS]
   if unknown:
-    raise app.UsageError(f"--scenarios must be from {', '.join(SCENARIOS)}; got {', '.join(unknown)}.")
+    raise app.UsageError(f"--scenarios must be from {', '.join(SCENARIOS)} and --extras from {', '.join(EXTRAS)}; "
+                         f"got {', '.join(unknown)}.")
   if _ROUNDS.value < 1 or _WARMUP.value < 0:
     raise app.UsageError(f'--rounds must be >= 1 and --warmup >= 0; got {_ROUNDS.value}, {_WARMUP.value}.')
+  if min(_MEMORY_ROUNDS.value, _MEMORY_STOCK_ROUNDS.value) < MEMORY_MARK:
+    raise app.UsageError(f'--memory_rounds and --memory_stock_rounds must be >= {MEMORY_MARK}.')
+  json_path = os.path.join(_OUTPUT_DIR.value, 'benchmark.json')
+  old = {}
+  if os.path.exists(json_path):
+    with open(json_path) as f:
+      old = json.load(f)
+  out = collections.OrderedDict(meta=old.get('meta', {}), scenarios=old.get('scenarios', []))
+  out.update((k, v) for k, v in old.items() if k not in out)
   try:
-    results = []
-    for name in _SCENARIOS.value:
-      results.append(run_scenario(name, _ROUNDS.value, _WARMUP.value))
-      print(markdown(results[-1:]), flush=True)
+    if _SCENARIOS.value:
+      results = []
+      for name in _SCENARIOS.value:
+        results.append(run_scenario(name, _ROUNDS.value, _WARMUP.value))
+        print(markdown(results[-1:]), flush=True)
+      out['scenarios'] = results
+      out['meta'] = collections.OrderedDict(
+          cpu_count=os.cpu_count(), load_average_at_end=os.getloadavg(), tff_version=tff.__version__,
+          tf_version=tf.__version__, rounds=_ROUNDS.value, warmup=_WARMUP.value,
+          note='medians of wall-clock seconds; other processes shared the machine, so absolute numbers are noisy')
+    if 'scaling' in _EXTRAS.value:
+      out['scaling'] = run_scaling(_ROUNDS.value, _WARMUP.value)
+      out['scaling_meta'] = collections.OrderedDict(rounds=_ROUNDS.value, warmup=_WARMUP.value,
+                                                    load_average_at_end=os.getloadavg())
   finally:
     contexts.shutdown()
-  meta = collections.OrderedDict(
-      cpu_count=os.cpu_count(), load_average_at_end=os.getloadavg(), tff_version=tff.__version__,
-      tf_version=tf.__version__, rounds=_ROUNDS.value, warmup=_WARMUP.value,
-      note='medians of wall-clock seconds; other processes shared the machine, so absolute numbers are noisy')
+  if 'memory' in _EXTRAS.value:
+    out['memory'] = run_memory(collections.OrderedDict(stock_tff=_MEMORY_STOCK_ROUNDS.value, ours=_MEMORY_ROUNDS.value))
+    out['memory']['load_average_at_end'] = os.getloadavg()
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-  with open(os.path.join(_OUTPUT_DIR.value, 'benchmark.json'), 'w') as f:
-    json.dump(collections.OrderedDict(meta=meta, scenarios=results), f, indent=2)
-  table = markdown(results)
+  with open(json_path, 'w') as f:
+    json.dump(out, f, indent=2)
+  meta = out['meta']
+  parts = [f"Seconds per round (median of {meta.get('rounds')} after {meta.get('warmup')} warm-up), "
+           f"{meta.get('cpu_count')} cores, TFF {meta.get('tff_version')}.\n\n{markdown(out['scenarios'])}"]
+  if out.get('scaling'):
+    parts.append(markdown_scaling(out['scaling']))
+  if out.get('memory'):
+    parts.append(markdown_memory(out['memory']))
   with open(os.path.join(_OUTPUT_DIR.value, 'benchmark.md'), 'w') as f:
-    f.write(f'Seconds per round (median of {_ROUNDS.value} after {_WARMUP.value} warm-up), {os.cpu_count()} cores, '
-            f'TFF {tff.__version__}.\n\n{table}')
-  print(table)
+    f.write('\n'.join(parts))
+  print('\n'.join(parts))
 
 
 if __name__ == '__main__':

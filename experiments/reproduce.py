@@ -1,14 +1,15 @@
 """Paper baseline reproductions through the binary's own machinery.
 
   python -m experiments.reproduce --suite=mcmahan2017|fedprox2020|shakespeare [--max_rounds=N] [--seeds=0,1,2]
-      [--runs=SUBSTRING,...] [--work_dir=/tmp/tff_fl_reproduce] [--output_dir=experiments/results]
+      [--runs=SUBSTRING,...] [--work_dir=/tmp/tff_fl_reproduce] [--output_dir=experiments/results] [--report_only]
 
 Each run is a flagfile in experiments/configs plus overrides: the flags are parsed exactly as
 `python -m experiments.train --flagfile=...` would parse them, the experiment is built by the binary's
 `build_experiment()` and trained by the one training loop (checkpoints under --work_dir, so re-running continues).
 Runs with a target accuracy stop once it is reached. Then `<output_dir>/<suite>.md` (table: paper number, ours,
 settings, seeds, rounds used, wall time) and PNG curves are written from every run and seed of the suite found in
---work_dir (also those of earlier invocations), and `<output_dir>/reproductions.md` is reassembled from the suites' markdown files.
+--work_dir (also those of earlier invocations), and `<output_dir>/reproductions.md` is reassembled from the suites'
+markdown files.
 """
 
 import dataclasses
@@ -165,7 +166,9 @@ def _finished(exp_dir: str, total_rounds: int) -> bool:
 
 
 def _settings(hp: dict[str, Any]) -> str:
-  parts = [f"{hp['task']}/{hp['model']}", f"{hp['clients_per_round']} of {hp['num_clients']} clients",
+  clients = (f"{hp['clients_per_round']} clients/round" if hp['partition'] == 'natural' and hp['task'] != 'synthetic'
+             else f"{hp['clients_per_round']} of {hp['num_clients']} clients")
+  parts = [f"{hp['task']}/{hp['model']}", clients,
            f"E={hp['client_epochs_per_round']}", f"B={hp['client_batch_size']}",
            f"client lr {hp['client_learning_rate']:g}", hp['algorithm'] + (f" mu={hp['mu']:g}" if hp['mu'] else '')]
   if hp['task'] in ('mnist', 'fashion_mnist'):
@@ -244,8 +247,11 @@ def write_report(suite: Suite, work_dir: str, output_dir: str) -> str:
   os.makedirs(output_dir, exist_ok=True)
   body = reproduce_report.SECTIONS[suite.section](suite, results, output_dir) if results else 'No run recorded yet.\n'
   total = sum(r.wall_seconds for r in results if np.isfinite(r.wall_seconds))
+  missing = [run.name for run in suite.runs if not recorded_seeds(run, work_dir)]
+  not_run = f"Not run yet: {', '.join(missing)}.\n\n" if missing else ''
   text = (f'## {suite.title}\n\n{suite.notes}\n\nSuite `{suite.name}`: {len(results)} run(s), total wall time '
-          f'{total / 60:.1f} min on this machine (`python -m experiments.reproduce --suite={suite.name}`).\n\n{body}')
+          f'{total / 60:.1f} min on this machine (`python -m experiments.reproduce --suite={suite.name}`).\n\n'
+          f'{not_run}{body}')
   path = os.path.join(output_dir, f'{suite.name}.md')
   with open(path, 'w') as f:
     f.write(text)
@@ -261,9 +267,10 @@ def write_report(suite: Suite, work_dir: str, output_dir: str) -> str:
 
 
 def run_suite(suite: Suite, work_dir: str, output_dir: str, seeds: Optional[Sequence[int]] = None,
-              max_rounds: Optional[int] = None, patterns: Sequence[str] = (), log=print) -> str:
+              max_rounds: Optional[int] = None, patterns: Sequence[str] = (), log=print, train: bool = True) -> str:
+  """Trains the selected runs for each seed (unless `train` is False), then writes the suite's report."""
   seeds = tuple(seeds) if seeds else suite.seeds
-  for run in select_runs(suite, patterns):
+  for run in select_runs(suite, patterns) if train else ():
     for seed in seeds:
       run_one(run, seed, work_dir, max_rounds, log)
   return write_report(suite, work_dir, output_dir)
@@ -273,6 +280,7 @@ def main(argv):
   del argv
   suite_name, seeds_text, max_rounds = FLAGS.suite, FLAGS.seeds, FLAGS.max_rounds
   work_dir, output_dir, patterns = FLAGS.work_dir, FLAGS.output_dir, [p for p in FLAGS.runs.split(',') if p]
+  train = not FLAGS.report_only  # Captured now: training re-parses FLAGS for each run.
   try:
     if suite_name not in SUITES:
       raise ValueError(f"--suite must be one of {', '.join(SUITES)}; got '{suite_name}'.")
@@ -283,7 +291,7 @@ def main(argv):
     if max_rounds is not None and max_rounds < 1:
       raise ValueError(f'--max_rounds must be >= 1; got {max_rounds}.')
     path = run_suite(SUITES[suite_name](), os.path.join(work_dir, suite_name), output_dir, seeds, max_rounds,
-                     patterns, log=lambda line: print(line, flush=True))
+                     patterns, log=lambda line: print(line, flush=True), train=train)
     print(f'Wrote {path} and {os.path.join(output_dir, REPORT_NAME)}')
   except ValueError as e:
     sys.stderr.write(f'error: {e}\n')
@@ -299,4 +307,5 @@ if __name__ == '__main__':
   flags.DEFINE_string('runs', '', 'comma-separated substrings; run only the suite runs whose name contains one')
   flags.DEFINE_string('work_dir', '/tmp/tff_fl_reproduce', 'root of the runs\' experiment directories (checkpoints)')
   flags.DEFINE_string('output_dir', 'experiments/results', 'where the markdown tables and PNGs go')
+  flags.DEFINE_bool('report_only', False, 'only rewrite the report from the runs recorded in --work_dir')
   app.run(main)

@@ -74,13 +74,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def plot_panels(path: str, panels: Sequence[tuple], ylabel: str, ncols: Optional[int] = None) -> str:
-  """One subplot per (title, lines, hline) where lines = [(label, rounds, values)]; `hline` an optional target."""
+  """One subplot per (title, lines, hline): lines = [(label, rounds, values[, matplotlib style dict])], `hline` an
+  optional target line. Labels starting with '_' are left out of the legend."""
   ncols = min(ncols or 4, max(len(panels), 1))
   nrows = int(np.ceil(len(panels) / ncols))
   fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
   for ax, (title, lines, hline) in zip(axes.ravel(), panels):
-    for label, rounds, values in lines:
-      ax.plot(rounds, values, label=label, linewidth=1.2)
+    for label, rounds, values, *style in lines:
+      ax.plot(rounds, values, label=label, linewidth=1.2, **(style[0] if style else {}))
     if hline is not None:
       ax.axhline(hline, color='gray', linestyle='--', linewidth=0.8)
     ax.set_title(title, fontsize=9)
@@ -171,10 +172,9 @@ def fedprox_section(suite, results, out_dir: str) -> str:
                     ','.join(str(r.seed) for r in cells[prox] or cells[base]),
                     _fmt(sum(r.wall_seconds for rs in cells.values() for r in rs) / 60, 1, ' min')])
       title = f'{group}, {level:.0%} stragglers'
-      loss_panels.append((title, [(f'{lab} seed {r.seed}', *curve(r.rows, 'central_train_loss'))
-                                  for lab in labels for r in cells[lab]], None))
-      acc_panels.append((title, [(f'{lab} seed {r.seed}', *curve(r.rows, 'eval_accuracy'))
-                                 for lab in labels for r in cells[lab]], None))
+      for panels, column in ((loss_panels, 'central_train_loss'), (acc_panels, 'eval_accuracy')):
+        panels.append((title, [(lab if i == 0 else f'_{lab}', *curve(r.rows, column), {'color': f'C{j}'})
+                               for j, lab in enumerate(labels) for i, r in enumerate(cells[lab])], None))
   ncols = max(len(groups), 1)
   loss_png = plot_panels(os.path.join(out_dir, f'{suite.name}_train_loss.png'), loss_panels, 'train loss', ncols)
   acc_png = plot_panels(os.path.join(out_dir, f'{suite.name}_test_accuracy.png'), acc_panels, 'test accuracy', ncols)

@@ -1,10 +1,10 @@
 """Byzantine robustness of the aggregators on digits, from real runs of the binary.
 
-  .venv/bin/python -m experiments.robustness_report [--rounds=60] [--seeds=0] [--attack_scale=10] [--beta=0.2]
+  .venv/bin/python -m experiments.robustness_report [--rounds=50] [--seeds=0] [--attack_scale=10] [--beta=0.2]
       [--jobs=2] [--out=experiments/results/robustness.md]
 
 Every run is `experiments.train` with the shared flags in `BASE_FLAGS` (digits, multinomial logistic regression,
-40 Dirichlet(1.0) clients, 10 sampled per round, FedAvg with client SGD 0.1, batch 10, 1 epoch, server SGD 1.0)
+40 Dirichlet(1.0) clients, 10 sampled per round, FedAvg with client SGD 0.1, batch 10, 5 epochs, server SGD 1.0)
 plus `--aggregator=A` and, for attacked rows, `--byzantine_fraction=0.2 --attack=X`: 2 of the 10 sampled clients
 are malicious every round. Rows: clean FedAvg; FedAvg under sign flip; each robust aggregator under sign flip; mean
 and median under the scaled, gaussian_noise and label_flip attacks. Reported per row (mean over seeds): final eval
@@ -26,7 +26,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_FLAGS = ('--task=digits', '--model=logreg', '--num_clients=40', '--partition=dirichlet', '--dirichlet_alpha=1.0',
-              '--algorithm=fedavg', '--clients_per_round=10', '--client_epochs_per_round=1',
+              '--algorithm=fedavg', '--clients_per_round=10', '--client_epochs_per_round=5',
               '--client_batch_size=10', '--client_optimizer=sgd', '--client_learning_rate=0.1',
               '--server_optimizer=sgd', '--server_learning_rate=1.0', '--rounds_per_eval=5')
 BYZANTINE_FRACTION = 0.2
@@ -95,7 +95,7 @@ def _mean(values):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--rounds', type=int, default=60)
+  parser.add_argument('--rounds', type=int, default=50)
   parser.add_argument('--seeds', default='0')
   parser.add_argument('--attack_scale', type=float, default=10.0)
   parser.add_argument('--beta', type=float, default=0.2, help='trimmed-mean beta')
@@ -114,14 +114,13 @@ def main() -> None:
       print(f'{a:32s} {x:15s} seed {s}: eval accuracy {results[(a, x)][-1]["eval_accuracy"]:.4f}', flush=True)
 
   clean = _mean([r['eval_accuracy'] for r in results[pairs[0]]])
-  command = ('.venv/bin/python -m experiments.train ' + ' '.join(BASE_FLAGS)
-             + ' --root_output_dir=... --experiment_name=... ')
+  command = '.venv/bin/python -m experiments.train $BASE --root_output_dir=OUT --experiment_name=NAME '
   lines = [
       '# Byzantine robustness of the aggregators (digits, logistic regression)',
       '',
       f'Produced by `.venv/bin/python -m experiments.robustness_report --rounds={args.rounds} --seeds={args.seeds} '
       f'--attack_scale={args.attack_scale:g} --beta={args.beta:g}`. Setting: 40 Dirichlet(1.0) clients, 10 sampled '
-      f'per round, FedAvg (client SGD 0.1, batch 10, 1 epoch; server SGD 1.0), {args.rounds} rounds. In attacked '
+      f'per round, FedAvg (client SGD 0.1, batch 10, 5 local epochs; server SGD 1.0), {args.rounds} rounds. In attacked '
       f'rows {BYZANTINE_FRACTION:.0%} of each round\'s cohort (2 of 10) is malicious: sign_flip sends '
       f'-{args.attack_scale:g} x its update, scaled sends {args.attack_scale:g} x its update, gaussian_noise adds '
       'N(0, 1) per coordinate, label_flip trains on y -> 9 - y. Robust aggregators give every client one vote; '
@@ -145,8 +144,8 @@ def main() -> None:
         f"{100 * (acc - clean):+.1f} pts | {_mean([r['client_accuracy_p10'] for r in rs]):.3f} | "
         f"{_mean([r['rounds_completed'] for r in rs]):.0f} | {reached} | {measurement_summary(rs[0]['rows'])} | "
         f"{_mean([r['wall_seconds'] for r in rs]):.0f} |")
-  lines += ['', 'Exact commands (one per row and seed; `--root_output_dir`/`--experiment_name` are arbitrary):', '',
-            '```']
+  lines += ['', 'Exact commands (one per row and seed; OUT and NAME are arbitrary):', '', '```',
+            f"BASE='{' '.join(BASE_FLAGS)}'"]
   for a, x in pairs:
     for s in seeds:
       lines.append(command + ' '.join(shlex.quote(f) for f in run_flags(a, x, args.rounds, s, args.attack_scale)))

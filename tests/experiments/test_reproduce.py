@@ -73,3 +73,22 @@ def test_rounds_to_target_section_not_reached(tmp_path):
            .splitlines() if l.startswith('| cfg')]
   assert lines[0][2:4] == [f'{1 + 0.4 / 0.45:.1f}', f'{(1 + 0.4 / 0.45) / 3:.2f}x'] and lines[0][7] == '1.0 min |'
   assert lines[1][2:4] == ['not reached (best 0.7000)', '-']
+
+
+def test_fedprox_section_means_and_orderings(tmp_path):
+  avg = reproduce.Run('a', 'x.flags', 'FedAvg', group='Synthetic(1,1)', stragglers=0.9)
+  prox = reproduce.Run('p', 'x.flags', 'FedProx mu=1', group='Synthetic(1,1)', stragglers=0.9)
+  suite = reproduce.Suite('fp', 'FP', (avg, prox), (0, 1), 'fedprox')
+  rows = lambda loss, accs: [{'round': r, 'central_train_loss': loss + 1.0 / r, 'eval_accuracy': a}
+                             for r, a in zip((1, 2, 3, 4), accs)]
+  results = [reproduce.RunResult(avg, 0, rows(1.0, [0.1, 0.5, 0.2, 0.6]), 4, 60.0, ''),
+             reproduce.RunResult(avg, 1, rows(2.0, [0.1, 0.5, 0.2, 0.4]), 4, 60.0, ''),
+             reproduce.RunResult(prox, 0, rows(0.5, [0.1, 0.5, 0.7, 0.7]), 4, 60.0, '')]
+  text = reproduce_report.fedprox_section(suite, results, str(tmp_path))
+  (line,) = [l.split(' | ') for l in text.splitlines() if l.startswith('| Synthetic')]
+  # Final train loss: FedAvg seeds 1.25 and 2.25 -> 1.75 ± 0.5; FedProx 0.75. Final accuracy 0.5 ± 0.1 vs 0.7.
+  assert line[1:6] == ['90%', '1.750 ± 0.500 (n=2)', '0.750', '0.500 ± 0.100 (n=2)', '0.700']
+  # Instability: std of the last half of the accuracy curve: FedAvg std(0.2, 0.6)=0.2, std(0.2, 0.4)=0.1; FedProx 0.
+  assert line[6:8] == ['0.150 ± 0.050 (n=2)', '0.000']
+  assert line[8:12] == ['yes', 'yes', '4', '0'] and line[12] == '3.0 min |'
+  assert (tmp_path / 'fp_train_loss.png').exists() and (tmp_path / 'fp_test_accuracy.png').exists()

@@ -18,7 +18,9 @@ rotation, scaling, randomized rounding and discrete Gaussian noise shares added 
 `secure_bits`-bit secure modular sum; the cohort count goes through `SecureSumFactory`), which is how TFF composes
 DP with secure aggregation. The noised records are only ever summed through the secure sum intrinsics. Its
 privacy is accounted as a Gaussian with `noise_multiplier` (an approximation: rounding inflates the sensitivity
-slightly and dp-accounting 0.4.3 has no discrete-Gaussian event).
+slightly and dp-accounting 0.4.3 has no discrete-Gaussian event). Its computations are returned in TFF's
+call-dominant form (`tff.framework.to_call_dominant`, same semantics): the nested form is ~40 building blocks deep,
+and inside a learning process its proto exceeds the 100-level nesting limit of protobuf's upb parser.
 """
 
 from collections.abc import Callable
@@ -83,9 +85,28 @@ def build_secure_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: floa
       auto_l2_clip=(dp == 'adaptive'),
       auto_l2_target_quantile=float(target_unclipped_quantile),
       auto_l2_lr=float(clip_learning_rate))
-  return tff.aggregators.UnweightedMeanFactory(
+  return _CallDominantFactory(tff.aggregators.UnweightedMeanFactory(
       value_sum_factory=ddp_sum,
-      count_sum_factory=tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0))
+      count_sum_factory=tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)))
+
+
+def _call_dominant(comp: tff.Computation) -> tff.Computation:
+  """`comp` flattened to one block of locals (same semantics and type signature, containers included)."""
+  flat = tff.framework.to_call_dominant(comp.to_building_block())
+  return tff.framework.ConcreteComputation(
+      computation_proto=flat.proto, context_stack=tff.framework.get_context_stack(),
+      annotated_type=comp.type_signature)
+
+
+class _CallDominantFactory(tff.aggregators.UnweightedAggregationFactory):
+  """`inner`'s processes with call-dominant computations, so deep aggregators nest in a learning process."""
+
+  def __init__(self, inner: tff.aggregators.UnweightedAggregationFactory):
+    self._inner = inner
+
+  def create(self, value_type) -> tff.templates.AggregationProcess:
+    process = self._inner.create(value_type)
+    return tff.templates.AggregationProcess(_call_dominant(process.initialize), _call_dominant(process.next))
 
 
 def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clients_per_round: float,
