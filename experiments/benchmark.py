@@ -67,6 +67,13 @@ MEMORY_POPULATION, MEMORY_COHORT, MEMORY_EXAMPLES, MEMORY_MARK = 3400, 10, 10, 1
 _MEMORY_ROUNDS = flags.DEFINE_integer('memory_rounds', 2000, 'memory scenario: rounds of our engine')
 _MEMORY_STOCK_ROUNDS = flags.DEFINE_integer('memory_stock_rounds', 2000, 'memory scenario: rounds of stock TFF')
 _MEMORY_CHILD = flags.DEFINE_string('memory_child', '', 'internal: run one memory run (stock_tff or ours) and print it')
+# Memory runs: label -> (engine, extra environment of its process). glibc's per-thread malloc arenas fragment in the
+# multi-threaded worker_binary; MALLOC_ARENA_MAX=2 (inherited by the worker) caps them.
+MEMORY_RUNS = collections.OrderedDict(
+    stock_tff=('stock_tff', {}), ours=('ours', {}), ours_malloc_arena_max_2=('ours', {'MALLOC_ARENA_MAX': '2'}),
+    stock_tff_malloc_arena_max_2=('stock_tff', {'MALLOC_ARENA_MAX': '2'}))
+_MEMORY_RUNS = flags.DEFINE_list('memory_runs', ['stock_tff', 'ours', 'ours_malloc_arena_max_2'],
+                                 f"memory runs: {', '.join(MEMORY_RUNS)} (others are kept from the old json)")
 
 
 def build_task(num_clients: int, examples: int) -> tasks_lib.Task:
@@ -234,15 +241,18 @@ def memory_run(engine: str, rounds: int) -> dict:
   return collections.OrderedDict(engine=engine, rounds=rounds, marks=marks)
 
 
-def run_memory(rounds_by_engine: dict) -> dict:
-  """Each engine in its own subprocess (peak RSS is per process); ratios of the end to round 100."""
-  result = collections.OrderedDict(
+def run_memory(labels: list, rounds_by_engine: dict, old: dict) -> dict:
+  """Each run in its own subprocess (peak RSS is per process); ratios of the end to round 100."""
+  result = collections.OrderedDict((k, v) for k, v in old.items() if k in MEMORY_RUNS)
+  result.update(
       population=MEMORY_POPULATION, cohort=MEMORY_COHORT, examples_per_client=MEMORY_EXAMPLES, mark_round=MEMORY_MARK,
       data='digits examples drawn with replacement, 10+-2 per client; 2NN, batch 10, 1 epoch')
-  for engine, rounds in rounds_by_engine.items():
+  for label in labels:
+    engine, env = MEMORY_RUNS[label]
+    rounds = rounds_by_engine[engine]
     cmd = [sys.executable, '-m', 'experiments.benchmark', f'--memory_child={engine}', f'--memory_rounds={rounds}']
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', **env))
     lines = [l for l in proc.stdout.splitlines() if l.startswith('MEMORY_RESULT ')]
     if proc.returncode or not lines:
       raise RuntimeError(f'memory run {engine} failed ({proc.returncode}): {proc.stderr[-2000:]}')
@@ -255,8 +265,9 @@ def run_memory(rounds_by_engine: dict) -> dict:
           run[f'{key}_at_{MEMORY_MARK}'], run[f'{key}_at_end'] = mark.get(key), end[key]
           run[f'{key}_end_over_{MEMORY_MARK}'] = end[key] / mark[key] if mark.get(key) else None
     run['s_per_round'] = (end['elapsed_s'] - mark['elapsed_s']) / max(1, end['round'] - MEMORY_MARK)
-    result[engine] = run
-    print(f'memory {engine}: {json.dumps({k: v for k, v in run.items() if k != "marks"})}', flush=True)
+    run['environment'] = env
+    result[label] = run
+    print(f'memory {label}: {json.dumps({k: v for k, v in run.items() if k != "marks"})}', flush=True)
   return result
 
 
@@ -303,7 +314,7 @@ def markdown_memory(memory: dict) -> str:
           f"| engine | rounds | python peak @{MEMORY_MARK} | python peak @end | end / @{MEMORY_MARK} | "
           f"worker peak @{MEMORY_MARK} | worker peak @end | end / @{MEMORY_MARK} | s/round |",
           '|---|---|---|---|---|---|---|---|---|']
-  for engine in ('stock_tff', 'ours'):
+  for engine in MEMORY_RUNS:
     if engine in memory:
       r = memory[engine]
       cells = []
@@ -312,6 +323,10 @@ def markdown_memory(memory: dict) -> str:
         cells += [f"{r[f'{key}_at_{MEMORY_MARK}']:.0f}", f"{r[f'{key}_at_end']:.0f}",
                   f"{r[f'{key}_end_over_{MEMORY_MARK}']:.3f}"]
       rows.append(f"| {engine} | {r['rounds']} | {' | '.join(cells)} | {r['s_per_round']:.4f} |")
+  rounds = {memory[e]['rounds'] for e in MEMORY_RUNS if e in memory}
+  if len(rounds) > 1:
+    rows.append('\nThe engines ran different numbers of rounds (--memory_stock_rounds, --memory_rounds): stock TFF '
+                'costs ~10x more per round, so its long run was shortened. Per-mark values are in benchmark.json.')
   return '\n'.join(rows) + '\n'
 
 
@@ -346,10 +361,11 @@ def main(argv):
       contexts.shutdown()
     print('MEMORY_RESULT ' + json.dumps(run), flush=True)
     return
-  unknown = [s for s in _SCENARIOS.value if s not in SCENARIOS] + [e for e in _EXTRAS.value if e not in EXTRAS]
+  unknown = ([s for s in _SCENARIOS.value if s not in SCENARIOS] + [e for e in _EXTRAS.value if e not in EXTRAS] +
+             [m for m in _MEMORY_RUNS.value if m not in MEMORY_RUNS])
   if unknown:
-    raise app.UsageError(f"--scenarios must be from {', '.join(SCENARIOS)} and --extras from {', '.join(EXTRAS)}; "
-                         f"got {', '.join(unknown)}.")
+    raise app.UsageError(f"--scenarios must be from {', '.join(SCENARIOS)}, --extras from {', '.join(EXTRAS)}, "
+                         f"--memory_runs from {', '.join(MEMORY_RUNS)}; got {', '.join(unknown)}.")
   if _ROUNDS.value < 1 or _WARMUP.value < 0:
     raise app.UsageError(f'--rounds must be >= 1 and --warmup >= 0; got {_ROUNDS.value}, {_WARMUP.value}.')
   if min(_MEMORY_ROUNDS.value, _MEMORY_STOCK_ROUNDS.value) < MEMORY_MARK:
@@ -379,7 +395,8 @@ def main(argv):
   finally:
     contexts.shutdown()
   if 'memory' in _EXTRAS.value:
-    out['memory'] = run_memory(collections.OrderedDict(stock_tff=_MEMORY_STOCK_ROUNDS.value, ours=_MEMORY_ROUNDS.value))
+    out['memory'] = run_memory(_MEMORY_RUNS.value, dict(stock_tff=_MEMORY_STOCK_ROUNDS.value, ours=_MEMORY_ROUNDS.value),
+                               out.get('memory', {}))
     out['memory']['load_average_at_end'] = os.getloadavg()
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   with open(json_path, 'w') as f:

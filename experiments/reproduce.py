@@ -255,8 +255,9 @@ def write_report(suite: Suite, work_dir: str, output_dir: str) -> str:
   path = os.path.join(output_dir, f'{suite.name}.md')
   with open(path, 'w') as f:
     f.write(text)
-  parts = ['# Paper baseline reproductions\n\nNumbers measured by `experiments/reproduce.py` (see each section '
-           'for the rounds actually run).\n']
+  parts = ['# Paper baseline reproductions\n\nNumbers measured by `experiments/reproduce.py`; each section states '
+           'the rounds and seeds actually run. Wall times include task loading, tracing and evaluation, measured on '
+           'the machine that ran them.\n']
   for name in SUITES:
     suite_md = os.path.join(output_dir, f'{name}.md')
     if os.path.exists(suite_md):

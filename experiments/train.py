@@ -30,12 +30,13 @@ FLAGS = flags.FLAGS
 
 _TASK_HELP = {
     'task': f"task: {', '.join(tasks_lib.TASK_BUILDERS)}",
-    'model': 'model: logreg, 2nn, cnn (cnn needs image data)',
+    'model': 'model: logreg, 2nn, cnn (cnn needs image data), char_lstm (shakespeare)',
     'num_clients': 'number of simulated clients (synthetic: devices)',
-    'partition': 'how examples are split over clients: iid, dirichlet, shards, natural',
+    'partition': 'how examples are split over clients: iid, dirichlet, shards, natural (shakespeare, emnist: natural)',
     'dirichlet_alpha': 'Dirichlet concentration for --partition=dirichlet (smaller = more label skew)',
     'shards_per_client': 'shards per client for --partition=shards (McMahan et al.)',
-    'test_fraction': "fraction of each client's examples held out for per-client evaluation",
+    'test_fraction': "fraction of each client's examples held out for per-client evaluation (mnist/fashion_mnist "
+                     'deal the official test set instead)',
     'synthetic_alpha': 'FedProx Synthetic(alpha, beta): model heterogeneity',
     'synthetic_beta': 'FedProx Synthetic(alpha, beta): feature heterogeneity',
     'synthetic_iid': 'FedProx Synthetic-IID instead of Synthetic(alpha, beta)',

@@ -38,6 +38,8 @@ def define_flags() -> None:
 
 
 def configure(exp) -> None:
+  if FLAGS.secure_bits and FLAGS.dp not in ('fixed', 'adaptive'):
+    raise ValueError(f'--secure_bits needs --dp=fixed|adaptive (distributed DP over secure sum); got --dp={FLAGS.dp}.')
   client_dp = FLAGS.dp != 'none' or FLAGS.client_sampling != 'uniform' or FLAGS.target_epsilon is not None
   if not (client_dp or FLAGS.sample_dp):
     return

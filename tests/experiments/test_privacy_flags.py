@@ -113,6 +113,7 @@ MISMATCHES = {
     'weighted_clients': (['--dp=fixed', '--client_weighting=num_examples'], '--client_weighting=uniform'),
     'budget_without_dp': (['--target_epsilon=1', '--dp=none'], '--target_epsilon needs --dp='),
     'robust_aggregator': (['--dp=fixed', '--aggregator=median', '--client_weighting=uniform'], '--aggregator=mean'),
+    'secure_sum_without_dp': (['--secure_bits=16'], '--secure_bits needs --dp=fixed|adaptive'),
 }
 
 

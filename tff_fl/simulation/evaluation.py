@@ -8,6 +8,7 @@ A global number alone hides clients the model serves badly.
 """
 
 import collections
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -16,12 +17,13 @@ import tensorflow_federated as tff
 from tff_fl.algorithms import client_work as client_work_lib
 
 
-def build_per_client_eval(model_fn: client_work_lib.ModelFn) -> tff.Computation:
+def build_per_client_eval(model_fn: client_work_lib.ModelFn, pad_id: Optional[int] = None) -> tff.Computation:
+  """`pad_id`: for next-token tasks, targets equal to it count neither as predictions nor as correct."""
   weights_type, data_type, _ = client_work_lib.model_types(model_fn)
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_eval(weights, dataset):
-    return build_client_eval_fn(model_fn())(weights, dataset)
+    return build_client_eval_fn(model_fn(), pad_id)(weights, dataset)
 
   @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER), tff.FederatedType(data_type, tff.CLIENTS))
   def per_client_eval(weights, datasets):
@@ -30,7 +32,7 @@ def build_per_client_eval(model_fn: client_work_lib.ModelFn) -> tff.Computation:
   return per_client_eval
 
 
-def build_client_eval_fn(model: tff.learning.models.VariableModel):
+def build_client_eval_fn(model: tff.learning.models.VariableModel, pad_id: Optional[int] = None):
   """A `tf.function` (ModelWeights, dataset) -> OrderedDict of per-client sums (see module docstring)."""
 
   @tf.function  # Automatic control dependencies: the weight assignment runs before the reduce.
@@ -43,11 +45,12 @@ def build_client_eval_fn(model: tff.learning.models.VariableModel):
       y = tf.cast(batch['y'], tf.int64)
       pred = tf.argmax(out.predictions, axis=-1, output_type=tf.int64)
       rows = tf.cast(tf.shape(out.predictions)[0], tf.float32)
+      counted = tf.ones_like(y, tf.float32) if pad_id is None else tf.cast(tf.not_equal(y, pad_id), tf.float32)
       return collections.OrderedDict(
           loss_sum=acc['loss_sum'] + tf.cast(out.loss, tf.float32) * rows,
-          correct=acc['correct'] + tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float32)),
+          correct=acc['correct'] + tf.reduce_sum(tf.cast(tf.equal(pred, y), tf.float32) * counted),
           num_examples=acc['num_examples'] + rows,
-          num_predictions=acc['num_predictions'] + tf.cast(tf.size(y), tf.float32))
+          num_predictions=acc['num_predictions'] + tf.reduce_sum(counted))
 
     zero = tf.constant(0.0)
     return dataset.reduce(collections.OrderedDict(loss_sum=zero, correct=zero, num_examples=zero,
@@ -58,7 +61,7 @@ def build_client_eval_fn(model: tff.learning.models.VariableModel):
 
 def summarize(client_ids, results) -> collections.OrderedDict:
   """Global (example-weighted) loss and accuracy, and the per-client accuracy distribution."""
-  rows = [(cid, r) for cid, r in zip(client_ids, results) if r['num_examples'] > 0]
+  rows = [(cid, r) for cid, r in zip(client_ids, results) if r['num_examples'] > 0 and r['num_predictions'] > 0]
   if not rows:
     raise ValueError('No client has evaluation data; use --test_fraction > 0.')
   n = np.array([r['num_examples'] for _, r in rows], np.float64)

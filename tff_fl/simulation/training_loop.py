@@ -107,7 +107,7 @@ def run_training(process: tff.learning.templates.LearningProcess, task: tasks_li
     log(f'Resumed from checkpoint at round {start_round}.')
   outputs.load_rows(start_round if start_round > 0 else None)
 
-  eval_fn = evaluation.build_per_client_eval(task.model_fn)
+  eval_fn = evaluation.build_per_client_eval(task.model_fn, getattr(task, 'pad_id', None))
   eval_data = [(eval_dataset_fn or task.eval_dataset)(cid) for cid in task.client_ids]
   last_eval, evaluated_round, stop_reason = None, None, 'completed'
 
