@@ -68,7 +68,8 @@ for _component in _COMPONENTS:
   _component.define_flags()
 
 # Flags that do not change what the model sees; a checkpoint may be resumed with other values of these.
-_RESUMABLE_FLAGS = ('total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'root_output_dir', 'experiment_name')
+_RESUMABLE_FLAGS = ('total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'root_output_dir', 'experiment_name',
+                    'workers')
 
 
 def build_experiment() -> experiment_lib.Experiment:
