@@ -85,9 +85,9 @@ def build_secure_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: floa
       auto_l2_clip=(dp == 'adaptive'),
       auto_l2_target_quantile=float(target_unclipped_quantile),
       auto_l2_lr=float(clip_learning_rate))
-  return _CallDominantFactory(tff.aggregators.UnweightedMeanFactory(
+  return _CallDominantMeanFactory(
       value_sum_factory=ddp_sum,
-      count_sum_factory=tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)))
+      count_sum_factory=tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0))
 
 
 def _call_dominant(comp: tff.Computation) -> tff.Computation:
@@ -98,14 +98,11 @@ def _call_dominant(comp: tff.Computation) -> tff.Computation:
       annotated_type=comp.type_signature)
 
 
-class _CallDominantFactory(tff.aggregators.UnweightedAggregationFactory):
-  """`inner`'s processes with call-dominant computations, so deep aggregators nest in a learning process."""
-
-  def __init__(self, inner: tff.aggregators.UnweightedAggregationFactory):
-    self._inner = inner
+class _CallDominantMeanFactory(tff.aggregators.UnweightedMeanFactory):
+  """`UnweightedMeanFactory` whose processes are call-dominant, so deep inner sums nest in a learning process."""
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
-    process = self._inner.create(value_type)
+    process = super().create(value_type)
     return tff.templates.AggregationProcess(_call_dominant(process.initialize), _call_dominant(process.next))
 
 
