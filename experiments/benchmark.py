@@ -39,7 +39,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
-import psutil
 import tensorflow as tf
 import tensorflow_federated as tff
 

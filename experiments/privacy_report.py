@@ -13,15 +13,11 @@ is not seeded, so DP rows vary from run to run; every number in the report is me
 
 import argparse
 import concurrent.futures
-import csv
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 
 from experiments.reproduce_report import markdown_table
+from experiments import binary_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELTA = 1e-5
@@ -39,19 +35,7 @@ def command(rounds: int, extra: tuple[str, ...]) -> list[str]:
 
 def run(out_dir: str, name: str, cmd: list[str]) -> dict:
   """Runs the binary; returns its summary.json plus the metrics.csv rows and the wall time."""
-  t0 = time.time()
-  proc = subprocess.run([sys.executable, *cmd[1:], f'--root_output_dir={out_dir}', f'--experiment_name={name}'],
-                        cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  if proc.returncode != 0:
-    raise RuntimeError(f'run {name} failed:\n{proc.stderr[-3000:]}')
-  with open(os.path.join(out_dir, name, 'summary.json')) as f:
-    summary = json.load(f)
-  with open(os.path.join(out_dir, name, 'metrics.csv')) as f:
-    summary['rows'] = list(csv.DictReader(f))
-  summary['wall_seconds'] = time.time() - t0
-  summary['stdout'] = proc.stdout
-  return summary
+  return binary_runs.run_binary(out_dir, name, cmd[3:])
 
 
 def final_clip(rows: list[dict]) -> str:

@@ -11,12 +11,10 @@ of the exported (strip_pruning) model, and the raw / gzip size of its weights. E
 """
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
+
+from experiments import binary_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,19 +22,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(out_dir: str, name: str, rounds: int, sparsity: float, seed: int) -> dict:
   begin, end = max(1, rounds // 10), max(2, (7 * rounds) // 10)
   frequency = max(1, rounds // 20)
-  cmd = [sys.executable, '-m', 'experiments.train', '--flagfile=experiments/configs/default.flags',
-         f'--root_output_dir={out_dir}', f'--experiment_name={name}', f'--total_rounds={rounds}',
+  cmd = ['--flagfile=experiments/configs/default.flags', f'--total_rounds={rounds}',
          f'--rounds_per_eval={rounds}', f'--rounds_per_checkpoint={rounds}', f'--seed={seed}',
          '--pruning_schedule=polynomial', '--initial_sparsity=0', f'--final_sparsity={sparsity}',
          f'--pruning_begin_round={begin}', f'--pruning_end_round={end}', f'--pruning_frequency={frequency}']
-  t0 = time.time()
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  if proc.returncode != 0:
-    raise RuntimeError(f'run {name} failed:\n{proc.stderr[-3000:]}')
-  with open(os.path.join(out_dir, name, 'summary.json')) as f:
-    summary = json.load(f)
-  summary['wall_seconds'] = time.time() - t0
+  summary = binary_runs.run_binary(out_dir, name, cmd)
   summary['schedule'] = f'polynomial 0 -> {sparsity:g}, rounds {begin}..{end} every {frequency}'
   return summary
 

@@ -15,14 +15,11 @@ averaged over rounds. Every number is measured here; `--attack_scale=1` gives th
 
 import argparse
 import concurrent.futures
-import csv
-import json
 import os
 import shlex
-import subprocess
-import sys
 import tempfile
-import time
+
+from experiments import binary_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_FLAGS = ('--task=digits', '--model=logreg', '--num_clients=40', '--partition=dirichlet', '--dirichlet_alpha=1.0',
@@ -55,19 +52,7 @@ def run_flags(aggregator: str, attack: str, rounds: int, seed: int, attack_scale
 
 def run_binary(out_dir: str, name: str, flags: list[str]) -> dict:
   """Runs `experiments.train` with BASE_FLAGS + flags; returns summary.json plus the metrics.csv rows."""
-  cmd = [sys.executable, '-m', 'experiments.train', *BASE_FLAGS, f'--root_output_dir={out_dir}',
-         f'--experiment_name={name}', *flags]
-  t0 = time.time()
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  if proc.returncode != 0:
-    raise RuntimeError(f'run {name} failed:\n{proc.stderr[-3000:]}')
-  with open(os.path.join(out_dir, name, 'summary.json')) as f:
-    summary = json.load(f)
-  with open(os.path.join(out_dir, name, 'metrics.csv')) as f:
-    summary['rows'] = list(csv.DictReader(f))
-  summary['wall_seconds'] = time.time() - t0
-  return summary
+  return binary_runs.run_binary(out_dir, name, [*BASE_FLAGS, *flags])
 
 
 def rounds_to_target(rows: list[dict]) -> int | None:

@@ -5,7 +5,6 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import psutil  # pylint: disable=g-import-not-at-top
-import pytest  # pylint: disable=g-import-not-at-top
 
 import tff_fl  # pylint: disable=g-import-not-at-top,unused-import  (installs the managed TFF context)
 from tff_fl.simulation import contexts  # pylint: disable=g-import-not-at-top

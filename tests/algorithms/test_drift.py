@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fl import tasks

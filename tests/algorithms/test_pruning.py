@@ -1,6 +1,5 @@
 """Federated magnitude pruning vs tfmot: schedule per round, mask rule, masks held through training/aggregation."""
 
-import collections
 
 import numpy as np
 import pytest

@@ -10,7 +10,7 @@ float32 scalar: examples seen (NUM_EXAMPLES), 1 (UNIFORM), or 0 when the update 
 """
 
 import collections
-from typing import Callable, Optional
+from typing import Callable
 
 import tensorflow as tf
 import tensorflow_federated as tff

@@ -10,7 +10,6 @@ FedAdagrad (Reddi et al. 2021); `proximal_mu > 0` gives FedProx (Li et al. 2020)
 from typing import Optional, Union
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fl.algorithms import client_work as client_work_lib

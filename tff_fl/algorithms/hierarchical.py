@@ -21,7 +21,7 @@ aggregators ignore it; unweighted ones, e.g. robust ones, give every cluster one
 """
 
 import collections
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import tensorflow as tf

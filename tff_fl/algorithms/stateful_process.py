@@ -24,7 +24,6 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.learning import tensor_utils
 
 from tff_fl.aggregators import flat
 from tff_fl.algorithms import client_work as client_work_lib

@@ -10,7 +10,6 @@ import dataclasses
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from absl import logging
 import numpy as np
 import tensorflow_federated as tff
 
