@@ -41,15 +41,13 @@ def build_local_sgd_fn(model: tff.learning.models.VariableModel, *, weighting: C
   OrderedDict(update=initial - final trainable weights (zeroed if not finite), update_weight=float32,
   num_steps=float32 minibatches, finite=float32 1/0, loss=float32 mean local loss, num_examples=float32).
   """
-  finalizers = model.metric_finalizers()
-
   @tf.function
   def local_train(optimizer, initial_weights, data, correction=None):
     weights = tff.learning.models.ModelWeights.from_model(model)
     tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
 
     def reduce_fn(state, batch):
-      num_examples, num_steps, opt_state = state
+      num_examples, num_steps, loss_sum, opt_state = state
       with tf.GradientTape() as tape:
         output = model.forward_pass(batch, training=True)
       grads = tape.gradient(output.loss, weights.trainable)
@@ -63,18 +61,19 @@ def build_local_sgd_fn(model: tff.learning.models.VariableModel, *, weighting: C
       updated = tf.nest.pack_sequence_as(weights.trainable, updated)
       tf.nest.map_structure(lambda a, b: a.assign(b), weights.trainable, updated)
       if output.num_examples is None:
-        num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
+        batch_size = tf.shape(output.predictions, out_type=tf.int64)[0]
       else:
-        num_examples += tf.cast(output.num_examples, tf.int64)
-      return num_examples, num_steps + 1, opt_state
+        batch_size = tf.cast(output.num_examples, tf.int64)
+      loss_sum += tf.cast(output.loss, tf.float64) * tf.cast(batch_size, tf.float64)
+      return num_examples + batch_size, num_steps + 1, loss_sum, opt_state
 
     specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in tf.nest.flatten(weights.trainable))
-    init = (tf.zeros([], tf.int64), tf.zeros([], tf.int64), optimizer.initialize(specs))
-    num_examples, num_steps, _ = data.reduce(init, reduce_fn)
+    init = (tf.zeros([], tf.int64), tf.zeros([], tf.int64), tf.zeros([], tf.float64), optimizer.initialize(specs))
+    num_examples, num_steps, loss_sum, _ = data.reduce(init, reduce_fn)
     delta = tf.nest.map_structure(tf.subtract, initial_weights.trainable, weights.trainable)
     delta, has_non_finite = tensor_utils.zero_all_if_any_non_finite(delta)
     unfinalized = model.report_local_unfinalized_metrics()
-    loss = finalizers['loss'](unfinalized['loss']) if 'loss' in finalizers else tf.constant(0.0)
+    loss = loss_sum / tf.maximum(tf.cast(num_examples, tf.float64), 1.0)  # Example-weighted mean training loss.
     result = collections.OrderedDict(
         update=delta,
         update_weight=client_weight(weighting, has_non_finite, num_examples),
