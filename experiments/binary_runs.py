@@ -28,3 +28,11 @@ def run_binary(out_dir: str, name: str, flags: Sequence[str]) -> dict:
   summary['wall_seconds'] = time.time() - t0
   summary['stdout'] = proc.stdout
   return summary
+
+
+def write_report(path: str, lines: Sequence[str]) -> None:
+  """Writes a markdown report (creating its directory) and echoes it."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))

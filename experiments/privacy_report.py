@@ -106,10 +106,7 @@ def main() -> None:
       '',
   ]
   lines += [f'    {" ".join(cmd)}' for cmd in commands]
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  binary_runs.write_report(args.out, lines)
 
 
 if __name__ == '__main__':

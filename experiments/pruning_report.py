@@ -71,10 +71,7 @@ def main() -> None:
         f"{mean('client_accuracy_p10'):.3f} | {mean('pruned_weights_bytes') / 1024:.1f} | "
         f"{mean('pruned_weights_gzip_bytes') / 1024:.1f} | "
         f"{mean('pruned_weights_bytes') / mean('pruned_weights_gzip_bytes'):.2f}x | {mean('wall_seconds'):.0f} |")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  binary_runs.write_report(args.out, lines)
 
 
 if __name__ == '__main__':

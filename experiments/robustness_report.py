@@ -135,10 +135,7 @@ def main() -> None:
     for s in seeds:
       lines.append(command + ' '.join(shlex.quote(f) for f in run_flags(a, x, args.rounds, s, args.attack_scale)))
   lines.append('```')
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  binary_runs.write_report(args.out, lines)
 
 
 if __name__ == '__main__':
