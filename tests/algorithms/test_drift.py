@@ -12,6 +12,8 @@ from tff_fl import tasks
 from tff_fl.algorithms import drift
 from tff_fl.algorithms import fed_avg
 
+from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
+
 
 def test_aggregator_measurements_match_numpy():
   value_type = tff.StructWithPythonType([tff.TensorType(np.float32, [2, 2]), tff.TensorType(np.float32, [3])], list)
@@ -35,14 +37,8 @@ def test_aggregator_measurements_match_numpy():
 
 def _numpy_logreg(x, y, w, b):
   """Mean cross-entropy loss and its gradient (dW, db) for logits = x w + b."""
-  x = x.reshape(len(x), -1).astype(np.float64)
-  logits = x @ w + b
-  logits -= logits.max(axis=1, keepdims=True)
-  p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-  loss = -np.mean(np.log(p[np.arange(len(y)), y]))
-  err = p.copy()
-  err[np.arange(len(y)), y] -= 1.0
-  return loss, np.concatenate([(x.T @ err / len(y)).ravel(), err.mean(axis=0)])
+  loss, gw, gb = logreg_loss_and_grads(w, b, x, y)
+  return loss, np.concatenate([gw.ravel(), gb])
 
 
 def test_client_gradient_dissimilarity_and_loss_spread_match_numpy():

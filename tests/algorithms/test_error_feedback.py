@@ -12,6 +12,8 @@ from tff_fl.algorithms import error_feedback
 from tff_fl.algorithms import fed_avg
 from tff_fl.models import keras_models
 
+from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
+
 DIM_X, CLASSES, BATCH, LR = 8, 4, 5, 0.2
 SPEC = collections.OrderedDict(x=tf.TensorSpec([DIM_X], tf.float32), y=tf.TensorSpec([], tf.int32))
 MODEL_FN = keras_models.build_tff_model_fn(lambda: keras_models.logreg([DIM_X], CLASSES), SPEC)
@@ -42,11 +44,8 @@ def _numpy_delta(params, x, y):
   w0, b0 = w.copy(), b.copy()
   for s in range(0, len(x), BATCH):
     xb, yb = x[s:s + BATCH].astype(np.float64), y[s:s + BATCH]
-    logits = xb @ w + b
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    p[np.arange(len(yb)), yb] -= 1.0
-    w, b = w - LR * xb.T @ p / len(yb), b - LR * p.mean(0)
+    _, gw, gb = logreg_loss_and_grads(w, b, xb, yb)
+    w, b = w - LR * gw, b - LR * gb
   return np.concatenate([(w0 - w).ravel(), b0 - b])
 
 

@@ -11,6 +11,8 @@ from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import fed_sgd
 from tff_fl.models import keras_models
 
+from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
+
 SPEC = collections.OrderedDict(x=tf.TensorSpec([6], tf.float32), y=tf.TensorSpec([], tf.int32))
 SIZES = (7, 12, 20)
 
@@ -100,11 +102,7 @@ def _numpy_fedprox(w0, b0, arrays, mu, lr, rounds, batch):
       cw, cb = w.copy(), b.copy()
       for s in range(0, len(x), batch):
         xb, yb = x[s:s + batch].astype(np.float64), y[s:s + batch]
-        logits = xb @ cw + cb
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        p[np.arange(len(yb)), yb] -= 1.0
-        gw, gb = xb.T @ p / len(yb), p.mean(0)
+        _, gw, gb = logreg_loss_and_grads(cw, cb, xb, yb)
         cw, cb = cw - lr * (gw + mu * (cw - w)), cb - lr * (gb + mu * (cb - b))
       deltas.append((cw - w, cb - b))
       weights.append(len(x))

@@ -11,6 +11,8 @@ from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import scaffold
 from tff_fl.models import keras_models
 
+from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
+
 SPEC = collections.OrderedDict(x=tf.TensorSpec([6], tf.float32), y=tf.TensorSpec([], tf.int32))
 SIZES = (7, 12, 20)
 LR, BATCH = 0.1, 5
@@ -67,11 +69,7 @@ def test_zero_control_variates_equal_fed_avg_exactly():
 
 
 def _grad(w, b, x, y):
-  logits = x @ w + b
-  p = np.exp(logits - logits.max(1, keepdims=True))
-  p /= p.sum(1, keepdims=True)
-  p[np.arange(len(y)), y] -= 1.0
-  return x.T @ p / len(y), p.mean(0)
+  return logreg_loss_and_grads(w, b, x, y)[1:]
 
 
 def _numpy_scaffold(params, arrays, cohorts, lr_l, lr_g, n_total):
