@@ -50,6 +50,7 @@ class Run:
   paper_rounds: Optional[float] = None
   group: str = ''
   stragglers: float = 0.0
+  iid: bool = False  # fedprox2020: the homogeneous dataset (the paper's claims differ there).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _fedprox() -> Suite:
         name = f'fedprox2020_{data}_s{int(level * 100)}_{"fedprox" if "Prox" in label else "fedavg"}'
         runs.append(Run(name, _config(f'fedprox2020_synthetic_{data}'), label,
                         overrides=algo + (('straggler_fraction', level),), metric='central_train_loss',
-                        paper='orderings of Fig. 1', group=title, stragglers=level))
+                        paper='orderings of Fig. 1', group=title, stragglers=level, iid=data == 'iid'))
   return Suite('fedprox2020', 'Li et al. 2020 (FedProx) on Synthetic data: FedAvg vs FedProx mu=1 with stragglers',
                tuple(runs), (0, 1, 2), 'fedprox',
                'Train loss = loss of the server model on all devices\' training data (central_train_loss); test '

@@ -3,14 +3,16 @@
 `tff` (default) is the stock path: one `tf.data` dataset per client per round. `fast` runs the same algorithm with
 `tff_fl.simulation.fast` (the cohort packed into `--engine_slots` CLIENTS slots, each trained in one TF call; any
 aggregator without secure sums keeps its per-client semantics): same data order and results up to float summation
-order, much less time per round for small clients. Comes last in COMPONENTS: it refuses experiments whose other
-components changed the client inputs, the client work or the process (their datasets/processes are tf.data-based).
+order, much less time per round for small clients. Comes last in COMPONENTS: it keeps the dropouts and stragglers of
+`regimes` / `stragglers` (their `RegimeInputs.reports` pick and cut the packed clients) and refuses experiments whose
+other components changed the client inputs, the client work or the process (those are tf.data-based).
 """
 
 from absl import flags
 
 from experiments import flag_groups
 from tff_fl.algorithms import builders
+from tff_fl.simulation import regimes
 from tff_fl.simulation.fast import engine as fast_engine
 from tff_fl.simulation.fast import packing
 
@@ -36,10 +38,12 @@ def validate(engine: str, slots: int, exp) -> None:
   if exp.algo_cfg.algorithm not in FAST_ALGORITHMS:
     raise ValueError(f"--engine=fast runs --algorithm={' or '.join(FAST_ALGORITHMS)}; got "
                      f'--algorithm={exp.algo_cfg.algorithm}.')
-  if exp.client_inputs_fn is not None or exp.client_work_wrappers or 'build_process' in vars(exp):
-    raise ValueError('--engine=fast cannot be combined with components that change client inputs, client work or '
-                     'the process (attacks, regimes dropout/stragglers, hierarchical, pruning, drift, preprocessing); '
-                     'use --engine=tff.')
+  regime_inputs = isinstance(exp.client_inputs_fn, regimes.RegimeInputs)
+  if (exp.client_inputs_fn is not None and not regime_inputs) or exp.client_work_wrappers or \
+      'build_process' in vars(exp):
+    raise ValueError('--engine=fast cannot be combined with components that change client inputs (other than '
+                     'dropouts/stragglers), client work or the process (attacks, hierarchical, pruning, drift, '
+                     'preprocessing); use --engine=tff.')
 
 
 def configure(exp) -> None:
@@ -47,8 +51,10 @@ def configure(exp) -> None:
   if FLAGS.engine == 'tff':
     return
   loop = exp.loop_cfg
-  exp.client_inputs_fn = packing.build_client_inputs_fn(exp.task, epochs=loop.client_epochs_per_round, seed=loop.seed,
-                                                        num_groups=FLAGS.engine_slots)
+  regime = exp.client_inputs_fn  # None or a regimes.RegimeInputs (dropouts / stragglers), checked by validate.
+  exp.client_inputs_fn = packing.build_client_inputs_fn(
+      exp.task, epochs=loop.client_epochs_per_round, seed=loop.seed, num_groups=FLAGS.engine_slots,
+      batch_size=loop.client_batch_size, reports_fn=regime.reports if regime is not None else None)
 
   def build_process():
     exp.algo_cfg.validate()

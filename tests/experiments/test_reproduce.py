@@ -90,5 +90,16 @@ def test_fedprox_section_means_and_orderings(tmp_path):
   assert line[1:6] == ['90%', '1.750 ± 0.500 (n=2)', '0.750', '0.500 ± 0.100 (n=2)', '0.700']
   # Instability: std of the last half of the accuracy curve: FedAvg std(0.2, 0.6)=0.2, std(0.2, 0.4)=0.1; FedProx 0.
   assert line[6:8] == ['0.150 ± 0.050 (n=2)', '0.000']
-  assert line[8:12] == ['yes', 'yes', '4', '0'] and line[12] == '3.0 min |'
+  # Paired seeds (seed 0 only has both): accuracy 0.7 > 0.6 and instability 0.0 < 0.2.
+  assert line[8:13] == ['yes', 'yes', 'higher acc: 1/1 seeds; more stable: 1/1 seeds', '4', '0']
+  assert line[13] == '3.0 min |'
   assert (tmp_path / 'fp_train_loss.png').exists() and (tmp_path / 'fp_test_accuracy.png').exists()
+
+
+def test_fedprox_claims_per_cell():
+  a, p = dict(loss=1.0, acc=0.5, instab=0.1), dict(loss=0.8, acc=0.6, instab=0.2)
+  verdicts = lambda iid, level: [(name, test(a, p)) for name, test in reproduce_report.fedprox_claims(iid, level)]
+  assert verdicts(False, 0.0) == [('mu=1 lower loss', True)]
+  assert verdicts(True, 0.0) == [('mu=1 slows IID (higher loss)', False)]
+  assert verdicts(False, 0.5) == []
+  assert verdicts(True, 0.9) == [('higher acc', True), ('more stable', False)]

@@ -13,6 +13,8 @@ import tensorflow_federated as tff
 
 from tff_fl import tasks
 from tff_fl.algorithms import fed_avg
+from tff_fl.simulation import regimes
+from tff_fl.simulation import stragglers
 from tff_fl.simulation import training_loop
 from tff_fl.simulation.fast import engine
 from tff_fl.simulation.fast import packing
@@ -87,6 +89,29 @@ def test_fed_prox_uniform_momentum_server_matches_reference(task):
   _assert_close(fast_w, ref_w)
 
 
+def test_fedprox_stragglers_match_reference(task):
+  """FedProx's stragglers (an exact fraction of each cohort runs 1..E-1 epochs, 'partial' keeps that work) and
+  per-client dropouts: the fast engine packs the reporting clients cut to their finished batches, the stock path
+  takes that many batches of each dataset; weights and the regime counts agree."""
+  cfg = training_loop.LoopConfig(client_epochs_per_round=3, client_batch_size=BATCH, seed=4)
+  opt = tff.learning.optimizers.build_sgdm(learning_rate=0.1)
+  for make_regime in (lambda: stragglers.FedProxStragglers(task, cfg, 0.6, 'partial'),
+                      lambda: regimes.RegimeInputs(task, cfg, regimes.Participation(0.2, 0.5, 'partial', seed=4))):
+    ref_regime, fast_regime = make_regime(), make_regime()
+    ref_w, ref_m = _run(fed_avg.build_fed_prox(task.model_fn, opt, proximal_mu=0.5), ref_regime, task, rounds=3,
+                        cohort_size=6)
+    fast_inputs = packing.build_client_inputs_fn(task, epochs=3, seed=4, num_groups=2, batch_size=BATCH,
+                                                 reports_fn=fast_regime.reports)
+    fast = engine.build_fast_fed_avg(task.model_fn, opt, batch_size=BATCH, proximal_mu=0.5)
+    fast_w, fast_m = _run(fast, fast_inputs, task, rounds=3, cohort_size=6)
+    _assert_close(fast_w, ref_w)
+    assert fast_regime.stats == ref_regime.stats and ref_regime.stats['partial'] > 0
+    full = 3 * sum(task.data.num_examples('train')[c] for c in task.client_ids[3:9])
+    batches = [m['client_work']['train']['num_batches'] for m in fast_m]
+    assert batches == [m['client_work']['train']['num_batches'] for m in ref_m]
+    assert fast_m[-1]['client_work']['train']['num_examples'] < full  # Partial work really was cut.
+
+
 def test_aggregator_chain_runs_per_client(task):
   """Adaptive clipping (per-client clip, quantile state) inside zeroing: the clip counts and the evolving
   clip norm only match if every packed client goes through the chain on its own."""
@@ -129,14 +154,21 @@ def _train(out_dir, *flags):
                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
 
 
-def test_binary_engine_flag(tmp_path):
+@pytest.mark.parametrize('extra', [
+    (),
+    ('--straggler_model=fedprox', '--straggler_fraction=0.5', '--straggler_policy=partial',
+     '--client_epochs_per_round=3'),
+], ids=['plain', 'fedprox_stragglers'])
+def test_binary_engine_flag(tmp_path, extra):
   summaries = {}
   for eng in ('tff', 'fast'):
-    proc = _train(tmp_path, f'--engine={eng}', f'--experiment_name={eng}', '--algorithm=fedprox', '--mu=0.1')
+    proc = _train(tmp_path, f'--engine={eng}', f'--experiment_name={eng}', '--algorithm=fedprox', '--mu=0.1', *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / eng / 'metrics.csv') as f:
       summaries[eng] = f.read().splitlines()
   header = summaries['tff'][0].split(',')
+  assert header == summaries['fast'][0].split(',')
+  assert ('regime/partial' in header) == bool(extra)
   for row_tff, row_fast in zip(summaries['tff'][1:], summaries['fast'][1:]):
     for name, a, b in zip(header, row_tff.split(','), row_fast.split(',')):
       if name.endswith('seconds') or not a:
@@ -148,7 +180,7 @@ def test_binary_engine_flag(tmp_path):
     ('bogus', 1, 'fedavg', None, '--engine must be one of tff, fast'),
     ('fast', 0, 'fedavg', None, '--engine_slots must be >= 1'),
     ('fast', 1, 'fedsgd', None, '--engine=fast runs --algorithm=fedavg or fedprox'),
-    ('fast', 1, 'fedavg', lambda r, c: c, '--engine=fast cannot be combined'),
+    ('fast', 1, 'fedavg', lambda r, c: c, '--engine=fast cannot be combined'),  # e.g. label-flip attackers' inputs.
 ])
 def test_engine_flag_validation(engine_flag, slots, algorithm, inputs, match):
   from experiments.components import engine as engine_component  # pylint: disable=g-import-not-at-top

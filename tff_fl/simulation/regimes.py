@@ -92,7 +92,9 @@ class RegimeInputs:
     return [self.participation.fate(round_num, cid, local_steps(sizes[cid], self.cfg.client_epochs_per_round,
                                                                  self.cfg.client_batch_size)) for cid in cohort]
 
-  def __call__(self, round_num: int, cohort: Sequence[str]) -> list:
+  def reports(self, round_num: int, cohort: Sequence[str]) -> list[tuple[str, Optional[int]]]:
+    """(client id, steps) of the clients that report, in cohort order: steps None = its full work, an int = only its
+    first `steps` local batches. Counts this round's events in `stats`. Engines turn these into their inputs."""
     if round_num != self.round_num:
       self.round_num, self.stats = round_num, self._empty_stats()
     fates = self.plan(round_num, cohort)
@@ -100,11 +102,14 @@ class RegimeInputs:
       for key, hit in (('sampled', True), ('dropped', f.dropped), ('stragglers', f.straggler),
                        ('partial', f.steps is not None), ('reported', f.reported)):
         self.stats[key] += int(hit)
+    return [(f.client_id, f.steps) for f in fates if f.reported]
+
+  def __call__(self, round_num: int, cohort: Sequence[str]) -> list:
     datasets = []
-    for f in (f for f in fates if f.reported):
-      ds = self.task.train_dataset(f.client_id, epochs=self.cfg.client_epochs_per_round,
+    for client_id, steps in self.reports(round_num, cohort):
+      ds = self.task.train_dataset(client_id, epochs=self.cfg.client_epochs_per_round,
                                    batch_size=self.cfg.client_batch_size, seed=self.cfg.seed, round_num=round_num)
-      datasets.append(ds if f.steps is None else ds.take(f.steps))
+      datasets.append(ds if steps is None else ds.take(steps))
     return datasets
 
 

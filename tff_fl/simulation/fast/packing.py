@@ -12,11 +12,13 @@ engine batches rows[c, :n[c]] by B, so batches run across epoch boundaries exact
 """
 
 import collections
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from tff_fl import tasks as tasks_lib
+
+ReportsFn = Callable[[int, Sequence[str]], Sequence[tuple[str, Optional[int]]]]
 
 
 def train_order(task: tasks_lib.Task, client_id: str, *, epochs: int, seed: int, round_num: int) -> np.ndarray:
@@ -45,17 +47,29 @@ def split(num_clients: int, num_groups: int) -> list[slice]:
   return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def build_client_inputs_fn(task: tasks_lib.Task, *, epochs: int, seed: int,
-                           num_groups: int = 1) -> Callable[[int, Sequence[str]], list]:
+def build_client_inputs_fn(task: tasks_lib.Task, *, epochs: int, seed: int, num_groups: int = 1,
+                           batch_size: Optional[int] = None,
+                           reports_fn: Optional[ReportsFn] = None) -> Callable[[int, Sequence[str]], list]:
   """`(round_num, client_ids) -> [group tensors]` for the fast engine: the examples, in the order, that
-  `training_loop.default_client_inputs` gives the stock engine (the engine batches them)."""
+  `training_loop.default_client_inputs` gives the stock engine (the engine batches them).
+
+  `reports_fn(round_num, cohort) -> [(client_id, steps)]` (e.g. `regimes.RegimeInputs.reports`: dropouts and
+  stragglers) picks the clients that report; a client with `steps` not None keeps only the examples of its first
+  `steps` batches of size `batch_size`, as `dataset.take(steps)` does on the stock path.
+  """
   if epochs < 1:
     raise ValueError(f'epochs must be >= 1; got {epochs}.')
+  if reports_fn is not None and (batch_size is None or batch_size < 1):
+    raise ValueError(f'batch_size must be >= 1 when reports_fn is given; got {batch_size}.')
   arrays = task.data.train
 
   def client_inputs(round_num: int, client_ids: Sequence[str]) -> list:
-    client_ids = list(client_ids)
-    orders = [train_order(task, c, epochs=epochs, seed=seed, round_num=round_num) for c in client_ids]
-    return [pack([arrays[c] for c in client_ids[s]], orders[s]) for s in split(len(client_ids), num_groups)]
+    reports = reports_fn(round_num, client_ids) if reports_fn else [(c, None) for c in client_ids]
+    ids, orders = [], []
+    for client_id, steps in reports:
+      order = train_order(task, client_id, epochs=epochs, seed=seed, round_num=round_num)
+      ids.append(client_id)
+      orders.append(order if steps is None else order[:steps * batch_size])
+    return [pack([arrays[c] for c in ids[s]], orders[s]) for s in split(len(ids), num_groups)]
 
   return client_inputs
