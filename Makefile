@@ -34,7 +34,7 @@ data: venv
 benchmark: venv
 	$(PY) -m experiments.benchmark
 
-# Paper baselines: make reproduce SUITE=fedprox2020 (mcmahan2017, fedprox2020, shakespeare).
+# Paper baselines: make reproduce SUITE=fedprox2020 (mcmahan2017, mcmahan2017_lr, fedprox2020, shakespeare).
 SUITE ?= mcmahan2017
 reproduce: venv
 	$(PY) -m experiments.reproduce --suite=$(SUITE)

@@ -8,7 +8,7 @@ uniform client weighting, client SGD 0.5, batch 10, one local epoch, server SGD 
 no DP; `--dp=fixed` (clip 1.0) at each noise multiplier; `--dp=adaptive` (clip starts at 1.0, target unclipped
 quantile 0.5); and one `--dp=fixed --target_epsilon` run that the budget stops early. Epsilon is the binary's
 dp-accounting RDP value at delta 1e-5 (summary.json); accuracies are of the released (final) model. The DP noise
-is not seeded, so DP rows vary from run to run; every number in the report is measured here.
+is keyed by --seed (tff_fl/privacy/seeded_queries.py), so a row repeats exactly; every number is measured here.
 """
 
 import argparse
@@ -82,7 +82,7 @@ def main() -> None:
       '',
       f'Produced by `.venv/bin/python -m experiments.privacy_report --rounds={args.rounds} '
       f'--noise_multipliers={args.noise_multipliers} --adaptive_noise_multiplier={za:g} '
-      f'--target_epsilon={args.target_epsilon:g}` (one run each, seed 0; the DP noise itself is not seeded). '
+      f'--target_epsilon={args.target_epsilon:g}` (one run each, seed 0; the DP noise is keyed by the seed). '
       f'Setting: 300 IID clients, Poisson client sampling with rate q = 30/300 = 0.1, uniform client weighting, '
       f'client SGD 0.5, batch 10, 1 local epoch, server SGD 1.0, {args.rounds} rounds. Epsilon: client-level, '
       f'dp-accounting RDP accountant for `PoissonSampledDpEvent(q, GaussianDpEvent(z))` composed over the rounds '

@@ -13,6 +13,7 @@ from absl import flags
 import tensorflow as tf
 
 from experiments import flag_groups
+from tff_fl import tasks as tasks_lib
 from tff_fl.algorithms import dp_sgd_client
 from tff_fl.privacy import hooks
 from tff_fl.privacy import plan as plan_lib
@@ -61,7 +62,9 @@ def configure(exp) -> None:
       secure_bits=FLAGS.secure_bits or None, seed=exp.task_cfg.seed)
   exp.sampler = hooks.BoundSampler(plan, exp.task.client_ids)
   if FLAGS.dp != 'none':
-    exp.model_aggregator = plan.build_aggregator(exp.task.model_fn)
+    # Reproducible noise for fixed/adaptive/tree: same --seed, same noise, also after a resume.
+    exp.model_aggregator = plan.build_aggregator(exp.task.model_fn, noise_seed=tasks_lib.derived_seed(
+        exp.loop_cfg.seed, 0, 'dp_noise'))
   sample_level = None
   if FLAGS.sample_dp:
     if exp.algo_cfg.algorithm not in ('fedavg', 'fedprox') or exp.algo_cfg.mu:

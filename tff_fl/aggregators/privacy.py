@@ -30,6 +30,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
+from tff_fl.privacy import seeded_queries
+
 DP_MODES = ('none', 'fixed', 'adaptive', 'tree')
 # TFF's DistributedDpSumFactory keeps its integers in float32, so it caps the secure-sum width at 22 bits.
 MAX_SECURE_BITS = 22
@@ -124,7 +126,9 @@ def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clie
       `model_trainable_specs(model_fn)`.
     tree_restart_rounds: 'tree' only: rounds per tree (`CyclicSampler.cohorts_per_epoch`).
     secure_bits: if set, run 'fixed'/'adaptive' as distributed DP over a `secure_bits`-bit secure sum.
-    noise_seed: 'tree' only: seed of the tree noise (None: nondeterministic).
+    noise_seed: seed of the noise ('fixed'/'adaptive': `privacy.seeded_queries`, 'tree': tfp's tree seed); None
+      draws nondeterministic noise from TFF's stock factories. Ignored with `secure_bits` (TFF's distributed DP
+      draws its own noise).
 
   Returns:
     An unweighted aggregation factory producing a (noised) mean, or None.
@@ -136,6 +140,9 @@ def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clie
   if secure_bits is not None:
     return build_secure_dp_aggregator(dp, z, clip, int(cohort), secure_bits, target_unclipped_quantile,
                                       clip_learning_rate)
+  if noise_seed is not None and dp in ('fixed', 'adaptive'):
+    return _seeded_factory(dp, z, clip, cohort, float(target_unclipped_quantile), float(clip_learning_rate),
+                           noise_seed)
   if dp == 'fixed':
     return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(z, cohort, clip)
   if dp == 'adaptive':
@@ -151,3 +158,16 @@ def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clie
   restarting_sum = tfp.RestartQuery(
       tree_sum, tfp.restart_query.PeriodicRoundRestartIndicator(period=tree_restart_rounds))
   return tff.aggregators.DifferentiallyPrivateFactory(tfp.NormalizedQuery(restarting_sum, denominator=cohort))
+
+
+def _seeded_factory(dp: str, z: float, clip: float, cohort: float, target_quantile: float, clip_learning_rate: float,
+                    seed: int) -> tff.aggregators.DifferentiallyPrivateFactory:
+  """`gaussian_fixed` / `gaussian_adaptive` exactly as TFF builds them (same queries, noise split and
+  normalisation), with `seeded_queries` in place of tfp's unseeded Gaussian queries."""
+  if dp == 'fixed':
+    query = seeded_queries.SeededGaussianSumQuery(clip, clip * z, seed)
+  else:
+    value_z, count_stddev = tff.aggregators.differential_privacy.adaptive_clip_noise_params(z, cohort)
+    query = seeded_queries.SeededQuantileAdaptiveClipSumQuery(
+        clip, value_z, target_quantile, clip_learning_rate, count_stddev, cohort, geometric_update=True, seed=seed)
+  return tff.aggregators.DifferentiallyPrivateFactory(tfp.NormalizedQuery(query, denominator=cohort))

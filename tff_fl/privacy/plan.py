@@ -60,13 +60,14 @@ class ClientDPPlan:
     """True for distributed DP (secure_bits): accounted as a Gaussian, rounding inflation not included."""
     return self.secure_bits is not None
 
-  def build_aggregator(self, model_fn: Optional[Callable[[], object]] = None):
-    """The `tff.aggregators` factory for the model update (None for dp='none'); tree needs `model_fn`."""
+  def build_aggregator(self, model_fn: Optional[Callable[[], object]] = None, noise_seed: Optional[int] = None):
+    """The `tff.aggregators` factory for the model update (None for dp='none'); tree needs `model_fn`.
+    `noise_seed`: reproducible noise (see `aggregators.privacy.build_dp_aggregator`); None = nondeterministic."""
     tree = dict(record_specs=dp_aggregators.model_trainable_specs(model_fn) if model_fn else None,
                 tree_restart_rounds=self.sampler.cohorts_per_epoch) if self.dp == 'tree' else {}
     return dp_aggregators.build_dp_aggregator(
         self.dp, self.noise_multiplier, self.clip_norm, self.sampler.expected_clients_per_round,
-        self.target_unclipped_quantile, secure_bits=self.secure_bits, **tree)
+        self.target_unclipped_quantile, secure_bits=self.secure_bits, noise_seed=noise_seed, **tree)
 
   def summary(self) -> collections.OrderedDict:
     """JSON-ready description for summary.json."""
