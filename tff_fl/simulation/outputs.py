@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import shutil
 from typing import Any, Optional
 
 import numpy as np
@@ -87,6 +88,15 @@ class ExperimentOutputs:
         if int(row['round']) <= upto_round:
           self.rows.append({k: _parse(v) for k, v in row.items() if v != ''})
 
+  def rewrite_tensorboard(self) -> None:
+    """Replaces tb/ with the events of `rows` only. Called on resume: events an interrupted run wrote after its
+    last checkpoint would otherwise show next to the re-run rounds (metrics.csv is the source of truth)."""
+    self.close()
+    self._tb = None
+    shutil.rmtree(os.path.join(self.exp_dir, 'tb'), ignore_errors=True)
+    for row in self.rows:
+      self._write_tensorboard(row)
+
   def add_row(self, row: dict[str, Any]) -> None:
     self.rows.append(row)
     columns = []
@@ -111,6 +121,7 @@ class ExperimentOutputs:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
 
 
 def _parse(text: str):

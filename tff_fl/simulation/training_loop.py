@@ -105,6 +105,8 @@ def run_training(process: tff.learning.templates.LearningProcess, task: tasks_li
       hook.restore_arrays({k[len(hook.name) + 1:]: v for k, v in extras.items() if k.startswith(hook.name + '/')})
     log(f'Resumed from checkpoint at round {start_round}.')
   outputs.load_rows(start_round if start_round > 0 else None)
+  if start_round > 0:
+    outputs.rewrite_tensorboard()
 
   eval_fn = evaluation.build_per_client_eval(task.model_fn, getattr(task, 'pad_id', None))
   eval_data = [(eval_dataset_fn or task.eval_dataset)(cid) for cid in task.client_ids]
