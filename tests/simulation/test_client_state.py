@@ -41,6 +41,23 @@ def test_round_trip_and_checkpoint_restore(backend, tmp_path):
     store.put('a', np.zeros(4))
 
 
+def test_disk_store_fsyncs_live_files_before_returning_a_checkpoint(tmp_path, monkeypatch):
+  synced = []
+  real_fsync = os.fsync
+  monkeypatch.setattr(os, 'fsync', lambda fd: synced.append(os.readlink(f'/proc/self/fd/{fd}')) or real_fsync(fd))
+  store = client_state.DiskStore(str(tmp_path), dim=3)
+  store.put_many(['a', 'b'], [_vec(0, 3), _vec(1, 3)])
+  store.put_many(['a'], [_vec(2, 3)])  # Supersedes a's first file, which is deleted unsynced.
+  assert not synced
+  store.checkpoint_arrays()
+  live = sorted(glob.glob(os.path.join(str(tmp_path), '*', '*.npy')))
+  assert len(live) == 2 and set(live) <= set(synced)
+  assert {os.path.dirname(p) for p in live} <= set(synced)  # The renames are durable too.
+  synced.clear()
+  store.checkpoint_arrays()  # Nothing new since the last checkpoint: nothing to sync.
+  assert not synced
+
+
 def test_disk_store_keeps_files_flat_in_rounds(tmp_path):
   store = client_state.DiskStore(str(tmp_path), dim=3, keep=2)
   ids = [f'client_{i}' for i in range(4)]

@@ -12,8 +12,10 @@ process's initial client state). Two backends share one interface:
   only; files referenced by the last `keep` checkpoints (the `CheckpointManager` default is 2) and by the live
   manifest are kept, all others deleted, so disk use is flat in rounds (<= keep + 1 versions per client). Restoring
   a checkpoint reverts the manifest, so writes made after it (a crashed round) are ignored and removed. Files
-  are written to a temporary name and renamed, so a kill never leaves a torn file; they are not fsynced (a
-  machine crash, unlike a process crash, may lose them).
+  are written to a temporary name and renamed, so a kill never leaves a torn file; `checkpoint_arrays` fsyncs the
+  files written since the previous checkpoint (and their directories) before it returns the manifest, so the
+  checkpoint that references them is only written once they are durable (a machine crash loses no checkpointed
+  state).
 
 `ClientStateHook` plugs a store into the training loop: it saves the store (and per-client bookkeeping: rounds
 participated, last training loss) with every checkpoint, restores it on resume, and at the end writes `clients.csv`
@@ -142,6 +144,7 @@ class DiskStore(ClientStateStore):
     self._manifest: dict[str, int] = {}  # client id -> generation of its live file.
     self._snapshots: collections.deque = collections.deque()  # manifests of the last `keep` checkpoints.
     self._generation = 0
+    self._unsynced: set[str] = set()  # Files written since the last checkpoint.
 
   def _path(self, client_id: str, generation: int) -> str:
     safe = _SAFE_RE.sub('_', client_id)
@@ -174,6 +177,7 @@ class DiskStore(ClientStateStore):
       tmp = path + '.tmp.npy'
       np.save(tmp, row, allow_pickle=False)
       os.replace(tmp, path)
+      self._unsynced.add(path)
       previous = self._manifest.get(cid)
       self._manifest[cid] = self._generation
       if previous is not None and previous != self._generation and not self._referenced(cid, previous):
@@ -185,7 +189,20 @@ class DiskStore(ClientStateStore):
   def __contains__(self, client_id):
     return client_id in self._manifest
 
+  def _sync(self) -> None:
+    """fsyncs the live files written since the last checkpoint, then their directories (renames are durable)."""
+    live = {self._path(c, g) for c, g in self._manifest.items()}
+    paths = sorted(p for p in self._unsynced if p in live)
+    for path in paths + sorted({os.path.dirname(p) for p in paths}):
+      fd = os.open(path, os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+    self._unsynced.clear()
+
   def checkpoint_arrays(self):
+    self._sync()
     self._snapshots.append(dict(self._manifest))
     while len(self._snapshots) > self.keep:
       dropped = self._snapshots.popleft()
