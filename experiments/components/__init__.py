@@ -2,8 +2,9 @@
 
 A component module has `define_flags()` (called once at import of the binary) and `configure(exp)` (called in the
 order below, after the task is built and before the process is built). It may set `exp.model_aggregator`, register
-an algorithm builder (`tff_fl.algorithms.builders.register`), set `exp.sampler` / `exp.client_inputs_fn`, or append
-`RoundHook`s. Adding a component = one module here + one line in COMPONENTS.
+an algorithm builder (`tff_fl.algorithms.builders.register`), set `exp.sampler` / `exp.client_inputs_fn`, replace
+the process builder (`exp.replace_process_builder`) or wrap the built process (`exp.wrap_learning_process`), or
+append `RoundHook`s. Adding a component = one module here + one line in COMPONENTS.
 """
 
 import importlib
@@ -17,11 +18,11 @@ COMPONENTS = (
     'privacy',  # after any sampler-setting component (refuses them); owns sampler + accounting; sets the DP aggregator
     'stateful',  # after regimes/stragglers (wraps their client inputs); registers scaffold, fednova, fedper
     'hierarchical',
-    'pruning',  # replaces build_process for fedavg/fedprox; before drift and preprocessing, which wrap it
-    'drift',  # wraps the aggregator and the process
-    'preprocessing',  # composes the dataset computation around the final process
+    'pruning',  # sets exp.process_builder for fedavg/fedprox (a second replacement, e.g. --engine=fast, is refused)
+    'drift',  # wraps the aggregator; adds a process wrapper (before preprocessing's: it needs dataset inputs)
+    'preprocessing',  # adds the process wrapper composing the dataset computation in front of the process
     'engine',  # --engine=fast refuses experiments whose components changed inputs, client work or process
-    'workers',  # after engine: installs the multi-worker context; checks the final process can be split
+    'workers',  # after engine: installs the multi-worker context; its wrapper checks the final process splits
 )
 
 

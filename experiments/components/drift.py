@@ -12,7 +12,6 @@ Wraps `exp.model_aggregator` (after aggregation/privacy components have set it) 
 from absl import flags
 
 from experiments import flag_groups
-from experiments.components import preprocessing
 from tff_fl.algorithms import drift
 
 FLAGS = flags.FLAGS
@@ -31,5 +30,5 @@ def configure(exp) -> None:
   hook = drift.DriftHook(FLAGS.drift_warning_threshold)  # Validates the threshold.
   exp.model_aggregator = drift.DriftMeasurementFactory(exp.model_aggregator)
   exp.hooks.append(hook)
-  preprocessing.wrap_build_process(exp, lambda process: drift.with_client_gradients(process, exp.task.model_fn),
-                                   'drift_metrics')
+  exp.wrap_learning_process(lambda process: drift.with_client_gradients(process, exp.task.model_fn),
+                            '--drift_metrics')

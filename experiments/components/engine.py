@@ -39,8 +39,8 @@ def validate(engine: str, slots: int, exp) -> None:
     raise ValueError(f"--engine=fast runs --algorithm={' or '.join(FAST_ALGORITHMS)}; got "
                      f'--algorithm={exp.algo_cfg.algorithm}.')
   regime_inputs = isinstance(exp.client_inputs_fn, regimes.RegimeInputs)
-  if (exp.client_inputs_fn is not None and not regime_inputs) or exp.client_work_wrappers or \
-      'build_process' in vars(exp):
+  if ((exp.client_inputs_fn is not None and not regime_inputs) or exp.client_work_wrappers or
+      exp.process_builder is not None or exp.process_wrappers):
     raise ValueError('--engine=fast cannot be combined with components that change client inputs (other than '
                      'dropouts/stragglers), client work or the process (attacks, hierarchical, pruning, drift, '
                      'preprocessing); use --engine=tff.')
@@ -56,12 +56,11 @@ def configure(exp) -> None:
       exp.task, epochs=loop.client_epochs_per_round, seed=loop.seed, num_groups=FLAGS.engine_slots,
       batch_size=loop.client_batch_size, reports_fn=regime.reports if regime is not None else None)
 
-  def build_process():
-    exp.algo_cfg.validate()
-    exp.process = fast_engine.build_fast_fed_avg(
-        exp.task.model_fn, exp.client_optimizer, exp.server_optimizer, batch_size=loop.client_batch_size,
-        client_weighting=builders.WEIGHTINGS[exp.algo_cfg.client_weighting], proximal_mu=exp.algo_cfg.mu,
-        model_aggregator=exp.model_aggregator)
-    return exp.process
+  def build_process(e):
+    e.algo_cfg.validate()
+    return fast_engine.build_fast_fed_avg(
+        e.task.model_fn, e.client_optimizer, e.server_optimizer, batch_size=loop.client_batch_size,
+        client_weighting=builders.WEIGHTINGS[e.algo_cfg.client_weighting], proximal_mu=e.algo_cfg.mu,
+        model_aggregator=e.model_aggregator)
 
-  exp.build_process = build_process
+  exp.replace_process_builder(build_process, '--engine=fast')

@@ -11,10 +11,7 @@ a `tff.learning.templates.LearningProcess` and no other component's client input
 composes around the processes the others build).
 """
 
-from typing import Callable
-
 from absl import flags
-import tensorflow_federated as tff
 
 from experiments import flag_groups
 from tff_fl.data import augment_spec
@@ -29,21 +26,6 @@ def define_flags() -> None:
                           'evaluation uses the same normalize (client statistics from its training data)')
   flag_groups.define_flag('string', 'augment', '', 'training-data augmentation on the clients, comma-separated: '
                           + ', '.join(augment_spec.AUGMENTATIONS.values()))
-
-
-def wrap_build_process(exp, wrap: Callable, flag: str) -> None:
-  """Makes `exp.build_process()` return `wrap(process)`; `wrap` needs a LearningProcess (ValueError naming `flag`)."""
-  inner = exp.build_process
-
-  def build_process():
-    process = inner()
-    if not isinstance(process, tff.learning.templates.LearningProcess):
-      raise ValueError(f'--{flag} needs an algorithm built as a tff.learning LearningProcess; --algorithm='
-                       f'{exp.algo_cfg.algorithm} builds a {type(process).__name__}.')
-    exp.process = wrap(process)
-    return exp.process
-
-  exp.build_process = build_process
 
 
 def configure(exp) -> None:
@@ -64,4 +46,4 @@ def configure(exp) -> None:
     test_data = exp.task.data.test_client_data()
     exp.eval_dataset_fn = lambda cid: preprocess.normalized_eval_dataset(
         client_data.create_tf_dataset_for_client(cid), test_data.create_tf_dataset_for_client(cid), spec)
-  wrap_build_process(exp, lambda process: preprocess.compose(process, client_data, spec), flag)
+  exp.wrap_learning_process(lambda process: preprocess.compose(process, client_data, spec), f'--{flag}')

@@ -3,8 +3,8 @@
   --pruning_schedule=none|constant|polynomial  --initial_sparsity  --final_sparsity  --pruning_begin_round
   --pruning_end_round (-1: constant prunes until the end; polynomial ends at --total_rounds)  --pruning_frequency
 
-With a schedule, --algorithm=fedavg|fedprox runs as `tff_fl.algorithms.pruning.build_pruned_fed_avg` (this
-experiment's `build_process` is replaced, so put this component before `drift` and `preprocessing`, which wrap it).
+With a schedule, --algorithm=fedavg|fedprox runs as `tff_fl.algorithms.pruning.build_pruned_fed_avg` (the
+experiment's `process_builder`; `drift` and `preprocessing` wrap whatever process is built).
 metrics.csv gains `sparsity` and `pruning/*` (target, per-layer sparsity); at the end the model is exported to
 <exp_dir>/pruned_model (Keras SavedModel, pruning wrappers stripped) and summary.json gets its measured sparsity
 and raw / gzip sizes (`pruned_*`).
@@ -80,12 +80,11 @@ def configure(exp) -> None:
                      f'got --algorithm={exp.algo_cfg.algorithm}.')
   exp.hooks.append(PruningHook(exp.task.keras_model, exp.exp_dir))
 
-  def build_process():  # Replaces the registry's fedavg/fedprox builder for this experiment.
-    exp.algo_cfg.validate()
-    exp.process = pruning.build_pruned_fed_avg(
-        exp.task.model_fn, exp.task.keras_model, exp.client_optimizer, exp.server_optimizer, schedule=schedule,
-        client_weighting=builders.WEIGHTINGS[exp.algo_cfg.client_weighting], proximal_mu=exp.algo_cfg.mu,
-        model_aggregator=exp.model_aggregator)
-    return exp.process
+  def build_process(e):  # Replaces the registry's fedavg/fedprox builder for this experiment.
+    e.algo_cfg.validate()
+    return pruning.build_pruned_fed_avg(
+        e.task.model_fn, e.task.keras_model, e.client_optimizer, e.server_optimizer, schedule=schedule,
+        client_weighting=builders.WEIGHTINGS[e.algo_cfg.client_weighting], proximal_mu=e.algo_cfg.mu,
+        model_aggregator=e.model_aggregator)
 
-  exp.build_process = build_process
+  exp.replace_process_builder(build_process, f'--pruning_schedule={cfg.pruning_schedule}')

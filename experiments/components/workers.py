@@ -48,14 +48,11 @@ def configure(exp) -> None:
   except RuntimeError as e:
     raise _flag_error(e) from None
   atexit.register(close)
-  build_process = exp.build_process
-
-  def build_checked():
-    process = build_process()
+  def check(process):  # Last wrapper: the final process must split into mergeable parts.
     try:
       multi_worker.check_process(process)
     except multi_worker.NotMergeableError as e:
       raise _flag_error(e) from None
     return process
 
-  exp.build_process = build_checked
+  exp.process_wrappers.append(check)

@@ -185,7 +185,7 @@ def test_binary_engine_flag(tmp_path, extra):
 def test_engine_flag_validation(engine_flag, slots, algorithm, inputs, match):
   from experiments.components import engine as engine_component  # pylint: disable=g-import-not-at-top
   exp = types.SimpleNamespace(algo_cfg=types.SimpleNamespace(algorithm=algorithm), client_inputs_fn=inputs,
-                              client_work_wrappers=[])
+                              client_work_wrappers=[], process_builder=None, process_wrappers=[])
   with pytest.raises(ValueError, match=match):
     engine_component.validate(engine_flag, slots, exp)
   engine_component.validate('tff', 1, exp)  # The stock engine accepts any experiment.
