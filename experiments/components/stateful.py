@@ -1,6 +1,7 @@
-"""Stateful clients component: SCAFFOLD, FedNova, FedPer, top-k with error feedback, fine-tuning evaluation.
+"""Stateful clients component: SCAFFOLD, FedDyn, FedNova, FedPer, top-k with error feedback, fine-tuning evaluation.
 
-  --algorithm=scaffold|fednova|fedper     (registered here)
+  --algorithm=scaffold|feddyn|fednova|fedper     (registered here)
+  --feddyn_alpha=A                        FedDyn's dynamic regulariser weight alpha
   --compression=topk_ef(fraction)         FedAvg with top-k uploads and per-client error feedback
   --client_state_dir=DIR                  client states on disk (one .npy per client) instead of in memory
   --fedper_head_layers=N                  last N layers with weights are personal (FedPer)
@@ -20,6 +21,7 @@ from absl import flags
 from experiments import flag_groups
 from tff_fl.algorithms import builders
 from tff_fl.algorithms import error_feedback
+from tff_fl.algorithms import feddyn
 from tff_fl.algorithms import fedper
 from tff_fl.algorithms import fednova
 from tff_fl.algorithms import scaffold
@@ -31,7 +33,7 @@ from tff_fl.simulation import training_loop
 FLAGS = flags.FLAGS
 _TOPK_EF_RE = re.compile(r'^topk_ef\(\s*([^)]*?)\s*\)$')
 _EVAL_CHUNK = 100  # Clients per personalized/fine-tuning evaluation call (bounds memory with the disk store).
-_STATEFUL = ('scaffold', 'fedper', 'fedavg_topk_ef')
+_STATEFUL = ('scaffold', 'feddyn', 'fedper', 'fedavg_topk_ef')
 _hook = None  # The ClientStateHook of the experiment being configured; builders attach store and evaluators.
 
 
@@ -40,6 +42,7 @@ def define_flags():
                           'topk_ef(fraction), top-k sparsification with error feedback (needs --algorithm=fedavg)')
   flag_groups.define_flag('string', 'client_state_dir', '', 'directory for per-client state on disk (one per '
                           'experiment); empty = in memory')
+  flag_groups.define_flag('float', 'feddyn_alpha', 0.01, 'FedDyn: weight alpha of the dynamic regulariser (> 0)')
   flag_groups.define_flag('integer', 'fedper_head_layers', 1, 'FedPer: number of final layers kept per client')
   flag_groups.define_flag('integer', 'finetune_epochs', 0, 'also evaluate the global model after this many local '
                           'fine-tuning epochs per client (0 = off)')
@@ -71,8 +74,10 @@ def _validate(exp):
     raise ValueError(f'--algorithm=fednova needs --client_optimizer=sgd or momentum; got {FLAGS.client_optimizer}.')
   stateful = algorithm in _STATEFUL or fraction is not None
   if FLAGS.client_state_dir and not stateful:
-    raise ValueError('--client_state_dir applies to --algorithm=scaffold|fedper or --compression=topk_ef(...); '
+    raise ValueError('--client_state_dir applies to --algorithm=scaffold|feddyn|fedper or --compression=topk_ef(...); '
                      f'got --algorithm={algorithm}.')
+  if algorithm == 'feddyn' and not FLAGS.feddyn_alpha > 0:
+    raise ValueError(f'--feddyn_alpha must be > 0; got {FLAGS.feddyn_alpha}.')
   if FLAGS.fedper_head_layers < 1:
     raise ValueError(f'--fedper_head_layers must be >= 1; got {FLAGS.fedper_head_layers}.')
   if FLAGS.finetune_epochs < 0:
@@ -165,6 +170,13 @@ def _scaffold(exp):
   return _adapter(process)
 
 
+def _feddyn(exp):
+  process = feddyn.build_feddyn(exp.task.model_fn, exp.client_optimizer, FLAGS.feddyn_alpha,
+                                len(exp.task.client_ids), exp.server_optimizer, client_weighting=_weighting(exp),
+                                model_aggregator=exp.model_aggregator)
+  return _adapter(process)
+
+
 def _fednova(exp):
   momentum = FLAGS.client_momentum if FLAGS.client_optimizer == 'momentum' else 0.0
   return fednova.build_fednova(exp.task.model_fn, FLAGS.client_learning_rate, exp.server_optimizer,
@@ -189,6 +201,7 @@ def _topk_ef(exp):
 
 
 builders.register('scaffold', _scaffold)
+builders.register('feddyn', _feddyn)
 builders.register('fednova', _fednova)
 builders.register('fedper', _fedper)
 builders.register('fedavg_topk_ef', _topk_ef)

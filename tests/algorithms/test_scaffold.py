@@ -96,17 +96,24 @@ def _numpy_scaffold(params, arrays, cohorts, lr_l, lr_g, n_total):
   return x, c, c_i
 
 
-def test_matches_numpy_algorithm_1_with_partial_participation():
-  arrays, lr_g = _arrays(), 0.7
-  cohorts = [(0, 1), (1, 2)]
-  process = scaffold.build_scaffold(MODEL_FN, LR, num_clients=3, server_optimizer=_sgd(lr_g))
+def run_cohorts(process, arrays, cohorts):
+  """Runs a StatefulProcess from `_initial_weights()` over `cohorts` (tuples of client indices), keeping every
+  client's state by hand; returns (server state, [client state per client])."""
   state = process.set_model_weights(process.initialize(), _initial_weights())
-  client_states = [process.initial_client_state()] * 3
+  client_states = [process.initial_client_state()] * len(arrays)
   datasets = _datasets(arrays)
   for cohort in cohorts:
     state, new_states, _ = process.next(state, [datasets[i] for i in cohort], [client_states[i] for i in cohort])
     for i, s in zip(cohort, new_states):
       client_states[i] = s
+  return state, client_states
+
+
+def test_matches_numpy_algorithm_1_with_partial_participation():
+  arrays, lr_g = _arrays(), 0.7
+  cohorts = [(0, 1), (1, 2)]
+  process = scaffold.build_scaffold(MODEL_FN, LR, num_clients=3, server_optimizer=_sgd(lr_g))
+  state, client_states = run_cohorts(process, arrays, cohorts)
   want_x, want_c, want_ci = _numpy_scaffold(_initial_weights().trainable, arrays, cohorts, LR, lr_g, 3)
   for got, want in zip(process.get_model_weights(state).trainable, want_x):
     np.testing.assert_allclose(got, want, atol=2e-5)

@@ -37,6 +37,8 @@ def _metrics(path):
     ['--algorithm=fedprox', '--mu=0.1'],
     ['--algorithm=fedsgd', '--server_learning_rate=0.5'],
     ['--algorithm=fedavg', '--server_optimizer=adam', '--server_learning_rate=0.01', '--client_weighting=uniform'],
+    ['--algorithm=scaffold', '--client_weighting=uniform'],
+    ['--algorithm=feddyn', '--feddyn_alpha=0.01', '--client_weighting=uniform'],
 ])
 def test_smoke_runs_write_outputs(tmp_path, flags):
   proc = _run(tmp_path, '--experiment_name=e', *flags)

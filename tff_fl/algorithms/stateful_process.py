@@ -14,7 +14,8 @@ Python list); `StoreAdapter` runs it in the training loop, reading and writing t
 
 `build_stateful_process` is the shared FedAvg-shaped skeleton (broadcast, client work, any `tff.aggregators`
 factory on the model update, server optimizer via TFF's apply-optimizer finalizer) plus an optional server-side
-"extra" value broadcast to clients and updated from the SUM of a client upload (SCAFFOLD's control variate).
+"extra" value broadcast to clients and updated from the SUM of a client upload (SCAFFOLD's control variate,
+FedDyn's h), and an optional last server step that adjusts the new model with the new extra (FedDyn's -h/alpha).
 Server state: OrderedDict(model=ModelWeights, extra=..., finalizer=<optimizer state>, aggregator=<state>).
 """
 
@@ -53,6 +54,7 @@ def build_stateful_process(model_fn: client_work_lib.ModelFn, *, client_fn: Call
                            model_aggregator: Optional[fed_avg.AnyFactory] = None,
                            server_extra_fn: Optional[Callable] = None,
                            server_extra_update: Optional[Callable] = None,
+                           server_model_update: Optional[Callable] = None,
                            metrics_aggregator=None) -> StatefulProcess:
   """The shared skeleton (see module docstring).
 
@@ -66,6 +68,8 @@ def build_stateful_process(model_fn: client_work_lib.ModelFn, *, client_fn: Call
     model_aggregator: any `tff.aggregators` factory for the updates; default MeanFactory.
     server_extra_fn: no-arg TF function, the initial extra server value (default: float32 0).
     server_extra_update: TF logic (extra, sum of uploads) -> new extra (default: unchanged).
+    server_model_update: TF logic (trainable weights after the server optimizer, new extra) -> trainable weights
+      (default: unchanged).
     metrics_aggregator: default `tff.learning.metrics.sum_then_finalize`.
   """
   weights_type, data_type, finalizers = client_work_lib.model_types(model_fn)
@@ -95,6 +99,12 @@ def build_stateful_process(model_fn: client_work_lib.ModelFn, *, client_fn: Call
   def update_extra(extra, upload_sum):
     return extra if server_extra_update is None else server_extra_update(extra, upload_sum)
 
+  @tff.tensorflow.computation(weights_type, extra_type)
+  def update_model(weights, extra):
+    if server_model_update is None:
+      return weights
+    return tff.learning.models.ModelWeights(server_model_update(weights.trainable, extra), weights.non_trainable)
+
   @tff.federated_computation
   def init_fn():
     return tff.federated_zip(collections.OrderedDict(
@@ -111,8 +121,10 @@ def build_stateful_process(model_fn: client_work_lib.ModelFn, *, client_fn: Call
     agg_out = aggregator.next(state.aggregator, out.update, out.update_weight)
     fin_out = finalizer.next(state.finalizer, state.model, agg_out.result)
     new_extra = tff.federated_map(update_extra, (state.extra, tff.federated_sum(out.upload)))
+    new_model = fin_out.result if server_model_update is None else tff.federated_map(
+        update_model, (fin_out.result, new_extra))
     new_state = tff.federated_zip(collections.OrderedDict(
-        model=fin_out.result, extra=new_extra, finalizer=fin_out.state, aggregator=agg_out.state))
+        model=new_model, extra=new_extra, finalizer=fin_out.state, aggregator=agg_out.state))
     metrics = collections.OrderedDict(
         client_work=tff.federated_zip(collections.OrderedDict(train=metrics_fn(out.metrics))),
         aggregator=agg_out.measurements, finalizer=fin_out.measurements, per_client=out.per_client)
