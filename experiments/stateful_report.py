@@ -1,6 +1,6 @@
 """Measurements for the stateful-clients work (issue 5); prints markdown for experiments/results/stateful.md.
 
-  python -m experiments.stateful_report scaffold   # SCAFFOLD vs FedAvg rounds-to-accuracy, Synthetic(1,1)
+  python -m experiments.stateful_report scaffold   # SCAFFOLD, FedDyn vs FedAvg rounds-to-accuracy, Synthetic(1,1)
   python -m experiments.stateful_report topk       # top-k with error feedback vs stateless top-k, digits
   python -m experiments.stateful_report fedper     # FedPer / fine-tuning vs global, strongly non-IID digits
   python -m experiments.stateful_report disk_ram   # RSS of the disk store, 10,000 clients x 200k params
@@ -26,6 +26,7 @@ from tff_fl import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
 from tff_fl.aggregators import compression  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import error_feedback  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import fed_avg  # pylint: disable=g-import-not-at-top
+from tff_fl.algorithms import feddyn  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import fedper  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import scaffold  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import stateful_process  # pylint: disable=g-import-not-at-top
@@ -78,7 +79,10 @@ def scaffold_vs_fedavg():
                                                                      client_weighting=UNIFORM), cfg, False)
   results['SCAFFOLD'] = run('scaffold_synth', task, scaffold.build_scaffold(task.model_fn, lr, 30),
                             cfg, True)
-  print('\n### SCAFFOLD vs FedAvg, Synthetic(1,1)\n')
+  for alpha in (0.01, 0.1):
+    results[f'FedDyn (alpha {alpha:g})'] = run(f'feddyn_{alpha:g}_synth', task,
+                                                feddyn.build_feddyn(task.model_fn, sgd(lr), alpha, 30), cfg, True)
+  print('\n### SCAFFOLD and FedDyn vs FedAvg, Synthetic(1,1)\n')
   print('30 devices, 10 per round, logreg, E=5, B=10, client lr 0.01, server lr 1, uniform weighting, '
         f'{cfg.total_rounds} rounds, seed 0.\n')
   targets = (0.6, 0.7, 0.75, 0.8)
