@@ -2,7 +2,7 @@
 
   python -m experiments.stateful_report scaffold   # SCAFFOLD, FedDyn vs FedAvg rounds-to-accuracy, Synthetic(1,1)
   python -m experiments.stateful_report topk       # top-k with error feedback vs stateless top-k, digits
-  python -m experiments.stateful_report fedper     # FedPer / fine-tuning vs global, strongly non-IID digits
+  python -m experiments.stateful_report fedper     # FedPer / Ditto / fine-tuning vs global, strongly non-IID digits
   python -m experiments.stateful_report disk_ram   # RSS of the disk store, 10,000 clients x 200k params
 
 Every run goes through the one training loop (`run_training`), the same code path as the binary.
@@ -24,6 +24,7 @@ import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
 from tff_fl import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
 from tff_fl.aggregators import compression  # pylint: disable=g-import-not-at-top
+from tff_fl.algorithms import ditto  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import error_feedback  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import fed_avg  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import feddyn  # pylint: disable=g-import-not-at-top
@@ -150,6 +151,16 @@ def fedper_vs_global():
   personal = fedper.build_personalized_eval(task.model_fn, head, adapter.process.client_state_type)
   rows.append(('FedPer personalized (base + own head)',
                accuracies(personal(per_weights, adapter.client_states(task.client_ids), eval_data))))
+  for lam in (0.1, 1.0):
+    name = f'ditto_{lam:g}_shards'
+    _, _, adapter = run(name, task, ditto.build_ditto(task.model_fn, sgd(0.05), lam), cfg, True)
+    state = checkpoint_lib.CheckpointManager(os.path.join(OUT, name, 'checkpoints'), {}).restore(
+        adapter.initialize())[1]
+    ditto_weights = adapter.get_model_weights(state)
+    rows.append((f'Ditto lambda={lam:g} global model', accuracies(eval_fn(ditto_weights, eval_data))))
+    personal = fedper.build_client_state_eval(task.model_fn, adapter.process.client_state_type, ditto.personal_model)
+    rows.append((f'Ditto lambda={lam:g} personal models (clients never sampled: global)',
+                 accuracies(personal(ditto_weights, adapter.client_states(task.client_ids), eval_data))))
   print('\n### Personalization on a strongly non-IID split\n')
   print('digits, 20 clients, 2 label shards each (McMahan et al. split), 10 per round, 2nn (200-200), E=1, B=10, '
         'client lr 0.05, 30 rounds, seed 0. Per-client test accuracy (each client\'s held-out 20%).\n')

@@ -1,7 +1,8 @@
-"""Stateful clients component: SCAFFOLD, FedDyn, FedNova, FedPer, top-k with error feedback, fine-tuning evaluation.
+"""Stateful clients component: SCAFFOLD, FedDyn, FedNova, FedPer, Ditto, top-k with error feedback, fine-tuning eval.
 
-  --algorithm=scaffold|feddyn|fednova|fedper     (registered here)
+  --algorithm=scaffold|feddyn|fednova|fedper|ditto     (registered here)
   --feddyn_alpha=A                        FedDyn's dynamic regulariser weight alpha
+  --ditto_lambda=L                        Ditto: pull of the personal models towards the global model
   --compression=topk_ef(fraction)         FedAvg with top-k uploads and per-client error feedback
   --client_state_dir=DIR                  client states on disk (one .npy per client) instead of in memory
   --fedper_head_layers=N                  last N layers with weights are personal (FedPer)
@@ -20,6 +21,7 @@ from absl import flags
 
 from experiments import flag_groups
 from tff_fl.algorithms import builders
+from tff_fl.algorithms import ditto
 from tff_fl.algorithms import error_feedback
 from tff_fl.algorithms import feddyn
 from tff_fl.algorithms import fedper
@@ -33,7 +35,7 @@ from tff_fl.simulation import training_loop
 FLAGS = flags.FLAGS
 _TOPK_EF_RE = re.compile(r'^topk_ef\(\s*([^)]*?)\s*\)$')
 _EVAL_CHUNK = 100  # Clients per personalized/fine-tuning evaluation call (bounds memory with the disk store).
-_STATEFUL = ('scaffold', 'feddyn', 'fedper', 'fedavg_topk_ef')
+_STATEFUL = ('scaffold', 'feddyn', 'fedper', 'ditto', 'fedavg_topk_ef')
 _hook = None  # The ClientStateHook of the experiment being configured; builders attach store and evaluators.
 
 
@@ -43,6 +45,8 @@ def define_flags():
   flag_groups.define_flag('string', 'client_state_dir', '', 'directory for per-client state on disk (one per '
                           'experiment); empty = in memory')
   flag_groups.define_flag('float', 'feddyn_alpha', 0.01, 'FedDyn: weight alpha of the dynamic regulariser (> 0)')
+  flag_groups.define_flag('float', 'ditto_lambda', 0.1, 'Ditto: weight lambda of the personal models\' proximal '
+                          'term towards the global model (>= 0)')
   flag_groups.define_flag('integer', 'fedper_head_layers', 1, 'FedPer: number of final layers kept per client')
   flag_groups.define_flag('integer', 'finetune_epochs', 0, 'also evaluate the global model after this many local '
                           'fine-tuning epochs per client (0 = off)')
@@ -74,10 +78,13 @@ def _validate(exp):
     raise ValueError(f'--algorithm=fednova needs --client_optimizer=sgd or momentum; got {FLAGS.client_optimizer}.')
   stateful = algorithm in _STATEFUL or fraction is not None
   if FLAGS.client_state_dir and not stateful:
-    raise ValueError('--client_state_dir applies to --algorithm=scaffold|feddyn|fedper or --compression=topk_ef(...); '
+    raise ValueError('--client_state_dir applies to --algorithm=scaffold|feddyn|fedper|ditto or '
+                     '--compression=topk_ef(...); '
                      f'got --algorithm={algorithm}.')
   if algorithm == 'feddyn' and not FLAGS.feddyn_alpha > 0:
     raise ValueError(f'--feddyn_alpha must be > 0; got {FLAGS.feddyn_alpha}.')
+  if algorithm == 'ditto' and not FLAGS.ditto_lambda >= 0:
+    raise ValueError(f'--ditto_lambda must be >= 0; got {FLAGS.ditto_lambda}.')
   if FLAGS.fedper_head_layers < 1:
     raise ValueError(f'--fedper_head_layers must be >= 1; got {FLAGS.fedper_head_layers}.')
   if FLAGS.finetune_epochs < 0:
@@ -145,8 +152,8 @@ def _finetuned_accuracy(exp, process, state):
   return acc
 
 
-def _personal_accuracy(exp, adapter, head_size, process, state):
-  eval_fn = fedper.build_personalized_eval(exp.task.model_fn, head_size, adapter.process.client_state_type)
+def _personal_accuracy(exp, adapter, personalize, process, state):
+  eval_fn = fedper.build_client_state_eval(exp.task.model_fn, adapter.process.client_state_type, personalize)
   weights, acc = process.get_model_weights(state), {}
   for ids in _chunks(exp.task.client_ids):
     acc.update(_accuracies(ids, eval_fn(weights, adapter.client_states(ids), [exp.task.eval_dataset(c) for c in ids])))
@@ -189,7 +196,16 @@ def _fedper(exp):
   process = fedper.build_fedper(exp.task.model_fn, exp.client_optimizer, head_size, exp.server_optimizer,
                                 client_weighting=_weighting(exp), model_aggregator=exp.model_aggregator)
   adapter = _adapter(process)
-  _hook.evaluators['personal'] = lambda p, s: _personal_accuracy(exp, adapter, head_size, p, s)
+  personalize = lambda w, s: fedper.personal_weights(w, s, head_size)
+  _hook.evaluators['personal'] = lambda p, s: _personal_accuracy(exp, adapter, personalize, p, s)
+  return adapter
+
+
+def _ditto(exp):
+  process = ditto.build_ditto(exp.task.model_fn, exp.client_optimizer, FLAGS.ditto_lambda, exp.server_optimizer,
+                              client_weighting=_weighting(exp), model_aggregator=exp.model_aggregator)
+  adapter = _adapter(process)
+  _hook.evaluators['personal'] = lambda p, s: _personal_accuracy(exp, adapter, ditto.personal_model, p, s)
   return adapter
 
 
@@ -204,4 +220,5 @@ builders.register('scaffold', _scaffold)
 builders.register('feddyn', _feddyn)
 builders.register('fednova', _fednova)
 builders.register('fedper', _fedper)
+builders.register('ditto', _ditto)
 builders.register('fedavg_topk_ef', _topk_ef)

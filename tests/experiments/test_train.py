@@ -39,6 +39,7 @@ def _metrics(path):
     ['--algorithm=fedavg', '--server_optimizer=adam', '--server_learning_rate=0.01', '--client_weighting=uniform'],
     ['--algorithm=scaffold', '--client_weighting=uniform'],
     ['--algorithm=feddyn', '--feddyn_alpha=0.01', '--client_weighting=uniform'],
+    ['--algorithm=ditto', '--ditto_lambda=0.1'],
 ])
 def test_smoke_runs_write_outputs(tmp_path, flags):
   proc = _run(tmp_path, '--experiment_name=e', *flags)
@@ -54,6 +55,11 @@ def test_smoke_runs_write_outputs(tmp_path, flags):
   assert [r['round'] for r in rows] == ['1', '2']
   assert {'train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy'} <= set(rows[0])
   assert os.listdir(exp / 'tb') and os.listdir(exp / 'checkpoints')
+  if hparams['algorithm'] in ('scaffold', 'feddyn', 'ditto'):  # Stateful: per-client table, personal models.
+    with open(exp / 'clients.csv') as f:
+      clients = list(csv.DictReader(f))
+    assert len(clients) == 8 and sum(int(c['rounds_participated']) for c in clients) > 0
+    assert ('accuracy_personal' in clients[0]) == (hparams['algorithm'] == 'ditto')
 
 
 def test_same_seed_same_metrics_and_resume_after_kill(tmp_path):

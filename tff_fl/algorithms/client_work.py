@@ -35,14 +35,15 @@ def build_local_sgd_fn(model: tff.learning.models.VariableModel, *, weighting: C
                        proximal_mu: float = 0.0, with_correction: bool = False):
   """A `tf.function` (optimizer, initial ModelWeights, dataset[, correction]) -> (OrderedDict, unfinalized metrics).
 
-  The one local-training loop of the package (FedAvg, FedProx, SCAFFOLD, FedNova, FedPer, error feedback). Per
-  minibatch: gradient of the model loss, plus `proximal_mu * (w - w0)` (FedProx), plus `correction` if
+  The one local-training loop of the package (FedAvg, FedProx, SCAFFOLD, FedDyn, FedNova, FedPer, Ditto, error
+  feedback). Per minibatch: gradient of the model loss, plus `proximal_mu * (w - anchor)` (FedProx; `anchor` defaults
+  to the initial weights, Ditto passes the global model), plus `correction` if
   `with_correction` (SCAFFOLD's c - c_i, structure of the trainable weights); one optimizer step. Returns
   OrderedDict(update=initial - final trainable weights (zeroed if not finite), update_weight=float32,
   num_steps=float32 minibatches, finite=float32 1/0, loss=float32 mean local loss, num_examples=float32).
   """
   @tf.function
-  def local_train(optimizer, initial_weights, data, correction=None):
+  def local_train(optimizer, initial_weights, data, correction=None, anchor=None):
     weights = tff.learning.models.ModelWeights.from_model(model)
     tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
 
@@ -52,8 +53,8 @@ def build_local_sgd_fn(model: tff.learning.models.VariableModel, *, weighting: C
         output = model.forward_pass(batch, training=True)
       grads = tape.gradient(output.loss, weights.trainable)
       if proximal_mu > 0.0:
-        grads = tf.nest.map_structure(lambda g, w, w0: g + proximal_mu * (w - w0),
-                                      grads, weights.trainable, initial_weights.trainable)
+        grads = tf.nest.map_structure(lambda g, w, w0: g + proximal_mu * (w - w0), grads, weights.trainable,
+                                      (initial_weights if anchor is None else anchor).trainable)
       if with_correction:
         grads = tf.nest.map_structure(tf.add, grads, correction)
       opt_state, updated = optimizer.next(

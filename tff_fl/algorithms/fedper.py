@@ -93,11 +93,17 @@ def build_fedper(model_fn: client_work_lib.ModelFn, client_optimizer: tff.learni
 def build_personalized_eval(model_fn: client_work_lib.ModelFn, head_size: int,
                             client_state_type) -> tff.Computation:
   """(weights@SERVER, client_states@CLIENTS, data@CLIENTS) -> per-client eval sums of (base, own head)."""
+  return build_client_state_eval(model_fn, client_state_type, lambda w, s: personal_weights(w, s, head_size))
+
+
+def build_client_state_eval(model_fn: client_work_lib.ModelFn, client_state_type, personalize) -> tff.Computation:
+  """(weights@SERVER, client_states@CLIENTS, data@CLIENTS) -> per-client eval sums of the model
+  `personalize(weights, client_state)` (TF logic returning ModelWeights), e.g. FedPer's or Ditto's personal model."""
   weights_type, data_type, _ = client_work_lib.model_types(model_fn)
 
   @tff.tensorflow.computation(weights_type, client_state_type, data_type)
   def client_eval(weights, client_state, dataset):
-    return evaluation.build_client_eval_fn(model_fn())(personal_weights(weights, client_state, head_size), dataset)
+    return evaluation.build_client_eval_fn(model_fn())(personalize(weights, client_state), dataset)
 
   @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER),
                              tff.FederatedType(client_state_type, tff.CLIENTS),
