@@ -14,6 +14,7 @@ from absl import flags
 from experiments import flag_groups
 from tff_fl import aggregators
 from tff_fl.algorithms import attacks
+from tff_fl.simulation import regimes
 from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
@@ -48,11 +49,41 @@ def configure(exp) -> None:
       work, FLAGS.attack, scale=FLAGS.attack_scale, noise_std=FLAGS.attack_noise_std,
       num_classes=exp.task.num_classes))
   inputs = exp.client_inputs_fn or training_loop.default_client_inputs(exp.task, exp.loop_cfg)
-  seed, fraction = exp.task_cfg.seed, FLAGS.byzantine_fraction
+  hook = AttackHook()
+  exp.client_inputs_fn = attacked_inputs(inputs, exp.task_cfg.seed, FLAGS.byzantine_fraction, hook)
+  exp.hooks.append(hook)
 
+
+def attacked_inputs(inputs, seed: int, fraction: float, hook: 'AttackHook'):
+  """Wraps `inputs(round, cohort)`: `fraction` of the sampled cohort is malicious (`attacks.choose_byzantine`);
+  each reporting client's input carries its flag (dropped clients send nothing, malicious or not)."""
   def client_inputs(round_num, client_ids):
     bad = attacks.choose_byzantine(client_ids, fraction, seed, round_num)
+    datasets = inputs(round_num, client_ids)
+    reported = regimes.reported_clients(inputs, client_ids, len(datasets))
+    hook.note(round_num, [cid in bad for cid in reported])
     return [attacks.attacked_client_data(d, cid in bad, seed=zlib.crc32(f'{seed}/{round_num}/{cid}'.encode()) >> 1)
-            for cid, d in zip(client_ids, inputs(round_num, client_ids))]
+            for cid, d in zip(reported, datasets)]
 
-  exp.client_inputs_fn = client_inputs
+  return client_inputs
+
+
+class AttackHook(training_loop.RoundHook):
+  """metrics.csv columns `attack/malicious` (malicious clients among those that reported) and, when the aggregator
+  reports Krum's `.../selected_indices/i` (positions among the reporting clients), `attack/malicious_selected`."""
+  name = 'attack'
+
+  def __init__(self):
+    self.round_num, self.malicious = None, []
+
+  def note(self, round_num: int, malicious: list) -> None:
+    self.round_num, self.malicious = round_num, list(malicious)
+
+  def after_round(self, round_num, output, row) -> None:
+    del output
+    if round_num != self.round_num:
+      return
+    row['attack/malicious'] = sum(self.malicious)
+    selected = [int(v) for k, v in row.items() if '/selected_indices/' in k]
+    if selected:
+      row['attack/malicious_selected'] = sum(self.malicious[i] for i in selected if 0 <= i < len(self.malicious))

@@ -30,6 +30,7 @@ from tff_fl.algorithms import scaffold
 from tff_fl.algorithms import stateful_process
 from tff_fl.simulation import client_state
 from tff_fl.simulation import evaluation
+from tff_fl.simulation import regimes
 from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
@@ -115,13 +116,7 @@ def _client_inputs(exp, hook, pairs: bool):
 
   def client_inputs(round_num, cohort):
     datasets = base(round_num, cohort)
-    if len(datasets) == len(cohort):
-      reported = list(cohort)
-    elif hasattr(base, 'plan'):  # regimes.RegimeInputs: dropped clients send nothing.
-      reported = [f.client_id for f in base.plan(round_num, cohort) if f.reported]
-    else:
-      raise ValueError('stateful algorithms need client inputs that say which clients reported; the configured '
-                       'client inputs returned fewer datasets than the cohort.')
+    reported = regimes.reported_clients(base, cohort, len(datasets))  # Dropped clients send nothing.
     hook.note_cohort(reported)
     return list(zip(datasets, reported)) if pairs else datasets
 

@@ -55,3 +55,48 @@ def test_bad_aggregator_or_attack_is_one_line_error(tmp_path, flags, expected):
   err = proc.stderr.strip()
   assert err.count('\n') == 0 and expected in err and 'Traceback' not in err, err
   assert not (tmp_path / 'bad' / 'metrics.csv').exists()
+
+
+def test_krum_with_dropouts_counts_malicious_and_selected(tmp_path):
+  """Dropouts shrink the reporting set: attack flags follow the clients that reported (not cohort positions), and
+  Krum's selected positions are mapped back to them (`attack/malicious_selected`)."""
+  proc = _run(tmp_path, '--experiment_name=k', '--num_clients=12', '--clients_per_round=10', '--dropout_rate=0.2',
+              '--aggregator=krum(1)', '--byzantine_fraction=0.2', '--attack=sign_flip', '--attack_scale=10',
+              '--total_rounds=3')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'k' / 'metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert any(int(r['regime/reported']) < 10 for r in rows)  # Some rounds lost clients.
+  for r in rows:
+    assert 0 <= int(r['attack/malicious']) <= 2  # 2 of the 10 sampled are malicious; dropped ones do not count.
+    assert int(r['attack/malicious_selected']) == 0  # A -10x update is never Krum's pick.
+
+
+def test_attacked_inputs_follow_the_reporting_clients():
+  from experiments.components import aggregation  # pylint: disable=g-import-not-at-top
+  from tff_fl import tasks  # pylint: disable=g-import-not-at-top
+  from tff_fl.algorithms import attacks  # pylint: disable=g-import-not-at-top
+  from tff_fl.simulation import regimes, training_loop  # pylint: disable=g-import-not-at-top
+  task = tasks.build_task(tasks.TaskConfig(task='digits', model='logreg', num_clients=12, seed=0))
+  cfg = training_loop.LoopConfig(client_epochs_per_round=1, client_batch_size=10, seed=3)
+  regime = regimes.RegimeInputs(task, cfg, regimes.Participation(dropout_rate=0.5, seed=3))
+  hook = aggregation.AttackHook()
+  inputs = aggregation.attacked_inputs(regime, seed=0, fraction=0.5, hook=hook)
+  cohort = task.client_ids[:10]
+  for r in range(1, 4):
+    out = inputs(r, cohort)
+    reported = regime.last_reported
+    assert len(out) == len(reported) < len(cohort)
+    bad = attacks.choose_byzantine(cohort, 0.5, 0, r)
+    flags = [bool(next(iter(x['malicious']))) for x in out]
+    assert flags == [cid in bad for cid in reported] == hook.malicious
+
+
+def test_too_few_reporting_clients_for_krum_is_one_line_error(tmp_path):
+  """Half the cohort of 5 drops out: Krum(f=1) needs more than 4 reporting clients. The round's TF assertion
+  becomes one line naming the round; earlier rounds' outputs stay."""
+  proc = _run(tmp_path, '--experiment_name=few', '--dropout_rate=0.5', '--aggregator=krum(1)', '--total_rounds=4')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  err = proc.stderr.strip()
+  assert err.count('\n') == 0 and 'Traceback' not in err, err
+  assert err.startswith('error: round ') and 'krum(f=1, m=1) needs n > 2f+2 = 4' in err, err

@@ -82,6 +82,7 @@ class RegimeInputs:
   def __init__(self, task: tasks_lib.Task, cfg: training_loop.LoopConfig, participation: Participation):
     self.task, self.cfg, self.participation = task, cfg, participation
     self.round_num, self.stats = None, self._empty_stats()
+    self.last_reported: list[str] = []  # Ids of the clients of the last `reports` call that reported, in order.
 
   @staticmethod
   def _empty_stats():
@@ -102,6 +103,7 @@ class RegimeInputs:
       for key, hit in (('sampled', True), ('dropped', f.dropped), ('stragglers', f.straggler),
                        ('partial', f.steps is not None), ('reported', f.reported)):
         self.stats[key] += int(hit)
+    self.last_reported = [f.client_id for f in fates if f.reported]
     return [(f.client_id, f.steps) for f in fates if f.reported]
 
   def __call__(self, round_num: int, cohort: Sequence[str]) -> list:
@@ -111,6 +113,17 @@ class RegimeInputs:
                                    batch_size=self.cfg.client_batch_size, seed=self.cfg.seed, round_num=round_num)
       datasets.append(ds if steps is None else ds.take(steps))
     return datasets
+
+
+def reported_clients(inputs_fn, cohort: Sequence[str], num_inputs: int) -> list[str]:
+  """Ids of the clients whose inputs `inputs_fn(round, cohort)` just returned, in order: the cohort, or for
+  `RegimeInputs` (dropouts / dropped stragglers) the clients that reported. ValueError if that cannot be told."""
+  if isinstance(inputs_fn, RegimeInputs):
+    return list(inputs_fn.last_reported)
+  if num_inputs == len(cohort):
+    return list(cohort)
+  raise ValueError('the configured client inputs returned fewer inputs than the cohort and do not say which clients '
+                   'reported; per-client components (attacks, stateful algorithms) need to know.')
 
 
 class DiurnalAvailability:

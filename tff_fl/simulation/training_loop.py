@@ -7,6 +7,7 @@ uninterrupted one. Components extend the loop through hooks (see `RoundHook`) ra
 
 import collections
 import dataclasses
+import re
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,6 +36,21 @@ class LoopConfig:
                  'rounds_per_eval', 'rounds_per_checkpoint'):
       if getattr(self, name) < 1:
         raise ValueError(f'--{name} must be >= 1; got {getattr(self, name)}.')
+
+
+_TF_ASSERT_RE = re.compile(r'assertion failed: ((?:\[[^\]]*\]\s*)+)')
+
+
+def computation_assertion_error(round_num: int, error: BaseException) -> Optional[ValueError]:
+  """A one-line ValueError for a failed `tf.debugging.assert_*` inside a round's computation (e.g. a robust
+  aggregator told fewer reporting clients than it needs), or None for any other error. TFF's worker reports those
+  as gRPC errors whose text holds the assertion's bracketed message parts."""
+  match = _TF_ASSERT_RE.search(str(error))
+  if match is None:
+    return None
+  message = ' '.join(part.strip() for part in re.findall(r'\[([^\]]*)\]', match.group(1)))
+  return ValueError(f'round {round_num}: {message} (no state was saved for this round; the last checkpoint is '
+                    'intact).')
 
 
 class RoundHook:
@@ -133,7 +149,13 @@ def run_training(process: tff.learning.templates.LearningProcess, task: tasks_li
       break
     t0 = time.time()
     cohort = sampler.sample(round_num)
-    output = process.next(state, client_inputs_fn(round_num, cohort))
+    try:
+      output = process.next(state, client_inputs_fn(round_num, cohort))
+    except Exception as e:  # pylint: disable=broad-except
+      error = computation_assertion_error(round_num, e)
+      if error is None:
+        raise
+      raise error from None
     state = output.state
     train = output.metrics['client_work']['train']
     row = collections.OrderedDict(round=round_num, round_seconds=0.0, clients=len(cohort),
