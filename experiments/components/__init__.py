@@ -16,7 +16,7 @@ COMPONENTS = (
     'stragglers',  # after regimes (reads its straggler flags), before hierarchical
     'aggregation',  # after regimes/stragglers (wraps their client inputs for attacks); before privacy and drift
     'privacy',  # after any sampler-setting component (refuses them); owns sampler + accounting; sets the DP aggregator
-    'stateful',  # after regimes/stragglers (wraps their client inputs); registers scaffold, fednova, fedper
+    'stateful',  # after regimes/stragglers (wraps their inputs); registers scaffold, feddyn, fednova, fedper, ditto
     'hierarchical',
     'pruning',  # sets exp.process_builder for fedavg/fedprox (a second replacement, e.g. --engine=fast, is refused)
     'drift',  # wraps the aggregator; adds a process wrapper (before preprocessing's: it needs dataset inputs)

@@ -92,7 +92,6 @@ class ExperimentOutputs:
     """Replaces tb/ with the events of `rows` only. Called on resume: events an interrupted run wrote after its
     last checkpoint would otherwise show next to the re-run rounds (metrics.csv is the source of truth)."""
     self.close()
-    self._tb = None
     shutil.rmtree(os.path.join(self.exp_dir, 'tb'), ignore_errors=True)
     for row in self.rows:
       self._write_tensorboard(row)
