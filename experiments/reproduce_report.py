@@ -158,7 +158,8 @@ def fedprox_claims(iid: bool, stragglers: float) -> list[tuple[str, Callable[[di
     claims.append(('mu=1 slows IID (higher loss)', lambda a, p: p['loss'] > a['loss']) if iid else
                   ('mu=1 lower loss', lambda a, p: p['loss'] < a['loss']))
   if stragglers >= 0.9:
-    claims += [('higher acc', lambda a, p: p['acc'] > a['acc']), ('more stable', lambda a, p: p['instab'] < a['instab'])]
+    claims += [('higher acc', lambda a, p: p['acc'] > a['acc']),
+               ('more stable', lambda a, p: p['instab'] < a['instab'])]
   return claims
 
 
