@@ -104,3 +104,17 @@ def test_fedprox_claims_per_cell():
   assert verdicts(True, 0.0) == [('mu=1 slows IID (higher loss)', False)]
   assert verdicts(False, 0.5) == []
   assert verdicts(True, 0.9) == [('higher acc', True), ('more stable', False)]
+
+
+@pytest.mark.parametrize('name', sorted(reproduce.SUITES))
+def test_every_suite_run_parses_as_the_binary_would(name, tmp_path):
+  """Every flagfile exists and every override is a flag of the binary with a valid value (no training)."""
+  suite = reproduce.SUITES[name]()
+  assert suite.runs and len({r.name for r in suite.runs}) == len(suite.runs)
+  try:
+    for run in suite.runs:
+      reproduce.parse_run_flags(run, 0, str(tmp_path))
+      for key, value in run.overrides:
+        assert str(flags.FLAGS[key].value) == str(value), (run.name, key)
+  finally:
+    flags.FLAGS.unparse_flags()
