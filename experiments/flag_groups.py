@@ -64,3 +64,8 @@ def define_flag(kind: str, name: str, default, text: str) -> None:
 def hparams() -> dict[str, Any]:
   """Every experiment flag's value, in definition order."""
   return {name: FLAGS[name].value for name in _GROUP_FLAGS}
+
+
+def defaults() -> dict[str, Any]:
+  """Every experiment flag's default value (a checkpoint written before a flag existed matches its default)."""
+  return {name: FLAGS[name].default for name in _GROUP_FLAGS}

@@ -217,6 +217,7 @@ def run_one(run: Run, seed: int, work_dir: str, max_rounds: Optional[int] = None
     exp.hooks.append(TargetStop(run.metric, run.target))
   log(f'== {run.name} seed {seed}: {" ".join(argv[1:])}')
   training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams, fingerprint=fingerprint,
+                             fingerprint_defaults=flag_groups.defaults(),
                              sampler=exp.sampler, client_inputs_fn=exp.client_inputs_fn, hooks=exp.hooks,
                              log=lambda line: log(f'  {line}'))
   previous = _wall_seconds(exp_dir)

@@ -104,6 +104,7 @@ def main(argv):
     print(f'Task {exp.task.name}: {len(exp.task.client_ids)} clients, model {exp.task.model_name}; '
           f'algorithm {FLAGS.algorithm}; output {exp.exp_dir}', flush=True)
     training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams, fingerprint=fingerprint,
+                               fingerprint_defaults=flag_groups.defaults(),
                                sampler=exp.sampler, client_inputs_fn=exp.client_inputs_fn, hooks=exp.hooks,
                                eval_dataset_fn=exp.eval_dataset_fn,
                                log=lambda line: print(line, flush=True))

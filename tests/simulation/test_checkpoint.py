@@ -34,3 +34,21 @@ def test_refuses_other_configuration(tmp_path):
     other.check_config()
   with pytest.raises(ValueError, match='state tensors'):
     mgr.restore(collections.OrderedDict(a=np.zeros(1)))
+
+
+def test_flags_added_later_match_only_at_their_default(tmp_path):
+  """A checkpoint written before --new_flag existed resumes if the run leaves it at its default, else is refused."""
+  old = checkpoint.CheckpointManager(str(tmp_path), {'seed': 1})
+  old.check_config()
+  old.save(1, _state(1.0))
+  defaults = {'seed': 0, 'new_flag': 'off'}
+  checkpoint.CheckpointManager(str(tmp_path), {'seed': 1, 'new_flag': 'off'}, defaults=defaults).check_config()
+  # config.json now lists new_flag at 'off', so a non-default value is refused by name.
+  changed = checkpoint.CheckpointManager(str(tmp_path), {'seed': 1, 'new_flag': 'on'}, defaults=defaults)
+  with pytest.raises(ValueError, match=r"--new_flag \('off' vs 'on'\)"):
+    changed.check_config()
+  fresh = tmp_path / 'fresh'
+  checkpoint.CheckpointManager(str(fresh), {'seed': 1}).check_config()
+  checkpoint.CheckpointManager(str(fresh), {'seed': 1}).save(1, _state(1.0))
+  with pytest.raises(ValueError, match=r'--new_flag \(None vs \'on\'\)'):
+    checkpoint.CheckpointManager(str(fresh), {'seed': 1, 'new_flag': 'on'}, defaults=defaults).check_config()

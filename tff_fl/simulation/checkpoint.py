@@ -3,7 +3,8 @@
 A checkpoint is `ckpt_<round>.npz`: the flattened leaves of the learning process state (`tf.nest.flatten`, restored
 with `tf.nest.pack_sequence_as` onto a freshly initialized state) plus named extra arrays from other components
 (e.g. a client state store). `config.json` next to them holds the configuration fingerprint: resuming with a
-different configuration is refused, naming the flags that differ. A crash loses at most the rounds since the last
+different configuration is refused, naming the flags that differ. A setting the saved fingerprint lacks (a flag
+added by a newer version of the code) matches if it is at its default, so upgrading the code keeps runs resumable. A crash loses at most the rounds since the last
 checkpoint; a partially written file is never visible (write to a temporary name, fsync, rename).
 """
 
@@ -24,10 +25,12 @@ _EXTRA_PREFIX = 'extra/'
 class CheckpointManager:
   """Saves and restores (round, process state, extras) under `directory`, keeping the newest `keep`."""
 
-  def __init__(self, directory: str, fingerprint: dict[str, Any], keep: int = 2):
+  def __init__(self, directory: str, fingerprint: dict[str, Any], keep: int = 2,
+               defaults: Optional[dict[str, Any]] = None):
     self.directory = directory
     self.fingerprint = fingerprint
     self.keep = keep
+    self.defaults = defaults or {}  # Setting -> default value, for settings an older fingerprint lacks.
 
   def check_config(self) -> None:
     """Raises ValueError if the directory holds checkpoints of a different configuration; else records ours."""
@@ -35,7 +38,8 @@ class CheckpointManager:
     if os.path.exists(path):
       with open(path) as f:
         saved = json.load(f)
-      diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+      diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k)
+                    and not (k not in saved and k in self.defaults and self.fingerprint.get(k) == self.defaults[k]))
       if diff and self.latest_round() is not None:
         shown = ', '.join(f'--{k} ({saved.get(k)!r} vs {self.fingerprint.get(k)!r})' for k in diff[:4])
         raise ValueError(f'{self.directory} holds checkpoints of a different configuration ({shown}); use a new '

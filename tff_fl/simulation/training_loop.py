@@ -93,7 +93,8 @@ def default_client_inputs(task: tasks_lib.Task, cfg: LoopConfig) -> Callable[[in
 
 def run_training(process: tff.learning.templates.LearningProcess, task: tasks_lib.Task, cfg: LoopConfig,
                  exp_dir: str, hparams: dict[str, Any], *, fingerprint: Optional[dict[str, Any]] = None,
-                 sampler=None, client_inputs_fn=None, hooks: Sequence[RoundHook] = (),
+                 fingerprint_defaults: Optional[dict[str, Any]] = None, sampler=None, client_inputs_fn=None,
+                 hooks: Sequence[RoundHook] = (),
                  eval_dataset_fn: Optional[Callable[[str], Any]] = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs (or resumes) training; returns the summary also written to `summary.json`.
@@ -106,7 +107,8 @@ def run_training(process: tff.learning.templates.LearningProcess, task: tasks_li
   client_inputs_fn = client_inputs_fn or default_client_inputs(task, cfg)
   outputs = outputs_lib.ExperimentOutputs(exp_dir)
   ckpt = checkpoint_lib.CheckpointManager(f'{exp_dir}/checkpoints', fingerprint if fingerprint is not None
-                                          else {k: v for k, v in hparams.items() if k != 'total_rounds'})
+                                          else {k: v for k, v in hparams.items() if k != 'total_rounds'},
+                                          defaults=fingerprint_defaults)
   ckpt.check_config()
   outputs.write_json('hparams.json', hparams)
 
