@@ -233,9 +233,15 @@ def _yes_no(flag: Optional[bool]) -> str:
   return '-' if flag is None else ('yes' if flag else 'no')
 
 
+def _last_with_round(rows: Sequence[dict], column: str) -> str:
+  """'0.4634 (round 110)': the last measured value and when it was measured (evaluations can be sparse)."""
+  rounds, values = curve(rows, column)
+  return f'{values[-1]:.4f} (round {int(rounds[-1])})' if values.size else '-'
+
+
 def final_accuracy_section(suite, results, out_dir: str) -> str:
   """Accuracy after the rounds used, next to the paper's number; one PNG of the curves."""
-  cells = lambda run, res: [_fmt(last_value(res.rows, run.metric), 4), _fmt(last_value(res.rows, 'eval_accuracy'), 4)]
+  cells = lambda run, res: [_last_with_round(res.rows, run.metric), _last_with_round(res.rows, 'eval_accuracy')]
   return _per_run_section(suite, results, out_dir, cells,
                           [f'ours: {run_metric(suite)}', 'ours: eval_accuracy (all targets)'])
 

@@ -118,3 +118,14 @@ def test_every_suite_run_parses_as_the_binary_would(name, tmp_path):
         assert str(flags.FLAGS[key].value) == str(value), (run.name, key)
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def test_final_accuracy_section_says_when_each_value_was_measured(tmp_path):
+  run = reproduce.Run('s', 'x.flags', 'cfg', metric='central_test_accuracy', paper='56.9%')
+  suite = reproduce.Suite('sh', 'SH', (run,), (0,), 'final_accuracy')
+  rows = [{'round': 8, 'central_test_accuracy': 0.28, 'eval_accuracy': 0.45},
+          {'round': 10, 'central_test_accuracy': 0.30}, {'round': 11}]
+  text = reproduce_report.final_accuracy_section(suite, [reproduce.RunResult(run, 0, rows, 11, 60.0, 'x')],
+                                                 str(tmp_path))
+  (line,) = [l.split(' | ') for l in text.splitlines() if l.startswith('| cfg')]
+  assert line[2:4] == ['0.3000 (round 10)', '0.4500 (round 8)'] and line[6] == '11'
