@@ -38,7 +38,7 @@ import tensorflow_federated as tff
 
 from tff_fl.algorithms import client_work as client_work_lib
 from tff_fl.algorithms import fed_avg
-from tff_fl.simulation.fast import aggregation as aggregation_lib
+from tff_fl.engine import aggregation as aggregation_lib
 
 ClientWeighting = tff.learning.ClientWeighting
 LearningAlgorithmState = tff.learning.templates.LearningAlgorithmState

@@ -1,0 +1,162 @@
+"""The package's one local-training loop, with declared extension points.
+
+Every algorithm's client update runs `train` (FedAvg, FedProx, SCAFFOLD, FedDyn, FedNova, FedPer, Ditto, top-k EF,
+fine-tuning evaluation); components add to it through `LocalOptions` (pruning masks, DP-SGD) without their own copy.
+Per minibatch, with w the trainable weights:
+
+  g = d loss / d w                          (DP-SGD: per-example gradients clipped to C, summed, + N(0, (zC)^2), / B)
+  g += proximal_mu * (w - anchor)           (FedProx, Ditto, FedDyn; anchor defaults to the initial weights)
+  g += correction                           (SCAFFOLD's c - c_i, FedDyn's -grad_k; structure of the trainable weights)
+  w <- optimizer step;  w <- w * masks      (pruning: pruned weights stay exactly 0)
+
+It mirrors TFF's `model_delta_client_work` step for step (dataset reduce, TFF optimizer, non-finite guard), so with
+the same optimizer, data order and initial weights it gives the same update as stock TFF. `data` is anything with
+`tf.data.Dataset.reduce`'s contract (a `tf.data.Dataset`, or the engine's packed `TensorBatches`).
+
+Result (OrderedDict): update = initial - final trainable weights (zeroed if not finite), update_weight float32
+(examples seen, 1, or 0 when not finite), num_steps, finite (1/0), loss (example-weighted mean), num_examples.
+"""
+
+import collections
+import dataclasses
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+import tensorflow_privacy as tfp
+from tensorflow_federated.python.learning import tensor_utils
+
+ClientWeighting = tff.learning.ClientWeighting
+PerExampleLoss = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (labels [B, ...], predictions [B, ...]) -> [B, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DPSGD:
+  """Sample-level DP-SGD: per-example clip `l2_norm_clip` (C > 0), Gaussian noise z * C on each batch's sum."""
+  l2_norm_clip: float
+  noise_multiplier: float
+  per_example_loss: PerExampleLoss
+
+  def __post_init__(self):
+    if not self.l2_norm_clip > 0:
+      raise ValueError(f'l2_norm_clip must be > 0; got {self.l2_norm_clip}.')
+    if not self.noise_multiplier >= 0:
+      raise ValueError(f'noise_multiplier must be >= 0; got {self.noise_multiplier}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOptions:
+  """Extension points of the loop that components set (algorithms set theirs as `train` arguments)."""
+  masks: Any = None  # Structure of the trainable weights with 0/1 entries (pruning).
+  dp: Optional[DPSGD] = None
+
+  def merge(self, other: 'LocalOptions') -> 'LocalOptions':
+    for name in ('masks', 'dp'):
+      if getattr(self, name) is not None and getattr(other, name) is not None:
+        raise ValueError(f'two components set the local-training option {name!r}.')
+    return LocalOptions(masks=self.masks if other.masks is None else other.masks,
+                        dp=self.dp if other.dp is None else other.dp)
+
+
+def client_weight(weighting: ClientWeighting, has_non_finite, num_examples):
+  """float32 weight of one client's update; 0 for a non-finite update."""
+  if weighting == ClientWeighting.NUM_EXAMPLES:
+    weight = tf.cast(num_examples, tf.float32)
+  elif weighting == ClientWeighting.UNIFORM:
+    weight = tf.constant(1.0, tf.float32)
+  else:
+    raise ValueError(f'client_weighting must be NUM_EXAMPLES or UNIFORM; got {weighting}.')
+  return tf.where(has_non_finite > 0, tf.constant(0.0, tf.float32), weight)
+
+
+def _labels(batch):
+  return batch['y'] if isinstance(batch, dict) else batch[1]
+
+
+def _dp_gradient(model, weights, batch, dp: DPSGD):
+  """Clipped, summed, noised per-example gradients / B (tensorflow-privacy's GaussianSumQuery), and the output."""
+  query = tfp.GaussianSumQuery(l2_norm_clip=dp.l2_norm_clip, stddev=dp.l2_norm_clip * dp.noise_multiplier)
+  trainable = tuple(tf.nest.flatten(weights.trainable))
+  with tf.GradientTape() as tape:
+    output = model.forward_pass(batch, training=True)
+    losses = dp.per_example_loss(_labels(batch), output.predictions)
+    losses = tf.reshape(losses, [tf.shape(losses)[0], -1])
+    losses = tf.reduce_mean(losses, axis=1)  # [B]: a sequence example's loss is the mean over its targets.
+  jacobians = tape.jacobian(losses, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                            experimental_use_pfor=True)
+  state = query.initial_global_state()
+  params = query.derive_sample_params(state)
+  clipped = tf.vectorized_map(lambda g: query.preprocess_record(params, g), jacobians)
+  summed = tf.nest.map_structure(lambda c: tf.reduce_sum(c, axis=0), clipped)
+  noised, _, _ = query.get_noised_result(summed, state)
+  denominator = tf.cast(tf.maximum(tf.shape(losses)[0], 1), tf.float32)
+  grads = tf.nest.map_structure(lambda g: g / denominator, noised)
+  return tf.nest.pack_sequence_as(weights.trainable, list(grads)), output
+
+
+def train(model: tff.learning.models.VariableModel, optimizer: tff.learning.optimizers.Optimizer, initial_weights,
+          data, *, weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES, proximal_mu: float = 0.0,
+          anchor=None, correction=None, options: LocalOptions = LocalOptions(),
+          track_metrics: bool = True) -> collections.OrderedDict:
+  """Local training from `initial_weights` (ModelWeights) over `data` (see module docstring). Graph/tf.function only.
+
+  `track_metrics=False` leaves the model's metric variables as they were (e.g. Ditto's second, personal pass).
+  """
+  weights = tff.learning.models.ModelWeights.from_model(model)
+  saved_metrics = None if track_metrics else [v.read_value() for v in model.local_variables]
+  with tf.control_dependencies(saved_metrics or []):
+    assign = tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
+  masks = None if options.masks is None else tf.nest.flatten(options.masks)
+  anchor_trainable = (initial_weights if anchor is None else anchor).trainable
+
+  def reduce_fn(state, batch):
+    num_examples, num_steps, loss_sum, opt_state = state
+    if options.dp is None:
+      with tf.GradientTape() as tape:
+        output = model.forward_pass(batch, training=True)
+      grads = tape.gradient(output.loss, weights.trainable)
+    else:
+      grads, output = _dp_gradient(model, weights, batch, options.dp)
+    if proximal_mu:
+      grads = tf.nest.map_structure(lambda g, w, w0: g + proximal_mu * (w - w0), grads, weights.trainable,
+                                    anchor_trainable)
+    if correction is not None:
+      grads = tf.nest.map_structure(tf.add, grads, correction)
+    opt_state, updated = optimizer.next(opt_state, tuple(tf.nest.flatten(weights.trainable)),
+                                        tuple(tf.nest.flatten(grads)))
+    if masks is not None:
+      updated = tuple(w * m for w, m in zip(updated, masks))
+    tf.nest.map_structure(lambda a, b: a.assign(b), tf.nest.flatten(weights.trainable), list(updated))
+    if output.num_examples is None:
+      batch_size = tf.shape(output.predictions, out_type=tf.int64)[0]
+    else:
+      batch_size = tf.cast(output.num_examples, tf.int64)
+    loss_sum += tf.cast(output.loss, tf.float64) * tf.cast(batch_size, tf.float64)
+    return num_examples + batch_size, num_steps + 1, loss_sum, opt_state
+
+  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in tf.nest.flatten(weights.trainable))
+  with tf.control_dependencies(tf.nest.flatten(assign)):
+    init = (tf.zeros([], tf.int64), tf.zeros([], tf.int64), tf.zeros([], tf.float64), optimizer.initialize(specs))
+  num_examples, num_steps, loss_sum, _ = data.reduce(init, reduce_fn)
+  delta = tf.nest.map_structure(tf.subtract, initial_weights.trainable, weights.trainable)
+  delta, has_non_finite = tensor_utils.zero_all_if_any_non_finite(delta)
+  if saved_metrics is not None:
+    with tf.control_dependencies([num_examples]):
+      restore = [v.assign(s) for v, s in zip(model.local_variables, saved_metrics)]
+    with tf.control_dependencies(restore):
+      num_examples = tf.identity(num_examples)
+  loss = loss_sum / tf.maximum(tf.cast(num_examples, tf.float64), 1.0)
+  return collections.OrderedDict(
+      update=delta,
+      update_weight=client_weight(weighting, has_non_finite, num_examples),
+      num_steps=tf.cast(num_steps, tf.float32),
+      finite=tf.cast(tf.equal(has_non_finite, 0), tf.float32),
+      loss=tf.cast(loss, tf.float32),
+      num_examples=tf.cast(num_examples, tf.float32))
+
+
+def trained_weights(initial_weights, result) -> tff.learning.models.ModelWeights:
+  """The weights local training ended at: initial - update (the initial weights if the update was not finite)."""
+  return tff.learning.models.ModelWeights(
+      trainable=tf.nest.map_structure(tf.subtract, initial_weights.trainable, result['update']),
+      non_trainable=initial_weights.non_trainable)

@@ -1,0 +1,152 @@
+"""A cohort's client data, client states and per-client fields packed as tensors, one group per CLIENTS slot.
+
+`Cohort` is the one client-inputs type of the package: who was sampled, who reports and how many local steps each
+reporter finished (dropouts and stragglers decide it). The `Packer` turns it into slot tensors, in exactly the
+example order `Task.train_dataset` would yield (`order_fn`: E seeded permutations of the client's examples):
+
+  OrderedDict(<data keys>: [C, L, ...] (x, y; padding after n is never read), n: int32[C] examples to train on,
+              seed: int32[C] per-client seed of this round, state: float32[C, S] flattened client states,
+              info: OrderedDict(<extension field>: [C, ...]))
+
+`TensorBatches` then serves a client's rows as batches of B (a batch may span an epoch boundary, like the
+reference dataset's `repeat(E).batch(B)`), with `.reduce` like `tf.data.Dataset`, so the one local-training loop
+runs unchanged on packed data.
+"""
+
+import collections
+import dataclasses
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+OrderFn = Callable[[str, int], np.ndarray]  # (client_id, round_num) -> indices into the client's arrays.
+FieldsFn = Callable[[int, Sequence[str]], Mapping[str, np.ndarray]]  # (round, ids) -> {field: [C, ...]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cohort:
+  """One round's participants: `sampled` ids; `client_ids` those that report, in order; `steps[i]` None = full
+  local work, an int = only the first `steps[i]` local batches (a straggler's partial work)."""
+  round_num: int
+  client_ids: tuple
+  steps: tuple = ()
+  sampled: tuple = ()
+
+  @classmethod
+  def full(cls, round_num: int, client_ids: Sequence[str]) -> 'Cohort':
+    ids = tuple(client_ids)
+    return cls(round_num, ids, (None,) * len(ids), ids)
+
+  def __post_init__(self):
+    if not self.steps:
+      object.__setattr__(self, 'steps', (None,) * len(self.client_ids))
+    if not self.sampled:
+      object.__setattr__(self, 'sampled', tuple(self.client_ids))
+    if len(self.steps) != len(self.client_ids):
+      raise ValueError(f'Cohort needs one steps entry per reporting client; got {len(self.steps)} for '
+                       f'{len(self.client_ids)} clients.')
+
+
+class TensorBatches:
+  """`tf.data.Dataset.reduce` over one client's packed rows: batches rows[k*B : min((k+1)*B, n)] in a
+  `tf.while_loop`; `transform(batch, offset)` (optional) maps each batch (offset = index of its first row)."""
+
+  def __init__(self, rows: collections.OrderedDict, num_examples, batch_size: int, transform=None):
+    self._rows, self._n, self._batch_size, self._transform = rows, num_examples, batch_size, transform
+
+  def reduce(self, initial_state, reduce_fn):
+    def step(i, state):
+      lo = i * self._batch_size
+      hi = tf.minimum(self._n, lo + self._batch_size)
+      batch = collections.OrderedDict((k, v[lo:hi]) for k, v in self._rows.items())
+      if self._transform is not None:
+        batch = self._transform(batch, lo)
+      return i + 1, reduce_fn(state, batch)
+
+    num_batches = (self._n + self._batch_size - 1) // self._batch_size
+    return tf.while_loop(lambda i, _: i < num_batches, step, (tf.constant(0), initial_state))[1]
+
+
+def split(num_clients: int, num_slots: int) -> list[slice]:
+  """Contiguous, near-equal slices of the cohort, one per CLIENTS slot (one empty slice for an empty cohort)."""
+  if num_slots < 1:
+    raise ValueError(f'num_slots must be >= 1; got {num_slots}.')
+  if num_clients == 0:
+    return [slice(0, 0)]
+  bounds = np.linspace(0, num_clients, min(num_slots, num_clients) + 1).round().astype(int)
+  return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def derived_seeds(seed: int, round_num: int, client_ids: Sequence[str]) -> np.ndarray:
+  from tff_fl import tasks as tasks_lib  # pylint: disable=g-import-not-at-top  (tasks imports models; keep light)
+  return np.array([tasks_lib.derived_seed(seed, round_num, c) for c in client_ids], np.int32)
+
+
+class Packer:
+  """Packs cohorts of `train_arrays` (client id -> (x [n, ...], y [n, ...])) into slot tensors (module docstring).
+
+  `order_fn(client_id, round_num)` gives a client's example order for the round (with its E epochs); `field_specs`
+  / `fields_fn` add per-client extension fields (name -> tf.TensorSpec of one client's value).
+  """
+
+  def __init__(self, train_arrays: Mapping[str, tuple], order_fn: OrderFn, *, batch_size: int, seed: int = 0,
+               num_slots: int = 1, state_dim: int = 0,
+               field_specs: Optional[Mapping[str, tf.TensorSpec]] = None,
+               fields_fn: Optional[FieldsFn] = None):
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1; got {batch_size}.')
+    split(1, num_slots)
+    self.arrays, self.order_fn, self.batch_size, self.seed = train_arrays, order_fn, batch_size, seed
+    self.num_slots, self.state_dim = num_slots, state_dim
+    self.field_specs = collections.OrderedDict(field_specs or {})
+    self.fields_fn = fields_fn
+    x0, y0 = next(iter(train_arrays.values()))
+    self._x_spec, self._y_spec = (x0.shape[1:], x0.dtype), (y0.shape[1:], y0.dtype)
+
+  def slot_type(self) -> tff.StructType:
+    """TFF type of one CLIENTS slot."""
+    t = lambda spec: tff.TensorType(spec[1], [None, None] + list(spec[0]))
+    info = [(k, tff.TensorType(s.dtype.as_numpy_dtype, [None] + s.shape.as_list()))
+            for k, s in self.field_specs.items()]
+    return tff.StructWithPythonType([
+        ('x', t(self._x_spec)), ('y', t(self._y_spec)), ('n', tff.TensorType(np.int32, [None])),
+        ('seed', tff.TensorType(np.int32, [None])), ('state', tff.TensorType(np.float32, [None, self.state_dim])),
+        ('info', tff.StructWithPythonType(info, collections.OrderedDict))], collections.OrderedDict)
+
+  def orders(self, cohort: Cohort) -> list[np.ndarray]:
+    out = []
+    for cid, steps in zip(cohort.client_ids, cohort.steps):
+      order = self.order_fn(cid, cohort.round_num)
+      out.append(order if steps is None else order[:steps * self.batch_size])
+    return out
+
+  def pack(self, cohort: Cohort, states: Optional[np.ndarray] = None) -> list[collections.OrderedDict]:
+    """Slot tensors for `cohort`; `states`: float32[len(client_ids), state_dim] (zeros if None)."""
+    ids = list(cohort.client_ids)
+    orders = self.orders(cohort)
+    if states is None:
+      states = np.zeros([len(ids), self.state_dim], np.float32)
+    fields = dict(self.fields_fn(cohort.round_num, ids)) if self.fields_fn else {}
+    seeds = derived_seeds(self.seed, cohort.round_num, ids)
+    slots = []
+    for s in split(len(ids), self.num_slots):
+      x, y, n = self._pack_rows([self.arrays[c] for c in ids[s]], orders[s])
+      info = collections.OrderedDict(
+          (k, np.asarray(fields[k][s], spec.dtype.as_numpy_dtype).reshape([len(n)] + spec.shape.as_list()))
+          for k, spec in self.field_specs.items())
+      slots.append(collections.OrderedDict(x=x, y=y, n=n, seed=seeds[s],
+                                           state=np.asarray(states[s], np.float32).reshape(len(n), self.state_dim),
+                                           info=info))
+    return slots
+
+  def _pack_rows(self, arrays, orders):
+    lengths = np.array([len(o) for o in orders], np.int32)
+    max_len = int(lengths.max()) if len(lengths) else 0
+    x = np.zeros((len(arrays), max_len) + self._x_spec[0], self._x_spec[1])
+    y = np.zeros((len(arrays), max_len) + self._y_spec[0], self._y_spec[1])
+    for c, ((xc, yc), order) in enumerate(zip(arrays, orders)):
+      x[c, :len(order)] = xc[order]
+      y[c, :len(order)] = yc[order]
+    return x, y, lengths

@@ -1,0 +1,259 @@
+"""The one round builder: any `Algorithm` + extensions + any `tff.aggregators` factory -> one federated round.
+
+  next(state@SERVER, slots@CLIENTS) -> (state@SERVER, metrics@SERVER, per_client@CLIENTS)
+
+A CLIENTS slot holds a group of real clients packed as tensors (`packing.Packer`). In one TF call a slot runs, for
+each of its clients in turn: the extensions' batch transforms and local options, `algorithm.client_update` (the one
+local-training loop), the extensions' upload transforms, and the aggregator's client part for that client
+(`aggregation.ClientAxisAggregation`: TFF's MapReduceForm of the aggregator, so clipping / DP / robust statistics
+and weighting stay per real client); uploads are summed. Slots merge with `federated_aggregate`; the server runs
+the aggregator's server part, the extensions' aggregate transforms, `algorithm.to_server_delta`, the finalizer
+(TFF's apply-optimizer finalizer: FedOpt), `algorithm.server_update` and the extensions' `server_post`.
+
+State: OrderedDict(model=ModelWeights, extra=<algorithm extra>, extensions=OrderedDict(name=<state>),
+aggregator=<state>, finalizer=<optimizer state>). Metrics: OrderedDict(client_work=OrderedDict(train=...),
+aggregator=..., finalizer=..., <extension name>=... for extensions with server measurements). per_client (one
+OrderedDict per slot): loss [C], num_examples [C], state float32[C, S] (the clients' new flattened states),
+<extension>__<measurement> [C].
+"""
+
+import collections
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fl.aggregators import flat
+from tff_fl.algorithms import definition
+from tff_fl.algorithms import extension as extension_lib
+from tff_fl.algorithms import local_training
+from tff_fl.algorithms import model_types as model_types_lib
+from tff_fl.engine import aggregation as aggregation_lib
+from tff_fl.engine import packing
+
+PLACEHOLDER = 0.0  # Stands for an empty extra / extension state / upload (TFF values must not be empty structs).
+
+
+def nonempty(value):
+  return tf.constant(PLACEHOLDER, tf.float32) if not tf.nest.flatten(value) else value
+
+
+def field_key(ext_name: str, field: str) -> str:
+  return f'{ext_name}__{field}'
+
+
+def field_specs(extensions: Sequence[extension_lib.Extension]) -> collections.OrderedDict:
+  """Packed per-client fields of all extensions, keyed `<extension>__<field>`."""
+  return collections.OrderedDict((field_key(e.name, k), s) for e in extensions for k, s in e.field_specs().items())
+
+
+class RoundParts:
+  """Types and TF pieces derived from an algorithm + model (shared by the round and the client-state store)."""
+
+  def __init__(self, algorithm: definition.Algorithm, model_fn, extensions=()):
+    self.algorithm, self.model_fn, self.extensions = algorithm, model_fn, list(extensions)
+    names = [e.name for e in self.extensions]
+    if len(set(names)) != len(names):
+      raise ValueError(f'extensions must have distinct names; got {names}.')
+    self.weights_type, self.sequence_type, self.finalizers = model_types_lib.model_types(model_fn)
+    self.initial_weights = model_types_lib.initial_weights_computation(model_fn)
+
+    @tff.tensorflow.computation()
+    def initial_extra():
+      return nonempty(algorithm.server_extra(model_fn()))
+
+    @tff.tensorflow.computation()
+    def initial_extension_states():
+      model = model_fn()
+      return collections.OrderedDict((e.name, nonempty(e.server_init(model))) for e in self.extensions) or (
+          tf.constant(PLACEHOLDER))
+
+    @tff.tensorflow.computation()
+    def initial_client_state():
+      state = algorithm.client_state(model_fn())
+      return tf.zeros([0], tf.float32) if state is None else state
+
+    self.initial_extra, self.initial_extension_states = initial_extra, initial_extension_states
+    self.client_state_type = initial_client_state.type_signature.result
+    self.stateful = not (isinstance(self.client_state_type, tff.TensorType) and list(self.client_state_type.shape) == [0])
+    self.state_dim = flat.flat_size(self.client_state_type) if self.stateful else 0
+
+    @tff.tensorflow.computation()
+    def initial_client_state_flat():
+      state = algorithm.client_state(model_fn())
+      return flat.flatten_value(state) if self.stateful else tf.zeros([0], tf.float32)
+
+    self.initial_client_state = initial_client_state_flat  # -> float32[state_dim], a never-seen client's state.
+    self.extra_type = initial_extra.type_signature.result
+    self.extension_state_type = initial_extension_states.type_signature.result
+    self._trace_client_update()
+
+  def bcast_type(self):
+    @tff.tensorflow.computation(self.extension_state_type)
+    def broadcast(states):
+      return self.extension_broadcast(states)
+    return broadcast
+
+  def extension_broadcast(self, states):
+    if not self.extensions:
+      return tf.constant(PLACEHOLDER)
+    return collections.OrderedDict((e.name, nonempty(e.broadcast(states[e.name]))) for e in self.extensions)
+
+  def client_state_struct(self, vector):
+    return flat.unflatten_value(vector, self.client_state_type) if self.stateful else None
+
+  def _trace_client_update(self):
+    """Types of the update and upload, from `client_update` on a tf.data dataset."""
+    algorithm = self.algorithm
+
+    @tff.tensorflow.computation(self.weights_type, self.extra_type, self.client_state_type, self.sequence_type)
+    def trace(weights, extra, state, dataset):
+      model = self.model_fn()
+      ctx = definition.ClientContext(model, weights, extra, state if self.stateful else None, dataset,
+                                     tff.learning.optimizers.build_sgdm(0.0), tff.learning.ClientWeighting.UNIFORM)
+      out = tf.function(lambda: algorithm.client_update(ctx), autograph=False)()
+      return collections.OrderedDict(update=out['update'], upload=nonempty(out['upload']))
+
+    self.update_type = trace.type_signature.result['update']
+    self.upload_type = trace.type_signature.result['upload']
+
+
+def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff.learning.optimizers.Optimizer,
+                server_optimizer: Optional[tff.learning.optimizers.Optimizer], slot_type, *, batch_size: int,
+                model_aggregator=None,
+                client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
+                extensions: Sequence[extension_lib.Extension] = (),
+                parts: Optional[RoundParts] = None) -> tuple[tff.templates.IterativeProcess, RoundParts]:
+  """(IterativeProcess, RoundParts) of the round (module docstring); `slot_type` from `Packer.slot_type()`."""
+  if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
+    raise TypeError(f'client_optimizer must be a tff.learning.optimizers.Optimizer; got {type(client_optimizer)}.')
+  parts = parts or RoundParts(algorithm, model_fn, extensions)
+  extensions = parts.extensions
+  server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(
+      learning_rate=algorithm.default_server_learning_rate())
+  aggregator = model_types_lib.build_model_aggregator(model_aggregator, parts.update_type)
+  agg = aggregation_lib.ClientAxisAggregation(aggregator)
+  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, parts.weights_type)
+  metrics_fn = tff.learning.metrics.sum_then_finalize(parts.finalizers)
+  broadcast_ext = parts.bcast_type()
+  measured = [e for e in extensions if e.has('client_measurements')]
+  posted = [e for e in extensions if e.has('server_post')]
+  data_keys = ('x', 'y')
+
+  @tff.tensorflow.computation(parts.weights_type, parts.extra_type, broadcast_ext.type_signature.result,
+                              agg.client_input_type, slot_type)
+  def train_slot(weights, extra, ext_bcast, client_input, slot):
+    model = model_fn()
+    num = tf.shape(slot['n'])[0]
+
+    @tf.function(autograph=False)  # Autograph would rewrite TFF's graph import of the aggregator's pieces.
+    def run():
+      def info_of(e, c):
+        fields = collections.OrderedDict((k, slot['info'][field_key(e.name, k)][c]) for k in e.field_specs())
+        fields['seed'] = slot['seed'][c]
+        return fields
+
+      def body(c, acc, upload_acc, arrays):
+        infos = {e.name: info_of(e, c) for e in extensions}
+        bcast = {e.name: ext_bcast[e.name] for e in extensions}
+
+        def transform(batch, offset):
+          for e in extensions:
+            batch = e.transform_batch(batch, infos[e.name], bcast[e.name], offset)
+          return batch
+
+        options = _local_options(extensions, bcast, infos)
+        rows = collections.OrderedDict((k, slot[k][c]) for k in data_keys)
+        data = packing.TensorBatches(rows, slot['n'][c], batch_size,
+                                     transform if any(e.has('transform_batch') for e in extensions) else None)
+        ctx = definition.ClientContext(model, weights, extra, parts.client_state_struct(slot['state'][c]), data,
+                                       client_optimizer, client_weighting, options)
+        out = algorithm.client_update(ctx)
+        update = out['update']
+        for e in extensions:
+          update = e.transform_update(update, infos[e.name], bcast[e.name])
+        acc = agg.accumulate_client(acc, update, out['update_weight'], client_input)
+        upload_acc = tf.nest.map_structure(tf.add, upload_acc, nonempty(out['upload']))
+        state = flat.flatten_value(out['state']) if parts.stateful else tf.zeros([0], tf.float32)
+        values = collections.OrderedDict(loss=out['loss'], num_examples=out['num_examples'], state=state)
+        for e in measured:
+          for k, v in e.client_measurements(ctx, out, infos[e.name]).items():
+            values[field_key(e.name, k)] = tf.cast(v, tf.float32)
+        arrays = collections.OrderedDict((k, arrays[k].write(c, values[k])) for k in arrays)
+        return c + 1, acc, upload_acc, arrays
+
+      shapes = _per_client_shapes(parts, measured)
+      arrays = collections.OrderedDict(
+          (k, tf.TensorArray(tf.float32, size=num, element_shape=s)) for k, s in shapes.items())
+      zero_upload = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
+                                          tff.types.type_to_tf_tensor_specs(parts.upload_type))
+      _, acc, upload, arrays = tf.while_loop(lambda c, *_: c < num, body,
+                                             (tf.constant(0), agg.zero(), zero_upload, arrays))
+      per_client = collections.OrderedDict((k, a.stack()) for k, a in arrays.items())
+      return acc, upload, model.report_local_unfinalized_metrics(), per_client
+
+    return run()
+
+  @tff.tensorflow.computation(parts.update_type, parts.extension_state_type)
+  def server_delta(aggregate, ext_states):
+    for e in extensions:
+      aggregate = e.transform_aggregate(aggregate, ext_states[e.name])
+    return algorithm.to_server_delta(aggregate)
+
+  @tff.tensorflow.computation(parts.weights_type, parts.extra_type, parts.upload_type, parts.extension_state_type)
+  def server_update(weights, extra, upload_sum, ext_states):
+    trainable, extra = algorithm.server_update(weights.trainable, extra, upload_sum)
+    weights = tff.learning.models.ModelWeights(trainable, weights.non_trainable)
+    states = collections.OrderedDict((e.name, ext_states[e.name]) for e in extensions)
+    measurements = collections.OrderedDict()
+    for e in posted:
+      weights, states[e.name], measurements[e.name] = e.server_post(weights, ext_states[e.name])
+      states[e.name] = nonempty(states[e.name])
+    return weights, nonempty(extra), states or tf.constant(PLACEHOLDER), measurements or tf.constant(PLACEHOLDER)
+
+  @tff.federated_computation()
+  def init_fn():
+    return tff.federated_zip(collections.OrderedDict(
+        model=tff.federated_eval(parts.initial_weights, tff.SERVER),
+        extra=tff.federated_eval(parts.initial_extra, tff.SERVER),
+        extensions=tff.federated_eval(parts.initial_extension_states, tff.SERVER),
+        aggregator=agg.initialize(), finalizer=finalizer.initialize()))
+
+  @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(slot_type, tff.CLIENTS))
+  def next_fn(state, slots):
+    ext_bcast = tff.federated_broadcast(tff.federated_map(broadcast_ext, state.extensions))
+    outputs = tff.federated_map(train_slot, (tff.federated_broadcast(state.model),
+                                             tff.federated_broadcast(state.extra), ext_bcast,
+                                             agg.broadcast_input(state.aggregator), slots))
+    accumulators, uploads, metric_sums, per_client = outputs[0], outputs[1], outputs[2], outputs[3]
+    agg_state, aggregate, agg_measurements = agg.finish(state.aggregator, accumulators)
+    delta = tff.federated_map(server_delta, (aggregate, state.extensions))
+    fin = finalizer.next(state.finalizer, state.model, delta)
+    new = tff.federated_map(server_update, (fin.result, state.extra, tff.federated_sum(uploads), state.extensions))
+    new_state = tff.federated_zip(collections.OrderedDict(
+        model=new[0], extra=new[1], extensions=new[2], aggregator=agg_state, finalizer=fin.state))
+    metrics = collections.OrderedDict(
+        client_work=tff.federated_zip(collections.OrderedDict(train=metrics_fn(metric_sums))),
+        aggregator=agg_measurements, finalizer=fin.measurements)
+    if posted:
+      metrics['extensions'] = new[3]
+    return new_state, tff.federated_zip(metrics), per_client
+
+  return tff.templates.IterativeProcess(init_fn, next_fn), parts
+
+
+def _local_options(extensions, bcast, infos) -> local_training.LocalOptions:
+  options = local_training.LocalOptions()
+  for e in extensions:
+    if e.has('local_options'):
+      options = options.merge(e.local_options(bcast[e.name], infos[e.name]))
+  return options
+
+
+def _per_client_shapes(parts: RoundParts, measured) -> collections.OrderedDict:
+  shapes = collections.OrderedDict(loss=[], num_examples=[], state=[parts.state_dim])
+  for e in measured:
+    for k in e.measurement_names():
+      shapes[field_key(e.name, k)] = []
+  return shapes
