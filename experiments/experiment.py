@@ -1,18 +1,36 @@
-"""`Experiment`: what the binary assembles from flags before the training loop runs."""
+"""`Experiment`: what the binary assembles from flags before the training loop runs.
+
+Components contribute declared parts; none replaces the process or another component's objects:
+  algorithm      the registry (`tff_fl.algorithms.builders`) builds an `Algorithm` definition from the flags
+  extensions     `tff_fl.algorithms.extension.Extension`s applied to the round's stages (attacks, pruning, drift,
+                 augmentation / normalisation, DP-SGD)
+  model_aggregator  any `tff.aggregators` factory
+  sampler        .sample(round_num) -> sampled client ids
+  participation  (round_num, sampled ids) -> `tff_fl.engine.Cohort` (who reports, partial work); at most one
+  hooks          training-loop `RoundHook`s
+  store          client-state store for stateful algorithms (`tff_fl.simulation.client_state`)
+  eval_arrays    client id -> (x, y) evaluation arrays when a component changes the input representation
+  process_factory  (experiment) -> Process for algorithms that run several engine rounds per round (hierarchical)
+The process is built last, by `build_process`: the packed engine (default) or, with `--engine=tff`, the stock
+`tff.learning` process of the same definition run by TFF's own runtime on `tf.data` datasets.
+"""
 
 import dataclasses
 from typing import Any, Callable, Optional
 
-import tensorflow_federated as tff
-
+from tff_fl import engine as engine_lib
 from tff_fl import tasks as tasks_lib
 from tff_fl.algorithms import builders
+from tff_fl.algorithms import stock
+from tff_fl.simulation import stock_process
 from tff_fl.simulation import training_loop
+
+ENGINES = ('packed', 'tff')
 
 
 @dataclasses.dataclass
 class Experiment:
-  """Task, configs and the components' contributions. `process` is built last, from the algorithm registry."""
+  """Task, configs and the components' declared parts (module docstring)."""
   task: tasks_lib.Task
   task_cfg: tasks_lib.TaskConfig
   algo_cfg: builders.AlgorithmConfig
@@ -22,39 +40,46 @@ class Experiment:
   exp_dir: str
   model_aggregator: Any = None  # Any tff.aggregators factory; None = MeanFactory.
   sampler: Any = None  # .sample(round_num) -> list of client ids; None = uniform.
-  client_inputs_fn: Optional[Callable] = None  # (round_num, client_ids) -> per-client process inputs.
+  participation: Optional[Callable] = None  # (round_num, sampled ids) -> engine.Cohort; None = all report.
+  participation_flag: str = ''
+  extensions: list = dataclasses.field(default_factory=list)
   hooks: list = dataclasses.field(default_factory=list)
-  eval_dataset_fn: Optional[Callable] = None  # client id -> batched eval dataset; None = task.eval_dataset.
-  # ClientWorkProcess -> ClientWorkProcess, applied in order by the built-in algorithms (e.g. attacks).
-  client_work_wrappers: list = dataclasses.field(default_factory=list)
-  # (experiment) -> ClientWorkProcess replacing local SGD in fedavg/fedprox (e.g. sample-level DP-SGD); None = SGD.
-  client_work_builder: Optional[Callable] = None
-  # (experiment) -> process replacing the algorithm registry's builder (pruning, the fast engine); at most one.
-  process_builder: Optional[Callable] = None
-  process_builder_flag: str = ''  # The flag that set `process_builder`, for error messages.
-  # process -> process, applied in order to the built process (drift measurement, preprocessing, worker checks).
-  process_wrappers: list = dataclasses.field(default_factory=list)
+  store: Any = None  # Client-state store for stateful algorithms; None = in memory.
+  eval_arrays: Any = None  # client id -> (x, y) evaluation arrays; None = the task's test split.
+  process_factory: Optional[Callable] = None  # (experiment) -> Process (hierarchical).
+  engine: str = 'packed'  # 'packed' or 'tff'.
+  engine_slots: int = 1
+  algorithm: Any = None  # The Algorithm definition, set by build_process.
   process: Any = None
 
-  def replace_process_builder(self, builder: Callable, flag: str) -> None:
-    """Makes `builder(self)` build the process; a second replacement is a one-line ValueError naming both flags."""
-    if self.process_builder is not None:
-      raise ValueError(f'{flag} builds its own process and cannot be combined with {self.process_builder_flag}.')
-    self.process_builder, self.process_builder_flag = builder, flag
-
-  def wrap_learning_process(self, wrap: Callable, flag: str) -> None:
-    """Appends `wrap` to `process_wrappers`; it needs a tff.learning LearningProcess (ValueError naming `flag`)."""
-    def checked(process):
-      if not isinstance(process, tff.learning.templates.LearningProcess):
-        raise ValueError(f'{flag} needs an algorithm built as a tff.learning LearningProcess; --algorithm='
-                         f'{self.algo_cfg.algorithm} builds a {type(process).__name__}.')
-      return wrap(process)
-    self.process_wrappers.append(checked)
+  def set_participation(self, participation: Callable, flag: str) -> None:
+    """Sets who reports each round; a second component doing so is a one-line ValueError naming both flags."""
+    if self.participation is not None:
+      raise ValueError(f'{flag} and {self.participation_flag} both decide which clients report; use one.')
+    self.participation, self.participation_flag = participation, flag
 
   def build_process(self):
-    """The process: `process_builder` (or the algorithm registry's builder), then each of `process_wrappers`."""
-    process = (self.process_builder or builders.build_process)(self)
-    for wrap in self.process_wrappers:
-      process = wrap(process)
-    self.process = process
-    return process
+    """The algorithm definition from the registry, then the process that runs it (module docstring)."""
+    self.algorithm = builders.build_algorithm(self)
+    if self.process_factory is not None:
+      self.process = self.process_factory(self)
+    elif self.engine == 'tff':
+      self.process = self._stock_process()
+    else:
+      loop = self.loop_cfg
+      self.process = engine_lib.build_task_process(
+          self.algorithm, self.task, epochs=loop.client_epochs_per_round, batch_size=loop.client_batch_size,
+          seed=loop.seed, client_optimizer=self.client_optimizer, server_optimizer=self.server_optimizer,
+          model_aggregator=self.model_aggregator, client_weighting=builders.weighting(self.algo_cfg),
+          extensions=self.extensions, num_slots=self.engine_slots, store=self.store)
+    return self.process
+
+  def _stock_process(self):
+    if not self.algorithm.stateless or self.extensions:
+      used = ', '.join(e.name for e in self.extensions) or f'--algorithm={self.algo_cfg.algorithm}'
+      raise ValueError(f'--engine=tff runs stateless algorithms (fedavg, fedprox, fedsgd, fednova) without '
+                       f'extensions as stock TFF processes; got {used}. Use --engine=packed.')
+    learning_process = stock.build_learning_process(
+        self.algorithm, self.task.model_fn, self.client_optimizer, self.server_optimizer,
+        client_weighting=builders.weighting(self.algo_cfg), model_aggregator=self.model_aggregator)
+    return stock_process.StockProcess(learning_process, self.task, self.loop_cfg)

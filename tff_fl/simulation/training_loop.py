@@ -12,8 +12,8 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import tensorflow_federated as tff
 
+from tff_fl import engine
 from tff_fl import tasks as tasks_lib
 from tff_fl.simulation import checkpoint as checkpoint_lib
 from tff_fl.simulation import evaluation
@@ -84,16 +84,10 @@ class RoundHook:
     return {}
 
 
-def default_client_inputs(task: tasks_lib.Task, cfg: LoopConfig) -> Callable[[int, Sequence[str]], list]:
-  def client_inputs(round_num: int, client_ids: Sequence[str]) -> list:
-    return [task.train_dataset(cid, epochs=cfg.client_epochs_per_round, batch_size=cfg.client_batch_size,
-                               seed=cfg.seed, round_num=round_num) for cid in client_ids]
-  return client_inputs
-
-
-def run_training(process: tff.learning.templates.LearningProcess, task: tasks_lib.Task, cfg: LoopConfig,
+def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
                  exp_dir: str, hparams: dict[str, Any], *, fingerprint: Optional[dict[str, Any]] = None,
-                 fingerprint_defaults: Optional[dict[str, Any]] = None, sampler=None, client_inputs_fn=None,
+                 fingerprint_defaults: Optional[dict[str, Any]] = None, sampler=None,
+                 participation: Optional[Callable[[int, Sequence[str]], engine.Cohort]] = None,
                  hooks: Sequence[RoundHook] = (),
                  eval_dataset_fn: Optional[Callable[[str], Any]] = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -104,7 +98,7 @@ def run_training(process: tff.learning.templates.LearningProcess, task: tasks_li
   """
   cfg.validate()
   sampler = sampler or sampling.UniformSampler(task.client_ids, cfg.clients_per_round, cfg.seed)
-  client_inputs_fn = client_inputs_fn or default_client_inputs(task, cfg)
+  participation = participation or engine.Cohort.full
   outputs = outputs_lib.ExperimentOutputs(exp_dir)
   ckpt = checkpoint_lib.CheckpointManager(f'{exp_dir}/checkpoints', fingerprint if fingerprint is not None
                                           else {k: v for k, v in hparams.items() if k != 'total_rounds'},
@@ -152,7 +146,7 @@ def run_training(process: tff.learning.templates.LearningProcess, task: tasks_li
     t0 = time.time()
     cohort = sampler.sample(round_num)
     try:
-      output = process.next(state, client_inputs_fn(round_num, cohort))
+      output = process.next(state, participation(round_num, cohort))
     except Exception as e:  # pylint: disable=broad-except
       error = computation_assertion_error(round_num, e)
       if error is None:
