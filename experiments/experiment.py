@@ -11,6 +11,7 @@ Components contribute declared parts; none replaces the process or another compo
   store          client-state store for stateful algorithms (`tff_fl.simulation.client_state`)
   eval_arrays    client id -> (x, y) evaluation arrays when a component changes the input representation
   process_factory  (experiment) -> Process for algorithms that run several engine rounds per round (hierarchical)
+  process_checks (process) -> None, run on the built process before training (e.g. it splits over workers)
 The process is built last, by `build_process`: the packed engine (default) or, with `--engine=tff`, the stock
 `tff.learning` process of the same definition run by TFF's own runtime on `tf.data` datasets.
 """
@@ -47,6 +48,7 @@ class Experiment:
   store: Any = None  # Client-state store for stateful algorithms; None = in memory.
   eval_arrays: Any = None  # client id -> (x, y) evaluation arrays; None = the task's test split.
   process_factory: Optional[Callable] = None  # (experiment) -> Process (hierarchical).
+  process_checks: list = dataclasses.field(default_factory=list)
   engine: str = 'packed'  # 'packed' or 'tff'.
   engine_slots: int = 1
   algorithm: Any = None  # The Algorithm definition, set by build_process.
@@ -72,6 +74,8 @@ class Experiment:
           seed=loop.seed, client_optimizer=self.client_optimizer, server_optimizer=self.server_optimizer,
           model_aggregator=self.model_aggregator, client_weighting=builders.weighting(self.algo_cfg),
           extensions=self.extensions, num_slots=self.engine_slots, store=self.store)
+    for check in self.process_checks:
+      check(self.process)
     return self.process
 
   def _stock_process(self):

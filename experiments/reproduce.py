@@ -100,12 +100,12 @@ def _mcmahan_lr() -> Suite:
     for lr in LR_SWEEP:
       runs.append(Run(f'mcmahan2017_2nn_{split}_lr{lr:g}', _config(f'mcmahan2017_2nn_{split}'),
                       f'2NN {"IID" if split == "iid" else "non-IID"} E=1 B=10 lr={lr:g}',
-                      overrides=(('client_learning_rate', lr), ('engine', 'fast')), target=0.97,
+                      overrides=(('client_learning_rate', lr), ('engine', 'packed')), target=0.97,
                       paper=f'{paper} rounds to 97%', paper_rounds=paper))
   return Suite('mcmahan2017_lr', 'McMahan et al. 2017, 2NN: rounds to 97% at other client learning rates',
                tuple(runs), (0,), 'rounds_to_target',
                'Same runs as the 2NN rows of `mcmahan2017` (client lr 0.1) at client learning rates '
-               f"{', '.join(f'{lr:g}' for lr in LR_SWEEP)}, with `--engine=fast` (same results as the stock engine up "
+               f"{', '.join(f'{lr:g}' for lr in LR_SWEEP)}, with `--engine=packed` (same results as the stock engine up "
                'to float summation order). The paper reports the best rate of its grid for each row.')
 
 

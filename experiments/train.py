@@ -43,7 +43,7 @@ _TASK_HELP = {
     'seed': 'seed of data split, initial model, cohort sampling and shuffling',
 }
 _ALGO_HELP = {
-    'algorithm': 'algorithm: fedavg, fedprox, fedsgd, and those registered by components',
+    'algorithm': 'algorithm: fedavg, fedprox, fedsgd, fednova, scaffold, feddyn, fedper, ditto',
     'mu': 'FedProx proximal coefficient (--algorithm=fedprox)',
     'client_weighting': 'weight of a client update: num_examples or uniform',
 }
@@ -105,8 +105,8 @@ def main(argv):
           f'algorithm {FLAGS.algorithm}; output {exp.exp_dir}', flush=True)
     training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams, fingerprint=fingerprint,
                                fingerprint_defaults=flag_groups.defaults(),
-                               sampler=exp.sampler, client_inputs_fn=exp.client_inputs_fn, hooks=exp.hooks,
-                               eval_dataset_fn=exp.eval_dataset_fn,
+                               sampler=exp.sampler, participation=exp.participation, hooks=exp.hooks,
+                               eval_arrays=exp.eval_arrays,
                                log=lambda line: print(line, flush=True))
   except ValueError as e:
     sys.stderr.write(f'error: {e}\n')

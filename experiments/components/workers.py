@@ -4,7 +4,7 @@
 (stopped at exit by `contexts.shutdown()`, and by the kernel if Python dies). `--workers=host1:port,host2:port`
 connects to running workers (e.g. `python -m experiments.start_workers` on each host); they are never stopped by
 us. Each round's cohort is cut into one contiguous slice per worker and the partial aggregates are merged
-(`tff_fl.simulation.multi_worker`). With `--engine=fast` a CLIENTS slot is the unit that is split, so use
+(`tff_fl.simulation.multi_worker`). On the packed engine a CLIENTS slot is the unit that is split, so use
 `--engine_slots` >= the number of workers. Processes with an aggregation that consumes another aggregation's result
 (secure_mean, drift diagnostics) are refused before training.
 """
@@ -39,7 +39,7 @@ def configure(exp) -> None:
   if not num_local and not addresses:
     return
   num_workers = num_local + len(addresses)
-  if 'engine' in FLAGS and FLAGS.engine == 'fast' and FLAGS.engine_slots < num_workers:
+  if FLAGS.engine == 'packed' and FLAGS.engine_slots < num_workers:
     logging.warning('--engine_slots=%d < %d workers: only %d worker(s) get clients.', FLAGS.engine_slots,
                     num_workers, FLAGS.engine_slots)
   try:
@@ -48,11 +48,10 @@ def configure(exp) -> None:
   except RuntimeError as e:
     raise _flag_error(e) from None
   atexit.register(close)
-  def check(process):  # Last wrapper: the final process must split into mergeable parts.
+  def check(process):  # The built process must split into mergeable parts.
     try:
       multi_worker.check_process(process)
     except multi_worker.NotMergeableError as e:
       raise _flag_error(e) from None
-    return process
 
-  exp.process_wrappers.append(check)
+  exp.process_checks.append(check)

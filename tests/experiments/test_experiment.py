@@ -1,31 +1,56 @@
-"""Experiment: one process builder (a second replacement is refused), then the process wrappers in order."""
+"""Experiment: the registry's definition runs on the packed engine or as the stock TFF process; participation is
+set once; the stock engine refuses what it cannot run."""
 
 import types
 
 import pytest
+import tensorflow_federated as tff
 
 from experiments import experiment
+from tff_fl import engine
+from tff_fl import tasks
+from tff_fl.algorithms import builders
+from tff_fl.algorithms import extension
+from tff_fl.simulation import stock_process
+from tff_fl.simulation import training_loop
 
 
-def _exp():
-  return experiment.Experiment(task=None, task_cfg=None, algo_cfg=types.SimpleNamespace(algorithm='fedfoo'),
-                               loop_cfg=None, client_optimizer=None, server_optimizer=None, exp_dir='')
+def _exp(**kwargs):
+  task = tasks.build_task(tasks.TaskConfig(task='digits', model='logreg', num_clients=4))
+  sgd = tff.learning.optimizers.build_sgdm(0.1)
+  return experiment.Experiment(task=task, task_cfg=None, algo_cfg=builders.AlgorithmConfig(**kwargs),
+                               loop_cfg=training_loop.LoopConfig(), client_optimizer=sgd, server_optimizer=sgd,
+                               exp_dir='')
 
 
-def test_builder_then_wrappers_in_order():
+def test_packed_is_the_default_and_tff_builds_the_stock_process():
+  exp = _exp(algorithm='fedprox', mu=0.1)
+  assert isinstance(exp.build_process(), engine.EngineProcess)
+  assert exp.algorithm.proximal_mu == 0.1
+  exp.engine = 'tff'
+  assert isinstance(exp.build_process(), stock_process.StockProcess)
+
+
+def test_stock_engine_refuses_extensions():
   exp = _exp()
-  exp.replace_process_builder(lambda e: ['built for ' + e.algo_cfg.algorithm], '--pruning_schedule=constant')
-  exp.process_wrappers += [lambda p: p + ['drift'], lambda p: p + ['preprocessing']]
-  assert exp.build_process() == ['built for fedfoo', 'drift', 'preprocessing'] and exp.process[-1] == 'preprocessing'
-  with pytest.raises(ValueError, match='^--engine=fast builds its own process and cannot be combined with '
-                                       '--pruning_schedule=constant.$'):
-    exp.replace_process_builder(lambda e: None, '--engine=fast')
-
-
-def test_learning_process_wrapper_names_the_flag():
-  exp = _exp()
-  exp.replace_process_builder(lambda e: object(), '--x')
-  exp.wrap_learning_process(lambda p: p, '--drift_metrics')
-  with pytest.raises(ValueError, match='^--drift_metrics needs an algorithm built as a tff.learning LearningProcess; '
-                                       '--algorithm=fedfoo builds a object.$'):
+  exp.engine = 'tff'
+  exp.extensions.append(extension.Extension())
+  with pytest.raises(ValueError, match='^--engine=tff runs stateless algorithms .* got extension. Use '
+                                       '--engine=packed.$'):
     exp.build_process()
+
+
+def test_participation_is_set_once():
+  exp = _exp()
+  exp.set_participation(lambda r, ids: None, '--dropout_rate=0.1')
+  with pytest.raises(ValueError, match='^--straggler_model=fedprox and --dropout_rate=0.1 both decide which '
+                                       'clients report; use one.$'):
+    exp.set_participation(lambda r, ids: None, '--straggler_model=fedprox')
+
+
+def test_process_checks_run_on_the_built_process():
+  exp = _exp()
+  seen = []
+  exp.process_checks.append(seen.append)
+  process = exp.build_process()
+  assert seen == [process]

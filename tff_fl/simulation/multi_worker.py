@@ -5,7 +5,7 @@ and core/backends/native/mergeable_comp_compiler.py, 0.87). A computation is com
 `up_to_merge` (everything up to and including its one logical aggregation, whose report step is replaced by the
 identity, so it returns the aggregation's *accumulator* at SERVER), `merge` (the aggregation's merge function) and
 `after_merge` (the aggregation's report step and everything after it). At call time the CLIENTS-placed, not
-all-equal arguments (the cohort's datasets, or the fast engine's packed groups) are cut into contiguous slices, one
+all-equal arguments (the cohort's datasets, or the engine's packed slots) are cut into contiguous slices, one
 per worker (`ceil(remaining / remaining workers)` clients each); SERVER-placed and all-equal values (the state) are
 sent to every worker. Each worker runs `up_to_merge` on its slice; partial accumulators are combined with `merge` in
 completion order; `after_merge` runs once (on the worker that finished last) when the result is SERVER-placed, or
@@ -21,8 +21,8 @@ SCAFFOLD-style extra sums) are fine. Secure sums are lowered to plain sums first
 the single-worker run up to float summation order: slices are merged in completion order.
 
 Workers: local ones are started and stopped with `contexts.start_worker` / `stop_worker` (PR_SET_PDEATHSIG, reaped by
-`contexts.shutdown`); remote ones are reached by `host:port` and never stopped by us. The fast engine uses as many
-workers as it has CLIENTS slots (`num_groups` / `--engine_slots`), since a slot is the unit TFF splits.
+`contexts.shutdown`); remote ones are reached by `host:port` and never stopped by us. The packed engine uses as many
+workers as it has CLIENTS slots (`num_slots` / `--engine_slots`), since a slot is the unit TFF splits.
 """
 
 import contextlib
@@ -89,11 +89,13 @@ _compile_cached = functools.lru_cache(maxsize=128)(compile_mergeable)
 
 
 def check_process(process) -> None:
-  """Compiles `process.next` (a stock LearningProcess / IterativeProcess, or an adapter with `.iterative_process`)
-  for the mergeable context now, so an unsplittable process fails before training (NotMergeableError)."""
+  """Compiles `process.next` (a stock LearningProcess / IterativeProcess, or an adapter with `.iterative_process`
+  or `.learning_process`) for the mergeable context now, so an unsplittable process fails before training
+  (NotMergeableError)."""
   comp = getattr(process, 'next', None)
-  if not isinstance(comp, computation_impl.ConcreteComputation):
-    comp = getattr(getattr(process, 'iterative_process', None), 'next', None)
+  for inner in ('iterative_process', 'learning_process'):
+    if not isinstance(comp, computation_impl.ConcreteComputation):
+      comp = getattr(getattr(process, inner, None), 'next', None)
   if isinstance(comp, computation_impl.ConcreteComputation):
     _compile_cached(comp)
 

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from tff_fl import engine
 from tff_fl import tasks as tasks_lib
@@ -89,12 +90,13 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
                  fingerprint_defaults: Optional[dict[str, Any]] = None, sampler=None,
                  participation: Optional[Callable[[int, Sequence[str]], engine.Cohort]] = None,
                  hooks: Sequence[RoundHook] = (),
-                 eval_dataset_fn: Optional[Callable[[str], Any]] = None,
+                 eval_arrays: Optional[dict] = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs (or resumes) training; returns the summary also written to `summary.json`.
 
-  `eval_dataset_fn(client_id)` gives a client's batched evaluation data (default `task.eval_dataset`); components
-  that change the input representation (e.g. normalisation) supply it so evaluation sees what training saw.
+  `participation(round, sampled ids)` says who reports (default: every sampled client, full work).
+  `eval_arrays` (client id -> (x, y)) replaces the task's test split for evaluation; components that change the
+  input representation (e.g. normalisation) supply it so evaluation sees what training saw.
   """
   cfg.validate()
   sampler = sampler or sampling.UniformSampler(task.client_ids, cfg.clients_per_round, cfg.seed)
@@ -121,7 +123,9 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
     outputs.rewrite_tensorboard()
 
   eval_fn = evaluation.build_per_client_eval(task.model_fn, getattr(task, 'pad_id', None))
-  eval_data = [(eval_dataset_fn or task.eval_dataset)(cid) for cid in task.client_ids]
+  eval_data = [task.eval_dataset(cid) if eval_arrays is None else
+               tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=eval_arrays[cid][0], y=eval_arrays[cid][1])).batch(256)
+               for cid in task.client_ids]
   last_eval, evaluated_round, stop_reason = None, None, 'completed'
 
   def evaluate():
