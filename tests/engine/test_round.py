@@ -190,3 +190,31 @@ def test_engine_flag_validation(tmp_path, flags, match):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert len(proc.stderr.strip().splitlines()) == 1
   assert __import__('re').search(match, proc.stderr.strip()), proc.stderr
+
+
+@pytest.mark.parametrize('spec', ['median', 'clip(0.5)>trimmed_mean(0.2)', 'krum(1)'])
+def test_robust_aggregators_match_stock_export(task, spec):
+  """Robust aggregators gather each client's row (an accumulator that grows with the clients) across slots."""
+  from tff_fl import aggregators  # pylint: disable=g-import-not-at-top
+  opt = tff.learning.optimizers.build_sgdm(learning_rate=0.1)
+  ref = fed_avg.build_fed_avg(task.model_fn, opt, model_aggregator=aggregators.build_aggregator(spec, cohort_size=6))
+  ref_w, _ = _run(_stock(ref, task), _cohorts(task, 2, 6), task)
+  fast_w, _ = _run(_packed(fed_avg.FedAvg(), task, slots=2,
+                           model_aggregator=aggregators.build_aggregator(spec, cohort_size=6)), _cohorts(task, 2, 6), task)
+  _assert_close(fast_w, ref_w)
+
+
+def test_secure_sums_run_and_two_pass_aggregators_are_refused(task):
+  from tff_fl.aggregators import secure  # pylint: disable=g-import-not-at-top
+  opt = tff.learning.optimizers.build_sgdm(learning_rate=0.1)
+  factory = lambda: tff.aggregators.MeanFactory(value_sum_factory=secure.secure_sum(16, 2.0))
+  ref_w, ref_m = _run(_stock(fed_avg.build_fed_avg(task.model_fn, opt, model_aggregator=factory()), task),
+                      _cohorts(task, 1, 6), task)
+  fast_w, fast_m = _run(_packed(fed_avg.FedAvg(), task, slots=2, model_aggregator=factory()), _cohorts(task, 1, 6),
+                        task)
+  # Stochastic rounding draws differ between the two runs: equal up to the 16-bit quantization step.
+  _assert_close(fast_w, ref_w, tol=2e-3)
+  assert fast_m[0]['aggregator']['mean_value']['bits_per_client'] == ref_m[0]['aggregator']['mean_value'][
+      'bits_per_client']
+  with pytest.raises(ValueError, match='^model_aggregator broadcasts an aggregate back to the clients'):
+    _packed(fed_avg.FedAvg(), task, model_aggregator=secure.secure_mean(16, 1.0))

@@ -8,8 +8,12 @@ CLIENTS slot holding many real clients runs `work` + `accumulate` once per real 
 weighting, DP's per-client clip and every other client-side step run per client, exactly as stock TFF would), the
 slots' accumulators are combined with `federated_aggregate(merge)`, and the server runs `report` + `update`.
 
-Limits: aggregators using secure sums (`federated_secure_sum*`) are refused (ValueError); simulate those with the
-per-client engine. Shapes/types are those of `process.next`: value = model update structure, weight = float32.
+Secure sums (`federated_secure_sum*`) are lowered to plain sums with their range checks first, as the package's
+execution contexts do for every computation (the C++ runtime has no SecAgg protocol), so secure aggregators keep
+their per-client encoding and clipping. Limit: an aggregator that broadcasts an aggregate back to the clients
+before its final aggregation (a two-pass aggregator, e.g. `secure.secure_mean`, which first sums the weights) has
+no MapReduceForm and is refused (ValueError). Shapes/types are those of `process.next`: value = model update
+structure, weight = float32.
 """
 
 import collections
@@ -17,6 +21,7 @@ import itertools
 
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.backends.test import compiler as test_compiler
 from tensorflow_federated.python.core.impl.computation import computation_impl
 from tensorflow_federated.python.core.impl.types import type_conversions
 from tensorflow_federated.python.core.impl.utils import tensorflow_utils
@@ -32,7 +37,7 @@ def call_in_graph(comp: tff.Computation, arg=None):
   init_op, result = tensorflow_utils.deserialize_and_call_tf_computation(
       proto, arg, tf.compat.v1.get_default_graph(), f'_fast_{next(_suffixes)}', token)
   if init_op:
-    raise ValueError('the fast engine cannot run aggregator pieces that create variables.')
+    raise ValueError('the packed engine cannot run aggregator pieces that create variables.')
   return type_conversions.type_to_py_container(result, comp.type_signature.result)
 
 
@@ -55,10 +60,16 @@ class ClientAxisAggregation:
       out = process.next(state, data.value, data.weight)
       return out.state, tff.federated_zip(collections.OrderedDict(result=out.result, measurements=out.measurements))
 
-    self.form = tff.backends.mapreduce.get_map_reduce_form_for_computation(round_comp)
-    if self.form.securely_aggregates_tensors:
-      raise ValueError('model_aggregator uses secure aggregation, which the packed fast engine does not simulate; '
-                       'use the per-client engine (packed=False) or --engine=tff.')
+    lowered = computation_impl.ConcreteComputation.with_type(
+        test_compiler.replace_secure_intrinsics_with_bodies(round_comp), round_comp.type_signature)
+    try:
+      self.form = tff.backends.mapreduce.get_map_reduce_form_for_computation(lowered)
+    except ValueError as e:
+      if 'broadcast dependent on aggregate' not in str(e):
+        raise
+      raise ValueError('model_aggregator broadcasts an aggregate back to the clients before its final aggregation '
+                       '(a two-pass aggregator such as secure_mean), which the packed engine cannot apply per client '
+                       'in one pass; use a one-pass aggregator (e.g. secure_sum inside MeanFactory).') from None
     self.client_input_type = self.form.prepare.type_signature.result
     self.accumulator_type = self.form.zero.type_signature.result
 
