@@ -94,7 +94,7 @@ LR_SWEEP = (0.02, 0.05, 0.2)
 
 
 def _mcmahan_lr() -> Suite:
-  """The 2NN rows of `mcmahan2017` at other client learning rates (that suite uses 0.1), on the fast engine."""
+  """The 2NN rows of `mcmahan2017` at other client learning rates (that suite uses 0.1), on the packed engine."""
   runs = []
   for split, paper in (('iid', 87), ('noniid', 664)):
     for lr in LR_SWEEP:

@@ -1,28 +1,29 @@
-"""Experiment components: each module defines its flag group and configures an `Experiment`.
+"""Experiment components: each module defines its flag group and declares its parts on an `Experiment`.
 
-A component module has `define_flags()` (called once at import of the binary) and `configure(exp)` (called in the
-order below, after the task is built and before the process is built). It may set `exp.model_aggregator`, register
-an algorithm builder (`tff_fl.algorithms.builders.register`), set `exp.sampler` / `exp.client_inputs_fn`, replace
-the process builder (`exp.replace_process_builder`) or wrap the built process (`exp.wrap_learning_process`), or
-append `RoundHook`s. Adding a component = one module here + one line in COMPONENTS.
+A component module has `define_flags()` (called once at import of the binary) and `configure(exp)` (called after
+the task is built and before the process is built). It declares parts (`experiments/experiment.py`): an algorithm
+in the registry (`tff_fl.algorithms.builders.register`), extensions for the round's stages, the model aggregator,
+the sampler, the participation (who reports), hooks, the client-state store, evaluation arrays or process checks.
+No component replaces the process or another component's objects. Adding a component = one module here + one line
+in COMPONENTS.
 """
 
 import importlib
 
-# Order matters: each entry says what it must follow.
+# Order still matters where a component reads a part another declared: each entry says what it must follow.
 COMPONENTS = (
     'real_data',  # registers the real-data tasks at import; adds the central evaluation hook
-    'regimes',  # before hierarchical: it groups the regime's client inputs by cluster
-    'stragglers',  # after regimes (reads its straggler flags), before hierarchical
-    'aggregation',  # after regimes/stragglers (wraps their client inputs for attacks); before privacy and drift
-    'privacy',  # after any sampler-setting component (refuses them); owns sampler + accounting; sets the DP aggregator
-    'stateful',  # after regimes/stragglers (wraps their inputs); registers scaffold, feddyn, fednova, fedper, ditto
+    'regimes',  # sampler (availability) and participation (dropouts, stragglers)
+    'stragglers',  # FedProx's straggler model (the participation when --straggler_model=fedprox)
+    'aggregation',  # --aggregator chain and attacks (an extension); before privacy, which refuses a custom chain
+    'privacy',  # after any sampler-setting component (refuses them); DP aggregator, sampler + accounting, DP-SGD
+    'stateful',  # registers the stateful algorithms; client-state store and clients.csv
     'hierarchical',
-    'pruning',  # sets exp.process_builder for fedavg/fedprox (a second replacement, e.g. --engine=fast, is refused)
-    'drift',  # wraps the aggregator; adds a process wrapper (before preprocessing's: it needs dataset inputs)
-    'preprocessing',  # adds the process wrapper composing the dataset computation in front of the process
-    'engine',  # --engine=fast refuses experiments whose components changed inputs, client work or process
-    'workers',  # after engine: installs the multi-worker context; its wrapper checks the final process splits
+    'pruning',
+    'drift',  # wraps nothing: adds its extension and hook
+    'preprocessing',
+    'engine',  # --engine / --engine_slots
+    'workers',  # installs the multi-worker context; checks the built process splits over the workers
 )
 
 
