@@ -22,6 +22,7 @@ import collections
 import dataclasses
 from typing import Callable, Optional
 
+from absl import flags
 import numpy as np
 import tensorflow_federated as tff
 
@@ -39,6 +40,7 @@ from tff_fl.engine import hierarchical as hierarchical_process
 from tff_fl.simulation import evaluation
 from tff_fl.simulation import training_loop
 
+FLAGS = flags.FLAGS
 NUM_REGIONS = 4
 REGION_PREFERENCE = 0.7
 
@@ -101,17 +103,14 @@ def configure(exp) -> None:
     raise _flag_error(e) from None
   sizes = np.bincount(clusters, minlength=cfg.num_clusters)
   full = exp.sampler is None or loop.clients_per_round >= len(exp.task.client_ids)
-  check_edge_aggregator(_aggregator_spec(exp), sizes, loop.clients_per_round if full else 0)
+  check_edge_aggregator(_aggregator_spec(), sizes, loop.clients_per_round if full else 0)
   exp.process_factory = lambda e: build(e, cfg, clusters)
   exp.hooks.append(ClusterHook(lambda: exp.process, exp.task, clusters, loop.rounds_per_eval, loop.total_rounds))
 
 
-def _aggregator_spec(exp) -> Optional[str]:
-  """The --aggregator spec the aggregation component built `exp.model_aggregator` from (None = mean)."""
-  if exp.model_aggregator is None:
-    return None
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  return flags.FLAGS['aggregator'].value if 'aggregator' in flags.FLAGS else None
+def _aggregator_spec() -> Optional[str]:
+  """The --aggregator spec (the aggregation component's flag; robust stages there need a minimum cohort)."""
+  return FLAGS['aggregator'].value if 'aggregator' in FLAGS else None
 
 
 def check_edge_aggregator(spec: Optional[str], cluster_sizes, clients_per_round: int) -> None:

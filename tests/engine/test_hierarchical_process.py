@@ -1,5 +1,6 @@
 """HierarchicalProcess on the engine: reductions to stock TFF FedAvg and to plain engine FedAvg, two-level weighted
-averages and mixing vs numpy, SCAFFOLD at the edge vs numpy Algorithm 1 per cluster, cohort splitting.
+averages, persistence through a checkpoint and mixing vs numpy, SCAFFOLD at the edge vs numpy Algorithm 1 per
+cluster, cohort splitting.
 
 References: stock `tff.learning.algorithms.build_weighted_fed_avg` (also run one client at a time to get each
 client's delta and example count, combined in numpy), the plain engine FedAvg round, and numpy SCAFFOLD.
@@ -7,6 +8,7 @@ client's delta and example count, combined in numpy), the plain engine FedAvg ro
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fl import engine
@@ -138,7 +140,9 @@ def test_two_level_average_persistence_and_mixing_vs_numpy(task, edge, stock):
     model, n = _edge_average(expected[k], _client_deltas(stock, clusters_r1[k], _data(task, cohorts[2][k], 2)))
     expected[k] = model
     examples[k] += n
-  out = proc.next(out.state, engine.Cohort.full(2, order[2]))
+  # Through a checkpoint (flattened leaves restored onto a fresh state, as CheckpointManager does).
+  restored = tf.nest.pack_sequence_as(proc.initialize(), [np.asarray(v) for v in tf.nest.flatten(out.state)])
+  out = proc.next(restored, engine.Cohort.full(2, order[2]))
   assert out.metrics['hierarchy']['global_step'] == 1
   global_ref = np.sum([e * m for e, m in zip(examples, expected)], axis=0) / examples.sum()
   np.testing.assert_allclose(_flat(proc.get_model_weights(out.state)), global_ref, rtol=1e-5, atol=1e-6)
