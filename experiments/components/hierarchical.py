@@ -8,9 +8,9 @@ Every round each cluster's edge server runs the experiment's algorithm (`--algor
 every --global_every rounds the global server combines the cluster models with a mean over clusters and the
 --server_* optimizer (`tff_fl.engine.hierarchical`). Clusters are assigned once, before training. metrics.csv gains
 cluster/<k>/{clients,train_loss,train_examples,<edge aggregator/finalizer metrics>} every round,
-cluster/<k>/accuracy (the model cluster k's clients receive) and cluster/<k>/global_accuracy at eval rounds, and
-bytes per level per round: comm/client_edge/bytes_{up,down}, comm/edge_global/bytes_{up,down},
-comm/long_haul/{bytes,cumulative_bytes}. Refused before training: a hierarchy flag without --hierarchical,
+cluster/<k>/accuracy (the model cluster k's clients receive) and cluster/<k>/global_accuracy at eval rounds (on
+`exp.eval_arrays` when a component sets them), and bytes per level per round: comm/client_edge/bytes_{up,down},
+comm/edge_global/bytes_{up,down}, comm/long_haul/{bytes,cumulative_bytes}. Refused before training: a hierarchy flag without --hierarchical,
 --engine=tff, and a robust --aggregator that a cluster's share of the cohort can be too small for.
 
 `regional_digits`: digits in 4 regions with different label mixes (a class c prefers region c mod 4 with probability
@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 from absl import flags
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from experiments import flag_groups
@@ -86,7 +87,7 @@ def configure(exp) -> None:
   if not cfg.hierarchical:
     changed = [f'--{f.name}' for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default]
     if changed:
-      raise ValueError(f"{', '.join(changed)} apply only with --hierarchical.")
+      raise ValueError(f"{', '.join(changed)} appl{'ies' if len(changed) == 1 else 'y'} only with --hierarchical.")
     return
   loop = exp.loop_cfg
   try:
@@ -105,7 +106,8 @@ def configure(exp) -> None:
   full = exp.sampler is None or loop.clients_per_round >= len(exp.task.client_ids)
   check_edge_aggregator(_aggregator_spec(), sizes, loop.clients_per_round if full else 0)
   exp.process_factory = lambda e: build(e, cfg, clusters)
-  exp.hooks.append(ClusterHook(lambda: exp.process, exp.task, clusters, loop.rounds_per_eval, loop.total_rounds))
+  exp.hooks.append(ClusterHook(lambda: exp.process, exp.task, clusters, loop.rounds_per_eval, loop.total_rounds,
+                               eval_arrays_fn=lambda: exp.eval_arrays))
 
 
 def _aggregator_spec() -> Optional[str]:
@@ -188,18 +190,22 @@ class ClusterHook(training_loop.RoundHook):
   name = 'cluster'
 
   def __init__(self, process_fn: Callable, task: tasks_lib.Task, clusters: np.ndarray, rounds_per_eval: int,
-               total_rounds: int):
+               total_rounds: int, eval_arrays_fn: Callable[[], Optional[dict]] = lambda: None):
     self.process_fn, self.task, self.clusters = process_fn, task, np.asarray(clusters)
     self.num_clusters = int(self.clusters.max()) + 1
     self.rounds_per_eval, self.total_rounds = rounds_per_eval, total_rounds
     self.eval_fn = build_cluster_eval(task.model_fn, getattr(task, 'pad_id', None))
-    self.eval_data = [task.eval_dataset(c) for c in task.client_ids]
+    self.eval_arrays_fn, self.eval_data = eval_arrays_fn, None
     weights_type, _, _ = model_types.model_types(task.model_fn)
     self.update_bytes = hierarchical.payload_bytes(weights_type.trainable)
     self.model_bytes = hierarchical.payload_bytes(weights_type)
     self.cumulative, self.last = 0, collections.OrderedDict()
 
   def _accuracy(self, models) -> np.ndarray:
+    if self.eval_data is None:  # Built at the first evaluation: a later component may set the eval arrays.
+      arrays = self.eval_arrays_fn()
+      self.eval_data = [self.task.eval_dataset(c) if arrays is None else tf.data.Dataset.from_tensor_slices(
+          collections.OrderedDict(x=arrays[c][0], y=arrays[c][1])).batch(256) for c in self.task.client_ids]
     per_client = [models[k] for k in self.clusters]
     return hierarchical.cluster_accuracy(self.eval_fn(per_client, self.eval_data), self.clusters, self.num_clusters)
 

@@ -96,6 +96,11 @@ class HierarchicalProcess:
   def extensions(self) -> list:
     return self.edge.extensions
 
+  @property
+  def iterative_process(self) -> tff.templates.IterativeProcess:
+    """The edge round (e.g. what `tff_fl.simulation.multi_worker.check_process` compiles for several workers)."""
+    return self.edge.iterative_process
+
   def client_states(self, client_ids: Sequence[str]) -> np.ndarray:
     return self.edge.client_states(client_ids)
 
