@@ -7,9 +7,11 @@
 The edge process is one `EngineProcess` (any `Algorithm` definition, extensions and edge aggregator) shared by the
 clusters; each cluster keeps its own edge state (its cluster model, the algorithm's server extra, extension,
 aggregator and finalizer states). Client states (stateful algorithms) live in the edge process's store, keyed by
-client, so one store serves every cluster. TFF has two placements, so one federated computation cannot hold K
-cohorts of different sizes: `next` runs the K edge rounds, then the global step, and implements the package's
-process protocol (`tff_fl.engine.process`).
+client, so one store serves every cluster. The definition's hyperparameters are shared by every edge (e.g.
+SCAFFOLD's N is what the caller passed, typically the population, so each cluster's c moves by 1/N of its clients'
+sum); extras stay per cluster across global steps, which replace only the cluster models. TFF has two placements, so
+one federated computation cannot hold K cohorts of different sizes: `next` runs the K edge rounds, then the global
+step, and implements the package's process protocol (`tff_fl.engine.process`).
 
 State (numpy, checkpointable): OrderedDict(round=int32, global_model=ModelWeights, global_state=OrderedDict(
 aggregator, finalizer), clusters=K edge states, cluster_examples=float32[K] examples trained per cluster since the
