@@ -22,10 +22,12 @@ import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
 import tff_fl  # pylint: disable=g-import-not-at-top,unused-import  (installs the managed TFF context)
 from experiments.components import hierarchical as hier_component  # pylint: disable=g-import-not-at-top
+from tff_fl import engine  # pylint: disable=g-import-not-at-top
 from tff_fl import tasks  # pylint: disable=g-import-not-at-top
 from tff_fl.aggregators import robust  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import fed_avg  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import hierarchical  # pylint: disable=g-import-not-at-top
+from tff_fl.engine import hierarchical as hierarchical_process  # pylint: disable=g-import-not-at-top
 from tff_fl.simulation import contexts  # pylint: disable=g-import-not-at-top
 from tff_fl.simulation import regimes  # pylint: disable=g-import-not-at-top
 from tff_fl.simulation import training_loop  # pylint: disable=g-import-not-at-top
@@ -33,13 +35,27 @@ from tff_fl.simulation import training_loop  # pylint: disable=g-import-not-at-t
 sgd = tff.learning.optimizers.build_sgdm
 
 
-def _run(process, task, cfg, hooks=(), sampler=None, client_inputs_fn=None):
+def _run(process, task, cfg, hooks=(), sampler=None, participation=None):
   with tempfile.TemporaryDirectory() as exp_dir:
     t0 = time.time()
     summary = training_loop.run_training(process, task, cfg, exp_dir, {'run': 'report'}, sampler=sampler,
-                                         client_inputs_fn=client_inputs_fn, hooks=hooks, log=lambda _: None)
+                                         participation=participation, hooks=hooks, log=lambda _: None)
   summary['wall_seconds'] = time.time() - t0
   return summary
+
+
+def _engine_fed_avg(task, cfg, client_lr, server=None, **kwargs):
+  return engine.build_task_process(fed_avg.FedAvg(kwargs.pop('proximal_mu', 0.0)), task,
+                                   epochs=cfg.client_epochs_per_round, batch_size=cfg.client_batch_size, seed=cfg.seed,
+                                   client_optimizer=sgd(client_lr), server_optimizer=server, **kwargs)
+
+
+def _regime_participation(inputs: regimes.RegimeInputs):
+  """(round, sampled ids) -> engine.Cohort of the clients that report (dropouts, stragglers' finished steps)."""
+  def participation(round_num, sampled):
+    reports = inputs.reports(round_num, sampled)
+    return engine.Cohort(round_num, tuple(c for c, _ in reports), tuple(s for _, s in reports), tuple(sampled))
+  return participation
 
 
 def hierarchical_part(rounds: int) -> list[str]:
@@ -49,20 +65,19 @@ def hierarchical_part(rounds: int) -> list[str]:
   agreement = max_matching_agreement(clusters, label_clusters)
   cfg = training_loop.LoopConfig(total_rounds=rounds, clients_per_round=12, client_batch_size=10,
                                  rounds_per_eval=rounds, rounds_per_checkpoint=rounds, seed=0)
-  base = training_loop.default_client_inputs(task, cfg)
+  edge = _engine_fed_avg(task, cfg, 0.05)  # FedAvg, server SGD 1: the flat run and every edge server.
   runs = [('FedAvg, global only', None), ('hierarchical, global every 5, mixing 0', 0.0),
           ('hierarchical, global every 5, mixing 0.5', 0.5)]
   lines = ['| run | ' + ' | '.join(f'region {k} acc.' for k in range(4)) + ' | mean region acc. | global model acc. '
            '| long-haul MB | wall s |', '|' + '---|' * 9]
   for name, mixing in runs:
     if mixing is None:
-      process = fed_avg.build_fed_avg(task.model_fn, sgd(0.05))
-      inputs = None
+      process = edge
     else:
-      process = hierarchical.HierarchicalProcess(task.model_fn, sgd(0.05), 4, global_every=5, cluster_mixing=mixing)
-      inputs = hier_component.ClusterInputs(base, task.client_ids, clusters)
+      process = hierarchical_process.build_hierarchical_process(edge, clusters, task.client_ids, global_every=5,
+                                                                cluster_mixing=mixing)
     hook = hier_component.ClusterHook(lambda p=process: p, task, clusters, rounds, rounds)
-    s = _run(process, task, cfg, [hook], client_inputs_fn=inputs)
+    s = _run(process, task, cfg, [hook])
     own = [s[f'cluster_{k}_accuracy'] for k in range(4)]
     lines.append(f'| {name} | ' + ' | '.join(f'{a:.3f}' for a in own) +
                  f" | {np.mean(own):.3f} | {s['eval_accuracy']:.3f} | {s['long_haul_bytes_total'] / 1e6:.1f} | "
@@ -96,7 +111,8 @@ def regime_part(rounds_device: int, rounds_silo: int) -> list[str]:
   for name, server, participation in device_runs:
     inputs = regimes.RegimeInputs(device, dcfg, participation) if participation else None
     hook = regimes.RegimeHook(sampler, inputs)
-    s = _run(fed_avg.build_fed_avg(device.model_fn, sgd(0.1), server), device, dcfg, [hook], sampler, inputs)
+    s = _run(_engine_fed_avg(device, dcfg, 0.1, server), device, dcfg, [hook], sampler,
+             _regime_participation(inputs) if inputs else None)
     reported = s.get('regime_total_reported', rounds_device * 10)
     lines.append(f"| cross-device | {name} | {s['eval_accuracy']:.3f} | {s['client_accuracy_p10']:.3f} | "
                  f"{reported} / {rounds_device * 10} | {s['wall_seconds']:.0f} |")
@@ -110,7 +126,7 @@ def regime_part(rounds_device: int, rounds_silo: int) -> list[str]:
       ('FedAvg + coordinate median (robust)', dict(model_aggregator=robust.MedianFactory(cohort_size=10))),
   ]
   for name, kwargs in silo_runs:
-    process = fed_avg.build_fed_avg(silo.model_fn, sgd(0.05), sgd(1.0), **kwargs)
+    process = _engine_fed_avg(silo, scfg, 0.05, sgd(1.0), **kwargs)
     s = _run(process, silo, scfg, sampler=regimes.FullParticipationSampler(silo.client_ids))
     lines.append(f"| cross-silo | {name} | {s['eval_accuracy']:.3f} | {s['client_accuracy_p10']:.3f} | "
                  f"{rounds_silo * 10} / {rounds_silo * 10} | {s['wall_seconds']:.0f} |")

@@ -1,12 +1,17 @@
-"""Component: hierarchical FL (`--algorithm=hierarchical`) and the `regional_digits` task.
+"""Component: hierarchical FL for ANY algorithm (`--hierarchical`) and the `regional_digits` task.
 
-Flags: --num_clusters, --global_every, --cluster_by=natural|labels|updates, --cluster_mixing, --cluster_weighting.
-Clusters are assigned once, before training. The edge level uses the experiment's model aggregator (so DP / robust /
-compression components apply to client updates); the global level uses the server optimizer with a mean over
-clusters. metrics.csv gains cluster/<k>/{clients,train_loss,train_examples} every round, cluster/<k>/accuracy (the
-model cluster k's clients receive) and cluster/<k>/global_accuracy at eval rounds, and bytes per level per round:
-comm/client_edge/bytes_{up,down}, comm/edge_global/bytes_{up,down}, comm/long_haul/{bytes,cumulative_bytes}.
-Must come after `regimes` in COMPONENTS (client inputs are grouped by cluster after dropout / stragglers).
+  --hierarchical --num_clusters=4 --global_every=5 --cluster_by=natural|labels|updates --cluster_mixing=0.5
+  --cluster_weighting=examples|uniform|w1,...,wK
+
+Every round each cluster's edge server runs the experiment's algorithm (`--algorithm`, its extensions and
+`--aggregator`, with server SGD at the algorithm's default learning rate) over the cluster's reporting clients;
+every --global_every rounds the global server combines the cluster models with a mean over clusters and the
+--server_* optimizer (`tff_fl.engine.hierarchical`). Clusters are assigned once, before training. metrics.csv gains
+cluster/<k>/{clients,train_loss,train_examples,<edge aggregator/finalizer metrics>} every round,
+cluster/<k>/accuracy (the model cluster k's clients receive) and cluster/<k>/global_accuracy at eval rounds (on
+`exp.eval_arrays` when a component sets them), and bytes per level per round: comm/client_edge/bytes_{up,down},
+comm/edge_global/bytes_{up,down}, comm/long_haul/{bytes,cumulative_bytes}. Refused before training: a hierarchy flag without --hierarchical,
+--engine=tff, and a robust --aggregator that a cluster's share of the cohort can be too small for.
 
 `regional_digits`: digits in 4 regions with different label mixes (a class c prefers region c mod 4 with probability
 0.7) and a feature shift (region r's images are rotated by r x 90 degrees); --num_clients are split evenly over the
@@ -15,26 +20,35 @@ regions and named 'region<r>/client_<i>', so --cluster_by=natural --num_clusters
 
 import collections
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
+from absl import flags
 import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
 
 from experiments import flag_groups
+from tff_fl import aggregators
+from tff_fl import engine
 from tff_fl import tasks as tasks_lib
 from tff_fl.algorithms import builders
-from tff_fl.algorithms import client_work as client_work_lib
 from tff_fl.algorithms import hierarchical
+from tff_fl.algorithms import model_types
 from tff_fl.data import client_data
 from tff_fl.data import partition as partition_lib
 from tff_fl.data import sources
+from tff_fl.engine import hierarchical as hierarchical_process
+from tff_fl.simulation import evaluation
 from tff_fl.simulation import training_loop
 
+FLAGS = flags.FLAGS
 NUM_REGIONS = 4
 REGION_PREFERENCE = 0.7
 
 
 @dataclasses.dataclass
 class HierarchyConfig:
+  hierarchical: bool = False
   num_clusters: int = 2
   global_every: int = 1
   cluster_by: str = 'labels'
@@ -43,14 +57,16 @@ class HierarchyConfig:
 
 
 _HELP = {
-    'num_clusters': '--algorithm=hierarchical: number of clusters (edge servers)',
-    'global_every': '--algorithm=hierarchical: the global server combines cluster models every this many rounds',
-    'cluster_by': '--algorithm=hierarchical: natural (ids <group>/<client>), labels (k-means on label histograms) '
-                  'or updates (k-means on first-round update directions)',
-    'cluster_mixing': '--algorithm=hierarchical: in [0, 1), the part of its own model a cluster keeps after a '
-                      'global step (0 = restart from the global model)',
-    'cluster_weighting': "--algorithm=hierarchical: cluster weights at the global step: examples, uniform, or "
-                         "comma-separated numbers, one per cluster",
+    'hierarchical': 'run the algorithm hierarchically: an edge server per cluster every round, a global server '
+                    'over the cluster models every --global_every rounds',
+    'num_clusters': '--hierarchical: number of clusters (edge servers)',
+    'global_every': '--hierarchical: the global server combines cluster models every this many rounds',
+    'cluster_by': '--hierarchical: natural (ids <group>/<client>), labels (k-means on label histograms) or updates '
+                  '(k-means on first-round update directions)',
+    'cluster_mixing': '--hierarchical: in [0, 1), the part of its own model a cluster keeps after a global step '
+                      '(0 = restart from the global model)',
+    'cluster_weighting': '--hierarchical: cluster weights at the global step: examples, uniform, or '
+                         'comma-separated numbers, one per cluster',
 }
 
 
@@ -58,73 +74,138 @@ def define_flags() -> None:
   flag_groups.define_dataclass_flags(HierarchyConfig, _HELP)
 
 
+def _flag_error(error: ValueError) -> ValueError:
+  """A library error naming a Python argument (`num_clusters must ...`) -> the same naming the flag."""
+  text = str(error)
+  if any(text.startswith(f.name) for f in dataclasses.fields(HierarchyConfig)):
+    return ValueError('--' + text)
+  return error
+
+
 def configure(exp) -> None:
   cfg = flag_groups.from_flags(HierarchyConfig)
-  if exp.algo_cfg.algorithm != 'hierarchical':
+  if not cfg.hierarchical:
     changed = [f'--{f.name}' for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default]
     if changed:
-      raise ValueError(f"{', '.join(changed)} apply only to --algorithm=hierarchical; got "
-                       f'--algorithm={exp.algo_cfg.algorithm}.')
+      raise ValueError(f"{', '.join(changed)} appl{'ies' if len(changed) == 1 else 'y'} only with --hierarchical.")
     return
-  hierarchical.parse_cluster_weighting(cfg.cluster_weighting, cfg.num_clusters)
   loop = exp.loop_cfg
-  clusters = hierarchical.assign_clusters(
-      cfg.cluster_by, exp.task, cfg.num_clusters, loop.seed, client_optimizer=exp.client_optimizer,
-      initial_weights=exp.task.initial_weights(loop.seed), epochs=loop.client_epochs_per_round,
-      batch_size=loop.client_batch_size)
-  exp.hierarchy = cfg
-  exp.client_inputs_fn = ClusterInputs(
-      exp.client_inputs_fn or training_loop.default_client_inputs(exp.task, loop), exp.task.client_ids, clusters)
-  exp.hooks.append(ClusterHook(lambda: exp.process, exp.task, clusters, loop.rounds_per_eval, loop.total_rounds))
+  try:
+    if cfg.global_every < 1:
+      raise ValueError(f'global_every must be >= 1; got {cfg.global_every}.')
+    if not 0.0 <= cfg.cluster_mixing < 1.0:
+      raise ValueError(f'cluster_mixing must be in [0, 1); got {cfg.cluster_mixing}.')
+    hierarchical.parse_cluster_weighting(cfg.cluster_weighting, cfg.num_clusters)
+    clusters = hierarchical.assign_clusters(
+        cfg.cluster_by, exp.task, cfg.num_clusters, loop.seed, client_optimizer=exp.client_optimizer,
+        initial_weights=exp.task.initial_weights(loop.seed), epochs=loop.client_epochs_per_round,
+        batch_size=loop.client_batch_size)
+  except ValueError as e:
+    raise _flag_error(e) from None
+  sizes = np.bincount(clusters, minlength=cfg.num_clusters)
+  full = exp.sampler is None or loop.clients_per_round >= len(exp.task.client_ids)
+  check_edge_aggregator(_aggregator_spec(), sizes, loop.clients_per_round if full else 0)
+  exp.process_factory = lambda e: build(e, cfg, clusters)
+  exp.hooks.append(ClusterHook(lambda: exp.process, exp.task, clusters, loop.rounds_per_eval, loop.total_rounds,
+                               eval_arrays_fn=lambda: exp.eval_arrays))
 
 
-def build(exp) -> hierarchical.HierarchicalProcess:
-  cfg = getattr(exp, 'hierarchy', None)
-  if cfg is None:
-    raise ValueError("--algorithm=hierarchical needs the 'hierarchical' component in experiments/components.")
-  return hierarchical.HierarchicalProcess(
-      exp.task.model_fn, exp.client_optimizer, cfg.num_clusters, global_every=cfg.global_every,
-      cluster_mixing=cfg.cluster_mixing, cluster_weighting=cfg.cluster_weighting,
-      global_optimizer=exp.server_optimizer, edge_aggregator=exp.model_aggregator,
-      client_weighting=builders.WEIGHTINGS[exp.algo_cfg.client_weighting])
+def _aggregator_spec() -> Optional[str]:
+  """The --aggregator spec (the aggregation component's flag; robust stages there need a minimum cohort)."""
+  return FLAGS['aggregator'].value if 'aggregator' in FLAGS else None
 
 
-builders.register('hierarchical', build)
+def check_edge_aggregator(spec: Optional[str], cluster_sizes, clients_per_round: int) -> None:
+  """One-line ValueError if the edge aggregator `spec` (robust stages need a minimum cohort) can get fewer clients
+  in some cluster than it needs: a cohort of `clients_per_round` (0 = unknown, e.g. availability sampling) may hold
+  as few as `hierarchical.fewest_cluster_clients` clients of a cluster."""
+  if not spec:
+    return
+  population = int(np.sum(cluster_sizes))
+  needed = next((n for n in range(1, population + 1) if _accepts(spec, n)), None)
+  fewest = hierarchical.fewest_cluster_clients(cluster_sizes, clients_per_round)
+  if needed is None or needed <= max(fewest, 1):
+    return
+  enough = max(population - int(s) + needed for s in cluster_sizes)
+  smallest = int(np.min(cluster_sizes))
+  fix = (f'--clients_per_round >= {enough}' if smallest >= needed else
+         f'fewer --num_clusters (the smallest cluster has {smallest} clients)')
+  raise ValueError(f'--aggregator={spec} needs >= {needed} reporting clients per edge round, but with --hierarchical '
+                   f'--num_clusters={len(cluster_sizes)} (cluster sizes '
+                   f"{', '.join(str(int(s)) for s in cluster_sizes)}) a cluster may get {fewest} of the sampled "
+                   f'clients; use {fix}, or a non-robust --aggregator.')
 
 
-class ClusterInputs:
-  """client_inputs_fn for HierarchicalProcess: (round, cohort) -> K lists from `base` applied per cluster."""
+def _accepts(spec: str, cohort_size: int) -> bool:
+  try:
+    aggregators.build_aggregator(spec, cohort_size=cohort_size)
+  except ValueError:
+    return False
+  return True
 
-  def __init__(self, base: Callable, client_ids, clusters: np.ndarray):
-    self.base, self.num_clusters = base, int(np.max(clusters)) + 1
-    self.cluster_of = dict(zip(client_ids, np.asarray(clusters).tolist()))
 
-  def __call__(self, round_num: int, cohort) -> list:
-    groups = hierarchical.group_by_cluster(cohort, self.cluster_of, self.num_clusters)
-    return [self.base(round_num, group) for group in groups]
+def build(exp, cfg: HierarchyConfig, clusters: np.ndarray) -> hierarchical_process.HierarchicalProcess:
+  """The experiment's process: `exp.algorithm` (and its extensions, aggregator, store) at every edge server."""
+  if exp.engine != 'packed':
+    raise ValueError(f'--hierarchical runs on the packed engine; got --engine={exp.engine}.')
+  loop = exp.loop_cfg
+  edge = engine.build_task_process(
+      exp.algorithm, exp.task, epochs=loop.client_epochs_per_round, batch_size=loop.client_batch_size,
+      seed=loop.seed, client_optimizer=exp.client_optimizer, model_aggregator=exp.model_aggregator,
+      client_weighting=builders.weighting(exp.algo_cfg), extensions=exp.extensions, num_slots=exp.engine_slots,
+      store=exp.store)
+  try:
+    return hierarchical_process.build_hierarchical_process(
+        edge, clusters, exp.task.client_ids, num_clusters=cfg.num_clusters, global_every=cfg.global_every,
+        cluster_mixing=cfg.cluster_mixing, cluster_weighting=cfg.cluster_weighting,
+        global_optimizer=exp.server_optimizer)
+  except ValueError as e:
+    raise _flag_error(e) from None
+
+
+def build_cluster_eval(model_fn: model_types.ModelFn, pad_id: Optional[int] = None) -> tff.Computation:
+  """(ModelWeights@CLIENTS, dataset@CLIENTS) -> per-client eval sums@CLIENTS: each client evaluates its own model
+  (its cluster's), in one call; sums as in `tff_fl.simulation.evaluation.build_client_eval_fn`.
+  TEMPORARY: on tf.data until the engine's packed per-client evaluation (models + an index per client) lands."""
+  weights_type, data_type, _ = model_types.model_types(model_fn)
+
+  @tff.tensorflow.computation(weights_type, data_type)
+  def client_eval(weights, dataset):
+    return evaluation.build_client_eval_fn(model_fn(), pad_id)(weights, dataset)
+
+  @tff.federated_computation(tff.FederatedType(weights_type, tff.CLIENTS), tff.FederatedType(data_type, tff.CLIENTS))
+  def per_client_eval(weights, datasets):
+    return tff.federated_map(client_eval, (weights, datasets))
+
+  return per_client_eval
 
 
 class ClusterHook(training_loop.RoundHook):
   """Per-cluster accuracy at eval rounds and long-haul bytes every round, for hierarchical and flat processes.
 
   Flat processes: every client talks to the global server, so long-haul bytes = sampled clients x model bytes +
-  reporting clients x update bytes, and cluster k's clients receive the global model. Hierarchical: long-haul = edge<->global bytes.
+  reporting clients x update bytes, and cluster k's clients receive the global model. Hierarchical: long-haul =
+  edge<->global bytes.
   """
   name = 'cluster'
 
   def __init__(self, process_fn: Callable, task: tasks_lib.Task, clusters: np.ndarray, rounds_per_eval: int,
-               total_rounds: int):
+               total_rounds: int, eval_arrays_fn: Callable[[], Optional[dict]] = lambda: None):
     self.process_fn, self.task, self.clusters = process_fn, task, np.asarray(clusters)
     self.num_clusters = int(self.clusters.max()) + 1
     self.rounds_per_eval, self.total_rounds = rounds_per_eval, total_rounds
-    self.eval_fn = hierarchical.build_cluster_eval(task.model_fn)
-    self.eval_data = [task.eval_dataset(c) for c in task.client_ids]
-    weights_type, _, _ = client_work_lib.model_types(task.model_fn)
+    self.eval_fn = build_cluster_eval(task.model_fn, getattr(task, 'pad_id', None))
+    self.eval_arrays_fn, self.eval_data = eval_arrays_fn, None
+    weights_type, _, _ = model_types.model_types(task.model_fn)
     self.update_bytes = hierarchical.payload_bytes(weights_type.trainable)
     self.model_bytes = hierarchical.payload_bytes(weights_type)
     self.cumulative, self.last = 0, collections.OrderedDict()
 
   def _accuracy(self, models) -> np.ndarray:
+    if self.eval_data is None:  # Built at the first evaluation: a later component may set the eval arrays.
+      arrays = self.eval_arrays_fn()
+      self.eval_data = [self.task.eval_dataset(c) if arrays is None else tf.data.Dataset.from_tensor_slices(
+          collections.OrderedDict(x=arrays[c][0], y=arrays[c][1])).batch(256) for c in self.task.client_ids]
     per_client = [models[k] for k in self.clusters]
     return hierarchical.cluster_accuracy(self.eval_fn(per_client, self.eval_data), self.clusters, self.num_clusters)
 
@@ -133,7 +214,8 @@ class ClusterHook(training_loop.RoundHook):
     if 'comm/edge_global/bytes_up' in row:
       long_haul = row['comm/edge_global/bytes_up'] + row['comm/edge_global/bytes_down']
     else:  # Sampled clients download the model; those that report (after dropout/stragglers) upload an update.
-      long_haul = row['clients'] * self.model_bytes + row.get('regime/reported', row['clients']) * self.update_bytes
+      reported = len(output.client_ids) if output.client_ids else row['clients']
+      long_haul = row['clients'] * self.model_bytes + reported * self.update_bytes
     self.cumulative += int(long_haul)
     row['comm/long_haul/bytes'], row['comm/long_haul/cumulative_bytes'] = int(long_haul), self.cumulative
     if round_num % self.rounds_per_eval and round_num != self.total_rounds:
