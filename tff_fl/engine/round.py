@@ -188,13 +188,14 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
           (k, tf.TensorArray(tf.float32, size=num, element_shape=s)) for k, s in shapes.items())
       zero_upload = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
                                           tff.types.type_to_tf_tensor_specs(parts.upload_type))
-      # Accumulators of robust aggregators grow with the clients ([k, d]): their unknown dims stay unknown.
-      acc_shapes = tf.nest.map_structure(lambda s: s.shape, tff.types.type_to_tf_tensor_specs(
-          agg.form.accumulate.type_signature.result))
+      # Accumulators of robust aggregators grow with the clients: they start as [0, d] and gain a row per client.
+      zero_acc = agg.zero()
+      acc_shapes = tf.nest.map_structure(
+          lambda t: tf.TensorShape([None if d == 0 else d for d in t.shape.as_list()]), zero_acc)
       invariants = (tf.TensorShape([]), acc_shapes, tf.nest.map_structure(lambda t: t.shape, zero_upload),
                     collections.OrderedDict((k, tf.TensorShape([])) for k in arrays))
       _, acc, upload, arrays = tf.while_loop(lambda c, *_: c < num, body,
-                                             (tf.constant(0), agg.zero(), zero_upload, arrays),
+                                             (tf.constant(0), zero_acc, zero_upload, arrays),
                                              shape_invariants=invariants)
       per_client = collections.OrderedDict((k, a.stack()) for k, a in arrays.items())
       return acc, upload, model.report_local_unfinalized_metrics(), per_client
