@@ -91,7 +91,7 @@ def configure(exp):
     hook.evaluators['global'] = lambda process, state: _global_accuracies(exp, process, state)
     hook.evaluators['finetuned'] = lambda process, state: _evaluation().finetuned_accuracies(
         exp.task, process.get_model_weights(state), exp.client_optimizer, epochs=finetune_epochs,
-        batch_size=cfg.client_batch_size, seed=cfg.seed)
+        batch_size=cfg.client_batch_size, seed=cfg.seed, **_eval_arrays(exp))
     exp.hooks.append(hook)
   state_dir = FLAGS.client_state_dir
 
@@ -99,8 +99,8 @@ def configure(exp):
     hook.store = client_state.make_store(dim, state_dir)
     hook.evaluators.setdefault('global', lambda process, state: _global_accuracies(exp, process, state))
     if _personalized(exp.algorithm):
-      hook.evaluators['personal'] = lambda process, state: _evaluation().personal_accuracies(process, state,
-                                                                                              exp.task)
+      hook.evaluators['personal'] = lambda process, state: _evaluation().personal_accuracies(
+          process, state, exp.task, **_eval_arrays(exp))
     if hook not in exp.hooks:
       exp.hooks.append(hook)
     return hook.store
@@ -133,8 +133,13 @@ def _evaluation():
   return evaluation
 
 
+def _eval_arrays(exp) -> dict:
+  """The evaluation data a component substituted (e.g. normalised inputs), if any, as evaluation keywords."""
+  return {} if exp.eval_arrays is None else {'eval_arrays': exp.eval_arrays}
+
+
 def _global_accuracies(exp, process, state):
-  return _evaluation().client_accuracies(exp.task, process.get_model_weights(state))
+  return _evaluation().client_accuracies(exp.task, process.get_model_weights(state), **_eval_arrays(exp))
 
 
 builders.register('scaffold', lambda exp: scaffold.Scaffold(FLAGS.client_learning_rate, len(exp.task.client_ids)))
