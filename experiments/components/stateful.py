@@ -112,6 +112,9 @@ def _wrap(exp, algorithm: definition.Algorithm) -> definition.Algorithm:
   """Registry wrapper: top-k EF around the experiment's algorithm; refuses --client_state_dir without state."""
   fraction = parse_compression(FLAGS.compression)
   if fraction is not None:
+    if exp.engine == 'tff':
+      raise ValueError(f'--compression={FLAGS.compression} keeps a residual per client; --engine=tff runs '
+                       'stateless algorithms only. Use --engine=packed.')
     algorithm = error_feedback.TopKErrorFeedback(algorithm, fraction)
   if FLAGS.client_state_dir and type(algorithm).client_state is definition.Algorithm.client_state:
     raise ValueError(f'--client_state_dir applies to algorithms with client state ({", ".join(_STATEFUL)}, or any '

@@ -125,6 +125,14 @@ def test_stateless_algorithm_adds_no_hook_and_refuses_client_state_dir(tmp_path)
       exp.build_process()
 
 
+def test_topk_ef_on_the_stock_engine_is_refused(tmp_path):
+  with flagsaver.flagsaver(**SMALL, compression='topk_ef(0.1)'):
+    exp = _experiment(tmp_path)
+    exp.engine = 'tff'  # What --engine=tff sets (engine component).
+    with pytest.raises(ValueError, match=r'^--compression=topk_ef\(0.1\) keeps a residual per client; --engine=tff'):
+      exp.build_process()
+
+
 @pytest.mark.parametrize('values,match', [
     (dict(algorithm='scaffold', client_optimizer='adam'), '--algorithm=scaffold needs --client_optimizer=sgd'),
     (dict(algorithm='feddyn', feddyn_alpha=0.0), '--feddyn_alpha must be > 0'),
