@@ -2,6 +2,7 @@
 wrapper around SCAFFOLD (sent + residual' = update + residual, SCAFFOLD's own state and upload unchanged)."""
 
 import collections
+import functools
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from tff_fl.algorithms import scaffold
 from tff_fl.models import keras_models
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
-from test_scaffold import build
+from test_scaffold import build, numpy_scaffold_client
 
 DIM_X, CLASSES, BATCH, LR = 8, 4, 5, 0.2
 SPEC = collections.OrderedDict(x=tf.TensorSpec([DIM_X], tf.float32), y=tf.TensorSpec([], tf.int32))
@@ -63,28 +64,37 @@ def _numpy_topk(v, k):
   return out
 
 
+ARRAYS, FRACTION, IDS = _arrays(sizes=(20, 20, 20), seed=1), 0.05, ['0', '1', '2']
+
+
+@functools.lru_cache(maxsize=None)
+def _ef_fed_avg():
+  """EF around FedAvg on ARRAYS (built once; tests reset the client states they use)."""
+  return _build(error_feedback.TopKErrorFeedback(fed_avg.FedAvg(), FRACTION), ARRAYS, FRACTION, num_slots=2)
+
+
 def test_residual_accumulates_exactly_what_topk_dropped():
-  arrays, fraction = _arrays(), 0.1
-  k = error_feedback.num_kept(fraction, D)
-  process = _build(error_feedback.TopKErrorFeedback(fed_avg.FedAvg(), fraction), arrays, fraction, num_slots=2)
+  k = error_feedback.num_kept(FRACTION, D)
+  process = _ef_fed_avg()
   assert process.state_dim == D
+  process.store.put_many(IDS, [process.initial_client_state()] * 3)  # Fresh residuals (zeros).
   state = process.initialize()
-  residuals = [np.zeros(D), np.zeros(D)]
-  sizes = np.array([len(x) for x, _ in arrays], np.float64)
+  residuals = [np.zeros(D) for _ in IDS]
+  sizes = np.array([len(x) for x, _ in ARRAYS], np.float64)
   for r in (1, 2):  # The second round starts from non-zero residuals.
     before = [np.asarray(w) for w in process.get_model_weights(state).trainable]
     sent = []
-    for i, (x, y) in enumerate(arrays):
+    for i, (x, y) in enumerate(ARRAYS):
       corrected = _numpy_delta(before, x, y) + residuals[i]
       sent.append(_numpy_topk(corrected, k))
       residuals[i] = corrected - sent[-1]
-    output = process.next(state, engine.Cohort.full(r, ['0', '1']))
+    output = process.next(state, engine.Cohort.full(r, IDS))
     state = output.state
-    for i in range(2):
-      got = process.client_state_structure(process.client_states([str(i)])[0])['residual']
+    for i, cid in enumerate(IDS):
+      got = process.client_state_structure(process.client_states([cid])[0])['residual']
       np.testing.assert_allclose(got, residuals[i], atol=1e-5)
       assert np.count_nonzero(got) == D - k
-    mean_sent = (sizes[0] * sent[0] + sizes[1] * sent[1]) / sizes.sum()
+    mean_sent = np.sum([n * v for n, v in zip(sizes, sent)], axis=0) / sizes.sum()
     np.testing.assert_allclose(np.concatenate([w.ravel() for w in before]) - _flat(process.get_model_weights(state)),
                                mean_sent, atol=1e-5)
   assert output.metrics['aggregator']['bits_per_client'] == k * (32 + int(np.ceil(np.log2(D))))
@@ -99,27 +109,24 @@ def _pooled_loss(weights, arrays):
 
 
 def test_error_feedback_beats_stateless_topk():
-  arrays, fraction, rounds = _arrays(sizes=(20, 20, 20), seed=1), 0.05, 12
-  ids = ['0', '1', '2']
-  ef = _build(error_feedback.TopKErrorFeedback(fed_avg.FedAvg(), fraction), arrays, fraction)
-  stateless = _build(fed_avg.FedAvg(), arrays, fraction)
+  rounds = 12
+  ef = _ef_fed_avg()
+  ef.store.put_many(IDS, [ef.initial_client_state()] * 3)
+  stateless = build(fed_avg.FedAvg(), ARRAYS, model_fn=MODEL_FN, client_lr=LR, weighting=NUM_EXAMPLES,
+                    model_aggregator=compression.topk(FRACTION))  # Stateless top-k: what it drops is lost.
   ef_state = ef.initialize()
   sl_state = stateless.set_model_weights(stateless.initialize(), ef.get_model_weights(ef_state))
-  initial = _pooled_loss(ef.get_model_weights(ef_state).trainable, arrays)
+  initial = _pooled_loss(ef.get_model_weights(ef_state).trainable, ARRAYS)
   for r in range(1, rounds + 1):
-    ef_out = ef.next(ef_state, engine.Cohort.full(r, ids))
-    sl_out = stateless.next(sl_state, engine.Cohort.full(r, ids))
+    ef_out = ef.next(ef_state, engine.Cohort.full(r, IDS))
+    sl_out = stateless.next(sl_state, engine.Cohort.full(r, IDS))
     ef_state, sl_state = ef_out.state, sl_out.state
-  ef_loss = _pooled_loss(ef.get_model_weights(ef_state).trainable, arrays)
-  sl_loss = _pooled_loss(stateless.get_model_weights(sl_state).trainable, arrays)
+  ef_loss = _pooled_loss(ef.get_model_weights(ef_state).trainable, ARRAYS)
+  sl_loss = _pooled_loss(stateless.get_model_weights(sl_state).trainable, ARRAYS)
   # Same bits on the wire per client and round.
   assert ef_out.metrics['aggregator']['bits_per_client'] == sl_out.metrics['aggregator']['bits_per_client']
   assert sl_loss < initial
   assert ef_loss < sl_loss - 0.05, (initial, ef_loss, sl_loss)
-
-
-def _vector(structure):
-  return np.concatenate([np.asarray(x, np.float32).ravel() for x in tf.nest.flatten(structure)])
 
 
 def test_wraps_scaffold_sent_plus_residual_is_update_plus_residual():
@@ -127,39 +134,37 @@ def test_wraps_scaffold_sent_plus_residual_is_update_plus_residual():
   k = error_feedback.num_kept(fraction, D)
   ef = _build(error_feedback.TopKErrorFeedback(scaffold.Scaffold(LR, 2), fraction), arrays, fraction,
               weighting=UNIFORM, num_slots=2)
-  ref = _build(scaffold.Scaffold(LR, 2), arrays, weighting=UNIFORM)  # Plain SCAFFOLD, one client at a time.
-  assert ef.state_dim == ref.state_dim + D and ef.parts.algorithm.name == 'scaffold+topk_ef'
+  assert ef.state_dim == 2 * D and ef.parts.algorithm.name == 'scaffold+topk_ef'
   state = ef.initialize()
   for r in (1, 2):
     before = ef.get_model_weights(state)
-    old = {c: ef.client_state_structure(ef.client_states([c])[0]) for c in ids}
-    refs, want_extra = [], [np.asarray(c) for c in state['extra']]
-    for c in ids:  # SCAFFOLD's update of client c from the same model, c and c_i.
-      ref_state = collections.OrderedDict(ref.set_model_weights(ref.initialize(), before))
-      ref_state['extra'] = state['extra']
-      ref.store.put_many([c], [_vector(old[c]['inner'])])
-      ref_state = ref.next(ref_state, engine.Cohort.full(r, [c])).state
-      update = _flat(before) - _flat(ref.get_model_weights(ref_state))
-      want_extra = [w + (np.asarray(e) - np.asarray(s)) for w, e, s in zip(want_extra, ref_state['extra'],
-                                                                            state['extra'])]
-      refs.append((c, update, ref.client_state_structure(ref.client_states([c])[0])))
+    x, c = [np.asarray(w) for w in before.trainable], [np.asarray(v) for v in state['extra']]
+    old = {cid: ef.client_state_structure(ef.client_states([cid])[0]) for cid in ids}
+    refs = {}  # SCAFFOLD's own client step (numpy) from the same x, c and c_i: (update x - y, new c_i).
+    for i, cid in enumerate(ids):
+      y, new_ci = numpy_scaffold_client(x, c, old[cid]['inner']['control'], *arrays[i], LR, batch=BATCH)
+      refs[cid] = (np.concatenate([(a - b).ravel() for a, b in zip(x, y)]), new_ci)
     state = ef.next(state, engine.Cohort.full(r, ids)).state
     sent = []
-    for c, update, ref_inner in refs:
-      new = ef.client_state_structure(ef.client_states([c])[0])
+    for cid in ids:
+      new = ef.client_state_structure(ef.client_states([cid])[0])
+      update, want_ci = refs[cid]
       # Top-k kept k coordinates (their residual is now 0) and dropped the rest into the residual.
       assert np.count_nonzero(new['residual']) == D - k
-      s = update + old[c]['residual'] - new['residual']  # sent = update + residual - residual'
-      np.testing.assert_allclose(s[new['residual'] != 0], 0.0, atol=1e-6)
+      s = update + old[cid]['residual'] - new['residual']  # sent = update + residual - residual'
+      np.testing.assert_allclose(s[new['residual'] != 0], 0.0, atol=1e-5)
       sent.append(s)
-      for got, want in zip(new['inner']['control'], ref_inner['control']):
-        np.testing.assert_allclose(got, want, atol=1e-6)  # SCAFFOLD's c_i is unchanged by the wrapper.
+      for got, want in zip(new['inner']['control'], want_ci):  # SCAFFOLD's c_i, unchanged by the wrapper.
+        np.testing.assert_allclose(got, want, atol=1e-4)
     # The aggregate (uniform mean, server SGD at 1) is the mean of what the clients sent.
     np.testing.assert_allclose(_flat(before) - _flat(ef.get_model_weights(state)), np.mean(sent, axis=0),
-                               atol=1e-6)
-    for got, want in zip(state['extra'], want_extra):  # c moved by both clients' dc_i (inner upload passed on).
-      np.testing.assert_allclose(got, want, atol=1e-6)
-    assert max(np.max(np.abs(np.asarray(c))) for c in state['extra']) > 1e-3
+                               atol=1e-5)
+    # c moved by both clients' dc_i / N (the inner upload passed through the wrapper).
+    want_c = [ck + sum(refs[cid][1][j] - old[cid]['inner']['control'][j] for cid in ids) / 2
+              for j, ck in enumerate(c)]
+    for got, want in zip(state['extra'], want_c):
+      np.testing.assert_allclose(got, want, atol=1e-4)
+    assert max(np.max(np.abs(np.asarray(v))) for v in state['extra']) > 1e-3
   assert np.max(np.abs(old['0']['residual'])) > 1e-3  # Round 2 started from non-zero residuals.
 
 

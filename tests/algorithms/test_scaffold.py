@@ -94,8 +94,15 @@ def test_zero_control_variates_equal_fed_avg_exactly():
   assert max(np.max(np.abs(c)) for c in control) > 1e-3
 
 
-def _grad(w, b, x, y):
-  return logreg_loss_and_grads(w, b, x, y)[1:]
+def numpy_scaffold_client(x, c, c_i, xs, ys, lr_l, batch=BATCH):
+  """One client of Algorithm 1 (option II) in float64: local steps y <- y - lr_l (g(y) - c_i + c) over minibatches of
+  `batch` in order; returns (y, new c_i)."""
+  y, steps = [p.astype(np.float64) for p in x], 0
+  for s in range(0, len(xs), batch):
+    g = logreg_loss_and_grads(y[0], y[1], xs[s:s + batch].astype(np.float64), ys[s:s + batch])[1:]
+    y = [p - lr_l * (gk - cik + ck) for p, gk, cik, ck in zip(y, g, c_i, c)]
+    steps += 1
+  return y, [cik - ck + (xk - yk) / (steps * lr_l) for cik, ck, xk, yk in zip(c_i, c, x, y)]
 
 
 def _numpy_scaffold(params, arrays, cohorts, lr_l, lr_g, n_total):
@@ -106,14 +113,7 @@ def _numpy_scaffold(params, arrays, cohorts, lr_l, lr_g, n_total):
   for cohort in cohorts:
     dys, dcs = [], []
     for i in cohort:
-      xs, ys = arrays[i]
-      y = [p.copy() for p in x]
-      steps = 0
-      for s in range(0, len(xs), BATCH):
-        g = _grad(y[0], y[1], xs[s:s + BATCH].astype(np.float64), ys[s:s + BATCH])
-        y = [p - lr_l * (gk - cik + ck) for p, gk, cik, ck in zip(y, g, c_i[i], c)]
-        steps += 1
-      new_ci = [cik - ck + (xk - yk) / (steps * lr_l) for cik, ck, xk, yk in zip(c_i[i], c, x, y)]
+      y, new_ci = numpy_scaffold_client(x, c, c_i[i], *arrays[i], lr_l)
       dys.append([yk - xk for yk, xk in zip(y, x)])
       dcs.append([n - o for n, o in zip(new_ci, c_i[i])])
       c_i[i] = new_ci
