@@ -8,7 +8,7 @@ Components contribute declared parts; none replaces the process or another compo
   sampler        .sample(round_num) -> sampled client ids
   participation  (round_num, sampled ids) -> `tff_fl.engine.Cohort` (who reports, partial work); at most one
   hooks          training-loop `RoundHook`s
-  store          client-state store for stateful algorithms (`tff_fl.simulation.client_state`)
+  store          client-state store for stateful algorithms (`tff_fl.simulation.client_state`), or store_fn(dim)
   eval_arrays    client id -> (x, y) evaluation arrays when a component changes the input representation
   process_factory  (experiment) -> Process for algorithms that run several engine rounds per round (hierarchical)
   process_checks (process) -> None, run on the built process before training (e.g. it splits over workers)
@@ -45,7 +45,7 @@ class Experiment:
   participation_flag: str = ''
   extensions: list = dataclasses.field(default_factory=list)
   hooks: list = dataclasses.field(default_factory=list)
-  store: Any = None  # Client-state store for stateful algorithms; None = in memory.
+  store: Any = None  # Client-state store, or store_fn(state_dim) -> store; None = in memory.
   eval_arrays: Any = None  # client id -> (x, y) evaluation arrays; None = the task's test split.
   process_factory: Optional[Callable] = None  # (experiment) -> Process (hierarchical).
   process_checks: list = dataclasses.field(default_factory=list)

@@ -5,7 +5,8 @@
   python -m experiments.stateful_report fedper     # FedPer / Ditto / fine-tuning vs global, strongly non-IID digits
   python -m experiments.stateful_report disk_ram   # RSS of the disk store, 10,000 clients x 200k params
 
-Every run goes through the one training loop (`run_training`), the same code path as the binary.
+Every run is an algorithm definition on the packed engine in the one training loop (`run_training`), the same
+code path as the binary.
 """
 
 import collections
@@ -22,6 +23,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import psutil  # pylint: disable=g-import-not-at-top
 import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
+from tff_fl import engine  # pylint: disable=g-import-not-at-top
 from tff_fl import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
 from tff_fl.aggregators import compression  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import ditto  # pylint: disable=g-import-not-at-top
@@ -30,14 +32,13 @@ from tff_fl.algorithms import fed_avg  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import feddyn  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import fedper  # pylint: disable=g-import-not-at-top
 from tff_fl.algorithms import scaffold  # pylint: disable=g-import-not-at-top
-from tff_fl.algorithms import stateful_process  # pylint: disable=g-import-not-at-top
 from tff_fl.simulation import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
 from tff_fl.simulation import client_state  # pylint: disable=g-import-not-at-top
 from tff_fl.simulation import contexts  # pylint: disable=g-import-not-at-top
-from tff_fl.simulation import evaluation  # pylint: disable=g-import-not-at-top
 from tff_fl.simulation import training_loop  # pylint: disable=g-import-not-at-top
 
 UNIFORM = tff.learning.ClientWeighting.UNIFORM
+NUM_EXAMPLES = tff.learning.ClientWeighting.NUM_EXAMPLES
 OUT = os.path.join(tempfile.gettempdir(), 'stateful_report')
 
 
@@ -45,22 +46,27 @@ def sgd(lr):
   return tff.learning.optimizers.build_sgdm(learning_rate=lr)
 
 
-def run(name, task, process, cfg, stateful, evaluators=None):
-  """Runs `process` in the training loop; returns (metrics rows, summary, per-client accuracies by kind)."""
+def run(name, task, algorithm, cfg, client_lr, weighting=NUM_EXAMPLES, aggregator=None):
+  """Runs `algorithm` on the engine in the training loop; returns (metrics rows, summary, process, final state)."""
   exp_dir = os.path.join(OUT, name)
   shutil.rmtree(exp_dir, ignore_errors=True)
-  store = None
-  if stateful:
-    store = client_state.InMemoryStore(stateful_process.state_dim(process))
-    process = stateful_process.StoreAdapter(process, store)
-  hook = client_state.ClientStateHook(task.client_ids, exp_dir, store, evaluators or {})
-  base = training_loop.default_client_inputs(task, cfg)
-  inputs = (lambda r, c: list(zip(base(r, c), c))) if stateful else base
-  summary = training_loop.run_training(process, task, cfg, exp_dir, {'name': name}, client_inputs_fn=inputs,
-                                       hooks=[hook], log=lambda line: None)
+  hook = client_state.ClientStateHook(task.client_ids, exp_dir)
+
+  def store_fn(dim):
+    hook.store = client_state.InMemoryStore(dim)
+    return hook.store
+
+  process = engine.build_task_process(algorithm, task, epochs=cfg.client_epochs_per_round,
+                                      batch_size=cfg.client_batch_size, seed=cfg.seed,
+                                      client_optimizer=sgd(client_lr), client_weighting=weighting,
+                                      model_aggregator=aggregator, store=store_fn)
+  summary = training_loop.run_training(process, task, cfg, exp_dir, {'name': name}, hooks=[hook],
+                                       log=lambda line: None)
   with open(os.path.join(exp_dir, 'metrics.csv')) as f:
     rows = list(csv.DictReader(f))
-  return rows, summary, process
+  # The final server state from the last checkpoint; the process's store still holds the final client states.
+  state = checkpoint_lib.CheckpointManager(os.path.join(exp_dir, 'checkpoints'), {}).restore(process.initialize())[1]
+  return rows, summary, process, state
 
 
 def rounds_to(rows, target):
@@ -76,20 +82,18 @@ def scaffold_vs_fedavg():
   cfg = training_loop.LoopConfig(total_rounds=80, clients_per_round=10, client_epochs_per_round=5,
                                  client_batch_size=10, rounds_per_eval=2, rounds_per_checkpoint=1000, seed=0)
   lr, results = 0.01, collections.OrderedDict()
-  results['FedAvg'] = run('fedavg_synth', task, fed_avg.build_fed_avg(task.model_fn, sgd(lr),
-                                                                     client_weighting=UNIFORM), cfg, False)
-  results['SCAFFOLD'] = run('scaffold_synth', task, scaffold.build_scaffold(task.model_fn, lr, 30),
-                            cfg, True)
+  results['FedAvg'] = run('fedavg_synth', task, fed_avg.FedAvg(), cfg, lr, UNIFORM)
+  results['SCAFFOLD'] = run('scaffold_synth', task, scaffold.Scaffold(lr, 30), cfg, lr, UNIFORM)
   for alpha in (0.01, 0.1):
-    results[f'FedDyn (alpha {alpha:g})'] = run(f'feddyn_{alpha:g}_synth', task,
-                                                feddyn.build_feddyn(task.model_fn, sgd(lr), alpha, 30), cfg, True)
+    results[f'FedDyn (alpha {alpha:g})'] = run(f'feddyn_{alpha:g}_synth', task, feddyn.FedDyn(alpha, 30), cfg, lr,
+                                                UNIFORM)
   print('\n### SCAFFOLD and FedDyn vs FedAvg, Synthetic(1,1)\n')
   print('30 devices, 10 per round, logreg, E=5, B=10, client lr 0.01, server lr 1, uniform weighting, '
         f'{cfg.total_rounds} rounds, seed 0.\n')
   targets = (0.6, 0.7, 0.75, 0.8)
   print('| algorithm | ' + ' | '.join(f'rounds to {t:.0%}' for t in targets) + ' | final acc | final loss |')
   print('|---' * (len(targets) + 3) + '|')
-  for name, (rows, summary, _) in results.items():
+  for name, (rows, summary, _, _) in results.items():
     print(f'| {name} | ' + ' | '.join(str(rounds_to(rows, t) or f'>{cfg.total_rounds}') for t in targets)
           + f" | {summary['eval_accuracy']:.4f} | {summary['eval_loss']:.4f} |")
 
@@ -104,63 +108,48 @@ def topk_vs_ef():
         f'{cfg.total_rounds} rounds, seed 0. Bits = uplink bits per client per round (values + indices).\n')
   print('| uplink | bits/client/round | eval accuracy | eval loss |')
   print('|---|---|---|---|')
-  _, summary, _ = run('dense_digits', task, fed_avg.build_fed_avg(task.model_fn, sgd(0.1)), cfg, False)
+  _, summary, _, _ = run('dense_digits', task, fed_avg.FedAvg(), cfg, 0.1)
   print(f"| dense FedAvg | {32 * 650} | {summary['eval_accuracy']:.4f} | {summary['eval_loss']:.4f} |")
   for fraction in (0.01, 0.05, 0.2):
-    for name, stateful, process in (
-        ('top-k', False, fed_avg.build_fed_avg(task.model_fn, sgd(0.1),
-                                               model_aggregator=compression.topk(fraction))),
-        ('top-k + EF', True, error_feedback.build_topk_error_feedback(task.model_fn, sgd(0.1), fraction))):
-      rows, summary, _ = run(f'{name}_{fraction}', task, process, cfg, stateful)
+    for name, algorithm, aggregator in (
+        ('top-k', fed_avg.FedAvg(), compression.topk(fraction)),
+        ('top-k + EF', error_feedback.TopKErrorFeedback(fed_avg.FedAvg(), fraction),
+         error_feedback.aggregator(fraction))):
+      rows, summary, _, _ = run(f'{name}_{fraction}', task, algorithm, cfg, 0.1, aggregator=aggregator)
       bits = float(rows[-1]['aggregator/bits_per_client'])
       print(f"| {name} ({fraction}) | {bits:.0f} | {summary['eval_accuracy']:.4f} | {summary['eval_loss']:.4f} |")
 
 
-def _stats(values):
-  v = np.array([x for x in values if x is not None])
+def _stats(accuracies: dict):
+  v = np.array([x for x in accuracies.values() if x is not None])
   return f'{v.mean():.4f} | {np.percentile(v, 10):.4f} | {np.percentile(v, 50):.4f} | {v.min():.4f}'
 
 
 def fedper_vs_global():
+  # PENDING (packed evaluation, another engineer): tff_fl.engine.evaluation's client_accuracies /
+  # personal_accuracies / finetuned_accuracies replace the old per-client tf.data evaluations.
+  from tff_fl.engine import evaluation  # pylint: disable=g-import-not-at-top
   task = tasks_lib.build_task(tasks_lib.TaskConfig(task='digits', model='2nn', num_clients=20, partition='shards',
                                                    shards_per_client=2, seed=0))
   cfg = training_loop.LoopConfig(total_rounds=30, clients_per_round=10, client_epochs_per_round=1,
                                  client_batch_size=10, rounds_per_eval=30, rounds_per_checkpoint=1000, seed=0)
-  eval_fn = evaluation.build_per_client_eval(task.model_fn)
-  eval_data = [task.eval_dataset(c) for c in task.client_ids]
-  train_data = lambda epochs: [task.train_dataset(c, epochs=epochs, batch_size=10, seed=0, round_num=0)
-                               for c in task.client_ids]
-
-  def accuracies(results):
-    return [r['correct'] / r['num_predictions'] if r['num_predictions'] else None for r in results]
-
-  _, _, avg = run('fedavg_shards', task, fed_avg.build_fed_avg(task.model_fn, sgd(0.05)), cfg, False)
-  avg_state = checkpoint_lib.CheckpointManager(os.path.join(OUT, 'fedavg_shards', 'checkpoints'),
-                                                             {}).restore(avg.initialize())[1]
+  _, _, avg, avg_state = run('fedavg_shards', task, fed_avg.FedAvg(), cfg, 0.05)
   weights = avg.get_model_weights(avg_state)
-  rows = [('FedAvg global model', accuracies(eval_fn(weights, eval_data)))]
-  finetune = fedper.build_finetune_eval(task.model_fn, sgd(0.05))
+  rows = [('FedAvg global model', evaluation.client_accuracies(task, weights))]
   for k in (1, 3):
-    rows.append((f'FedAvg + fine-tune {k} epoch(s)', accuracies(finetune(weights, train_data(k), eval_data))))
+    rows.append((f'FedAvg + fine-tune {k} epoch(s)',
+                 evaluation.finetuned_accuracies(task, weights, sgd(0.05), epochs=k, batch_size=10, seed=0)))
   head = fedper.head_size_from_layers(task.keras_model(), 1)
-  _, _, adapter = run('fedper_shards', task, fedper.build_fedper(task.model_fn, sgd(0.05), head), cfg, True)
-  ckpt = checkpoint_lib.CheckpointManager(os.path.join(OUT, 'fedper_shards', 'checkpoints'), {})
-  per_state = ckpt.restore(adapter.initialize())[1]  # The adapter's store still holds the final client states.
-  per_weights = adapter.get_model_weights(per_state)
-  rows.append(('FedPer server model (base + mean head)', accuracies(eval_fn(per_weights, eval_data))))
-  personal = fedper.build_personalized_eval(task.model_fn, head, adapter.process.client_state_type)
-  rows.append(('FedPer personalized (base + own head)',
-               accuracies(personal(per_weights, adapter.client_states(task.client_ids), eval_data))))
+  _, _, per, per_state = run('fedper_shards', task, fedper.FedPer(head), cfg, 0.05)
+  rows.append(('FedPer server model (base + mean head)',
+               evaluation.client_accuracies(task, per.get_model_weights(per_state))))
+  rows.append(('FedPer personalized (base + own head)', evaluation.personal_accuracies(per, per_state, task)))
   for lam in (0.1, 1.0):
-    name = f'ditto_{lam:g}_shards'
-    _, _, adapter = run(name, task, ditto.build_ditto(task.model_fn, sgd(0.05), lam), cfg, True)
-    state = checkpoint_lib.CheckpointManager(os.path.join(OUT, name, 'checkpoints'), {}).restore(
-        adapter.initialize())[1]
-    ditto_weights = adapter.get_model_weights(state)
-    rows.append((f'Ditto lambda={lam:g} global model', accuracies(eval_fn(ditto_weights, eval_data))))
-    personal = fedper.build_client_state_eval(task.model_fn, adapter.process.client_state_type, ditto.personal_model)
+    _, _, dit, dit_state = run(f'ditto_{lam:g}_shards', task, ditto.Ditto(lam), cfg, 0.05)
+    rows.append((f'Ditto lambda={lam:g} global model',
+                 evaluation.client_accuracies(task, dit.get_model_weights(dit_state))))
     rows.append((f'Ditto lambda={lam:g} personal models (clients never sampled: global)',
-                 accuracies(personal(ditto_weights, adapter.client_states(task.client_ids), eval_data))))
+                 evaluation.personal_accuracies(dit, dit_state, task)))
   print('\n### Personalization on a strongly non-IID split\n')
   print('digits, 20 clients, 2 label shards each (McMahan et al. split), 10 per round, 2nn (200-200), E=1, B=10, '
         'client lr 0.05, 30 rounds, seed 0. Per-client test accuracy (each client\'s held-out 20%).\n')

@@ -1,18 +1,22 @@
-"""Stateful clients component: SCAFFOLD, FedDyn, FedNova, FedPer, Ditto, top-k with error feedback, fine-tuning eval.
+"""Stateful clients component: SCAFFOLD, FedDyn, FedPer, Ditto, top-k with error feedback, per-client evaluation.
 
-  --algorithm=scaffold|feddyn|fednova|fedper|ditto     (registered here)
+  --algorithm=scaffold|feddyn|fedper|ditto     (registered here as `Algorithm` definitions)
   --feddyn_alpha=A                        FedDyn's dynamic regulariser weight alpha
   --ditto_lambda=L                        Ditto: pull of the personal models towards the global model
-  --compression=topk_ef(fraction)         FedAvg with top-k uploads and per-client error feedback
-  --client_state_dir=DIR                  client states on disk (one .npy per client) instead of in memory
   --fedper_head_layers=N                  last N layers with weights are personal (FedPer)
+  --compression=topk_ef(fraction)         top-k uploads with per-client error feedback around ANY --algorithm
+                                          (a registry wrapper: `TopKErrorFeedback(algorithm, fraction)`, plus the
+                                          `compression.topk` stage in front of the model aggregator for the bits)
+  --client_state_dir=DIR                  client states on disk (one .npy per client) instead of in memory;
+                                          refused for algorithms without client state
   --finetune_epochs=K                     also evaluate the global model fine-tuned K local epochs per client
 
-Stateful algorithms run as `StoreAdapter(process, store)`; client inputs are (dataset, client_id) pairs. The store
-and per-client bookkeeping are checkpointed by a `ClientStateHook`, which writes clients.csv (client_id,
-rounds_participated, last_loss, accuracy_global[, accuracy_personal][, accuracy_finetuned]). Client inputs set by
-an earlier component (regimes / stragglers: dropouts, partial local work, which FedNova normalizes) are wrapped:
-their datasets are paired with the ids of the clients that reported. Must come after those in COMPONENTS.
+Client states live in a `tff_fl.simulation.client_state` store that the engine process creates through
+`exp.store = store_fn(dim)` once the algorithm (and so the state size) is known. A `ClientStateHook` checkpoints
+the store and per-client bookkeeping and writes clients.csv (client_id, rounds_participated, last_loss,
+accuracy_global[, accuracy_finetuned][, accuracy_personal]); it joins `exp.hooks` when the process is stateful or
+fine-tuning evaluation is on. Must come after the components that set `exp.model_aggregator` (aggregation,
+privacy): the top-k stage wraps their aggregator.
 """
 
 import re
@@ -21,28 +25,22 @@ from absl import flags
 
 from experiments import flag_groups
 from tff_fl.algorithms import builders
+from tff_fl.algorithms import definition
 from tff_fl.algorithms import ditto
 from tff_fl.algorithms import error_feedback
 from tff_fl.algorithms import feddyn
 from tff_fl.algorithms import fedper
-from tff_fl.algorithms import fednova
 from tff_fl.algorithms import scaffold
-from tff_fl.algorithms import stateful_process
 from tff_fl.simulation import client_state
-from tff_fl.simulation import evaluation
-from tff_fl.simulation import regimes
-from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
 _TOPK_EF_RE = re.compile(r'^topk_ef\(\s*([^)]*?)\s*\)$')
-_EVAL_CHUNK = 100  # Clients per personalized/fine-tuning evaluation call (bounds memory with the disk store).
-_STATEFUL = ('scaffold', 'feddyn', 'fedper', 'ditto', 'fedavg_topk_ef')
-_hook = None  # The ClientStateHook of the experiment being configured; builders attach store and evaluators.
+_STATEFUL = ('scaffold', 'feddyn', 'fedper', 'ditto')
 
 
 def define_flags():
   flag_groups.define_flag('string', 'compression', '', "uplink compression with client state: '' (none) or "
-                          'topk_ef(fraction), top-k sparsification with error feedback (needs --algorithm=fedavg)')
+                          'topk_ef(fraction), top-k sparsification with error feedback around any --algorithm')
   flag_groups.define_flag('string', 'client_state_dir', '', 'directory for per-client state on disk (one per '
                           'experiment); empty = in memory')
   flag_groups.define_flag('float', 'feddyn_alpha', 0.01, 'FedDyn: weight alpha of the dynamic regulariser (> 0)')
@@ -68,20 +66,9 @@ def parse_compression(spec: str):
 
 
 def _validate(exp):
-  algorithm, fraction = exp.algo_cfg.algorithm, parse_compression(FLAGS.compression)
-  if fraction is not None and algorithm != 'fedavg':
-    raise ValueError(f'--compression=topk_ef(...) needs --algorithm=fedavg; got --algorithm={algorithm}.')
-  if algorithm == 'fedavg_topk_ef' and fraction is None:
-    raise ValueError('--algorithm=fedavg_topk_ef is internal; use --algorithm=fedavg --compression=topk_ef(f).')
+  algorithm = exp.algo_cfg.algorithm
   if algorithm == 'scaffold' and FLAGS.client_optimizer != 'sgd':
     raise ValueError(f'--algorithm=scaffold needs --client_optimizer=sgd; got {FLAGS.client_optimizer}.')
-  if algorithm == 'fednova' and FLAGS.client_optimizer not in ('sgd', 'momentum'):
-    raise ValueError(f'--algorithm=fednova needs --client_optimizer=sgd or momentum; got {FLAGS.client_optimizer}.')
-  stateful = algorithm in _STATEFUL or fraction is not None
-  if FLAGS.client_state_dir and not stateful:
-    raise ValueError('--client_state_dir applies to --algorithm=scaffold|feddyn|fedper|ditto or '
-                     '--compression=topk_ef(...); '
-                     f'got --algorithm={algorithm}.')
   if algorithm == 'feddyn' and not FLAGS.feddyn_alpha > 0:
     raise ValueError(f'--feddyn_alpha must be > 0; got {FLAGS.feddyn_alpha}.')
   if algorithm == 'ditto' and not FLAGS.ditto_lambda >= 0:
@@ -90,130 +77,76 @@ def _validate(exp):
     raise ValueError(f'--fedper_head_layers must be >= 1; got {FLAGS.fedper_head_layers}.')
   if FLAGS.finetune_epochs < 0:
     raise ValueError(f'--finetune_epochs must be >= 0; got {FLAGS.finetune_epochs}.')
-  return stateful, fraction
+  return parse_compression(FLAGS.compression)
 
 
 def configure(exp):
-  global _hook
-  stateful, fraction = _validate(exp)
+  fraction = _validate(exp)
+  if fraction is not None:  # The server side of top-k EF: the sparsifying stage (identity on k-sparse) + bits.
+    exp.model_aggregator = error_feedback.aggregator(fraction, inner=exp.model_aggregator)
+  builders.register_wrapper(_wrap)
+  hook = client_state.ClientStateHook(exp.task.client_ids, exp.exp_dir)
+  finetune_epochs, cfg = FLAGS.finetune_epochs, exp.loop_cfg
+  if finetune_epochs > 0:
+    hook.evaluators['global'] = lambda process, state: _global_accuracies(exp, process, state)
+    hook.evaluators['finetuned'] = lambda process, state: _evaluation().finetuned_accuracies(
+        exp.task, process.get_model_weights(state), exp.client_optimizer, epochs=finetune_epochs,
+        batch_size=cfg.client_batch_size, seed=cfg.seed, **_eval_arrays(exp))
+    exp.hooks.append(hook)
+  state_dir = FLAGS.client_state_dir
+
+  def store_fn(dim):  # Called by the engine process of a stateful algorithm (exp.algorithm is set by then).
+    hook.store = client_state.make_store(dim, state_dir)
+    hook.evaluators.setdefault('global', lambda process, state: _global_accuracies(exp, process, state))
+    if _personalized(exp.algorithm):
+      hook.evaluators['personal'] = lambda process, state: _evaluation().personal_accuracies(
+          process, state, exp.task, **_eval_arrays(exp))
+    if hook not in exp.hooks:
+      exp.hooks.append(hook)
+    return hook.store
+
+  exp.store = store_fn
+
+
+def _wrap(exp, algorithm: definition.Algorithm) -> definition.Algorithm:
+  """Registry wrapper: top-k EF around the experiment's algorithm; refuses --client_state_dir without state."""
+  fraction = parse_compression(FLAGS.compression)
   if fraction is not None:
-    exp.algo_cfg.algorithm = 'fedavg_topk_ef'
-  active = stateful or exp.algo_cfg.algorithm == 'fednova' or FLAGS.finetune_epochs > 0
-  if not active:
-    _hook = None
-    return
-  _hook = client_state.ClientStateHook(exp.task.client_ids, exp.exp_dir)
-  _hook.evaluators['global'] = lambda process, state: _global_accuracy(exp, process, state)
-  if FLAGS.finetune_epochs > 0:
-    _hook.evaluators['finetuned'] = lambda process, state: _finetuned_accuracy(exp, process, state)
-  exp.hooks.append(_hook)
-  exp.client_inputs_fn = _client_inputs(exp, _hook, pairs=stateful)
+    if exp.engine == 'tff':
+      raise ValueError(f'--compression={FLAGS.compression} keeps a residual per client; --engine=tff runs '
+                       'stateless algorithms only. Use --engine=packed.')
+    algorithm = error_feedback.TopKErrorFeedback(algorithm, fraction)
+  if FLAGS.client_state_dir and type(algorithm).client_state is definition.Algorithm.client_state:
+    raise ValueError(f'--client_state_dir applies to algorithms with client state ({", ".join(_STATEFUL)}, or any '
+                     f'with --compression=topk_ef(fraction)); got --algorithm={exp.algo_cfg.algorithm}.')
+  return algorithm
 
 
-def _client_inputs(exp, hook, pairs: bool):
-  """(round, cohort) -> datasets of the reporting clients, as (dataset, client_id) pairs when `pairs`."""
-  base = exp.client_inputs_fn or training_loop.default_client_inputs(exp.task, exp.loop_cfg)
-
-  def client_inputs(round_num, cohort):
-    datasets = base(round_num, cohort)
-    reported = regimes.reported_clients(base, cohort, len(datasets))  # Dropped clients send nothing.
-    hook.note_cohort(reported)
-    return list(zip(datasets, reported)) if pairs else datasets
-
-  return client_inputs
+def _personalized(algorithm) -> bool:
+  """True if `algorithm` (or the one it wraps, `.inner`) deploys per-client models (`personal_weights`)."""
+  while isinstance(getattr(algorithm, 'inner', None), definition.Algorithm):
+    algorithm = algorithm.inner
+  return type(algorithm).personal_weights is not definition.Algorithm.personal_weights
 
 
-def _accuracies(client_ids, results) -> dict:
-  return {cid: (float(r['correct'] / r['num_predictions']) if r['num_predictions'] > 0 else None)
-          for cid, r in zip(client_ids, results)}
+def _evaluation():
+  # PENDING (packed evaluation, another engineer): tff_fl/engine/evaluation.py with client_accuracies,
+  # personal_accuracies and finetuned_accuracies is not on main yet; the evaluators call it at the end of training.
+  from tff_fl.engine import evaluation  # pylint: disable=g-import-not-at-top
+  return evaluation
 
 
-def _chunks(ids):
-  return [ids[i:i + _EVAL_CHUNK] for i in range(0, len(ids), _EVAL_CHUNK)]
+def _eval_arrays(exp) -> dict:
+  """The evaluation data a component substituted (e.g. normalised inputs), if any, as evaluation keywords."""
+  return {} if exp.eval_arrays is None else {'eval_arrays': exp.eval_arrays}
 
 
-def _global_accuracy(exp, process, state):
-  eval_fn, ids = evaluation.build_per_client_eval(exp.task.model_fn), exp.task.client_ids
-  return _accuracies(ids, eval_fn(process.get_model_weights(state), [exp.task.eval_dataset(c) for c in ids]))
+def _global_accuracies(exp, process, state):
+  return _evaluation().client_accuracies(exp.task, process.get_model_weights(state), **_eval_arrays(exp))
 
 
-def _finetuned_accuracy(exp, process, state):
-  eval_fn = fedper.build_finetune_eval(exp.task.model_fn, exp.client_optimizer)
-  weights, cfg, acc = process.get_model_weights(state), exp.loop_cfg, {}
-  for ids in _chunks(exp.task.client_ids):
-    train = [exp.task.train_dataset(c, epochs=FLAGS.finetune_epochs, batch_size=cfg.client_batch_size,
-                                    seed=cfg.seed, round_num=0) for c in ids]
-    acc.update(_accuracies(ids, eval_fn(weights, train, [exp.task.eval_dataset(c) for c in ids])))
-  return acc
-
-
-def _personal_accuracy(exp, adapter, personalize, process, state):
-  eval_fn = fedper.build_client_state_eval(exp.task.model_fn, adapter.process.client_state_type, personalize)
-  weights, acc = process.get_model_weights(state), {}
-  for ids in _chunks(exp.task.client_ids):
-    acc.update(_accuracies(ids, eval_fn(weights, adapter.client_states(ids), [exp.task.eval_dataset(c) for c in ids])))
-  return acc
-
-
-def _adapter(process):
-  store = client_state.make_store(stateful_process.state_dim(process), FLAGS.client_state_dir)
-  _hook.store = store
-  return stateful_process.StoreAdapter(process, store)
-
-
-def _weighting(exp):
-  return builders.WEIGHTINGS[exp.algo_cfg.client_weighting]
-
-
-def _scaffold(exp):
-  process = scaffold.build_scaffold(exp.task.model_fn, FLAGS.client_learning_rate, len(exp.task.client_ids),
-                                    exp.server_optimizer, client_weighting=_weighting(exp),
-                                    model_aggregator=exp.model_aggregator)
-  return _adapter(process)
-
-
-def _feddyn(exp):
-  process = feddyn.build_feddyn(exp.task.model_fn, exp.client_optimizer, FLAGS.feddyn_alpha,
-                                len(exp.task.client_ids), exp.server_optimizer, client_weighting=_weighting(exp),
-                                model_aggregator=exp.model_aggregator)
-  return _adapter(process)
-
-
-def _fednova(exp):
-  momentum = FLAGS.client_momentum if FLAGS.client_optimizer == 'momentum' else 0.0
-  return fednova.build_fednova(exp.task.model_fn, FLAGS.client_learning_rate, exp.server_optimizer,
-                               client_momentum=momentum, client_weighting=_weighting(exp),
-                               model_aggregator=exp.model_aggregator)
-
-
-def _fedper(exp):
-  head_size = fedper.head_size_from_layers(exp.task.keras_model(), FLAGS.fedper_head_layers)
-  process = fedper.build_fedper(exp.task.model_fn, exp.client_optimizer, head_size, exp.server_optimizer,
-                                client_weighting=_weighting(exp), model_aggregator=exp.model_aggregator)
-  adapter = _adapter(process)
-  personalize = lambda w, s: fedper.personal_weights(w, s, head_size)
-  _hook.evaluators['personal'] = lambda p, s: _personal_accuracy(exp, adapter, personalize, p, s)
-  return adapter
-
-
-def _ditto(exp):
-  process = ditto.build_ditto(exp.task.model_fn, exp.client_optimizer, FLAGS.ditto_lambda, exp.server_optimizer,
-                              client_weighting=_weighting(exp), model_aggregator=exp.model_aggregator)
-  adapter = _adapter(process)
-  _hook.evaluators['personal'] = lambda p, s: _personal_accuracy(exp, adapter, ditto.personal_model, p, s)
-  return adapter
-
-
-def _topk_ef(exp):
-  process = error_feedback.build_topk_error_feedback(
-      exp.task.model_fn, exp.client_optimizer, parse_compression(FLAGS.compression), exp.server_optimizer,
-      client_weighting=_weighting(exp), model_aggregator=exp.model_aggregator)
-  return _adapter(process)
-
-
-builders.register('scaffold', _scaffold)
-builders.register('feddyn', _feddyn)
-builders.register('fednova', _fednova)
-builders.register('fedper', _fedper)
-builders.register('ditto', _ditto)
-builders.register('fedavg_topk_ef', _topk_ef)
+builders.register('scaffold', lambda exp: scaffold.Scaffold(FLAGS.client_learning_rate, len(exp.task.client_ids)))
+builders.register('feddyn', lambda exp: feddyn.FedDyn(FLAGS.feddyn_alpha, len(exp.task.client_ids)))
+builders.register('fedper', lambda exp: fedper.FedPer(
+    fedper.head_size_from_layers(exp.task.keras_model(), FLAGS.fedper_head_layers)))
+builders.register('ditto', lambda exp: ditto.Ditto(FLAGS.ditto_lambda))

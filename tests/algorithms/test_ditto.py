@@ -1,16 +1,17 @@
-"""Ditto against a numpy implementation of Algorithm 1 (Li et al. 2021): FedAvg global model + proximal personal
-models; and the personalized evaluation reads the personal model."""
+"""Ditto on the engine against a numpy implementation of Algorithm 1 (Li et al. 2021): FedAvg global model +
+proximal personal models; the personal pass leaves the training metrics FedAvg's; `personal_weights`."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fl import engine
 from tff_fl.algorithms import ditto
-from tff_fl.algorithms import fedper
-from tff_fl.simulation import evaluation
+from tff_fl.algorithms import fed_avg
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
-from test_scaffold import BATCH, LR, MODEL_FN, UNIFORM, _arrays, _datasets, _initial_weights, _sgd, run_cohorts
+from test_scaffold import BATCH, IDS, LR, _arrays, _initial_weights, build, run_cohorts
 
 LAM = 0.5
 
@@ -38,8 +39,8 @@ def _numpy_ditto(params, arrays, cohorts, lam):
 
 def test_matches_numpy_algorithm_1():
   arrays, cohorts = _arrays(), [(0, 1), (1, 2), (0, 1)]
-  process = ditto.build_ditto(MODEL_FN, _sgd(LR), LAM, client_weighting=UNIFORM)
-  state, client_states = run_cohorts(process, arrays, cohorts)
+  process = build(ditto.Ditto(LAM), arrays, num_slots=2)
+  state, client_states = run_cohorts(process, cohorts)
   want_w, want_v = _numpy_ditto(_initial_weights().trainable, arrays, cohorts, LAM)
   for got, want in zip(process.get_model_weights(state).trainable, want_w):
     np.testing.assert_allclose(got, want, atol=2e-5)
@@ -51,22 +52,33 @@ def test_matches_numpy_algorithm_1():
   assert max(np.max(np.abs(a - b)) for a, b in zip(want_v[0], want_w)) > 1e-2
 
 
-def test_personalized_eval_uses_the_personal_model():
+def test_personal_pass_is_not_in_the_training_metrics():
   arrays = _arrays()
-  process = ditto.build_ditto(MODEL_FN, _sgd(LR), LAM, client_weighting=UNIFORM)
-  state, client_states = run_cohorts(process, arrays, [(0, 1)])
-  weights = process.get_model_weights(state)
-  personal_eval = fedper.build_client_state_eval(MODEL_FN, process.client_state_type, ditto.personal_model)
-  per_client = evaluation.build_per_client_eval(MODEL_FN)
-  data = _datasets(arrays)
-  got = personal_eval(weights, client_states, data)
-  for k in (0, 1, 2):  # Client 2 never trained: its personal model is the global one.
-    own = tff.learning.models.ModelWeights(
-        trainable=list(client_states[k]['personal']) if k < 2 else list(weights.trainable), non_trainable=[])
-    want = per_client(own, [data[k]])[0]
-    assert int(got[k]['correct']) == int(want['correct']) and int(got[k]['num_predictions']) > 0
+  outputs = []
+  for algorithm in (ditto.Ditto(LAM), fed_avg.FedAvg()):
+    process = build(algorithm, arrays)
+    state = process.set_model_weights(process.initialize(), _initial_weights())
+    outputs.append(process.next(state, engine.Cohort.full(1, IDS)))
+  got, want = (o.metrics['client_work']['train'] for o in outputs)
+  assert got['num_examples'] == want['num_examples'] == sum(len(x) for x, _ in arrays)
+  assert got['loss'] == want['loss'] and got['sparse_categorical_accuracy'] == want['sparse_categorical_accuracy']
+  assert [m['loss'] for m in outputs[0].client_metrics] == [m['loss'] for m in outputs[1].client_metrics]
+  for a, b in zip(outputs[0].state['model'].trainable, outputs[1].state['model'].trainable):
+    np.testing.assert_array_equal(a, b)  # The global model is exactly FedAvg's.
+
+
+def test_personal_weights_are_the_personal_model_once_trained():
+  algorithm = ditto.Ditto(LAM)
+  weights = _initial_weights()
+  own = [np.full_like(w, 3.0) for w in weights.trainable]
+  for initialized, want in ((1.0, own), (0.0, weights.trainable)):
+    state = dict(personal=[tf.constant(v) for v in own], initialized=tf.constant(initialized))
+    got = algorithm.personal_weights(tf.nest.map_structure(tf.constant, weights), state)
+    assert isinstance(got, tff.learning.models.ModelWeights)
+    for g, w in zip(got.trainable, want):
+      np.testing.assert_array_equal(g, w)
 
 
 def test_bad_lambda():
-  with pytest.raises(ValueError, match='--ditto_lambda'):
-    ditto.build_ditto(MODEL_FN, _sgd(LR), -1.0)
+  with pytest.raises(ValueError, match='lam'):
+    build(ditto.Ditto(-1.0), _arrays())

@@ -1,23 +1,29 @@
-"""Top-k with error feedback: residuals against numpy, and EF top-k vs stateless top-k on a small problem."""
+"""Top-k with error feedback on the engine: residuals against numpy (around FedAvg), EF vs stateless top-k, and the
+wrapper around SCAFFOLD (sent + residual' = update + residual, SCAFFOLD's own state and upload unchanged)."""
 
 import collections
+import functools
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fl import engine
 from tff_fl.aggregators import compression
 from tff_fl.algorithms import error_feedback
 from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import scaffold
 from tff_fl.models import keras_models
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
+from test_scaffold import build, numpy_scaffold_client
 
 DIM_X, CLASSES, BATCH, LR = 8, 4, 5, 0.2
 SPEC = collections.OrderedDict(x=tf.TensorSpec([DIM_X], tf.float32), y=tf.TensorSpec([], tf.int32))
 MODEL_FN = keras_models.build_tff_model_fn(lambda: keras_models.logreg([DIM_X], CLASSES), SPEC)
 D = DIM_X * CLASSES + CLASSES
+NUM_EXAMPLES, UNIFORM = tff.learning.ClientWeighting.NUM_EXAMPLES, tff.learning.ClientWeighting.UNIFORM
 
 
 def _arrays(sizes=(10, 15), seed=0):
@@ -30,12 +36,14 @@ def _arrays(sizes=(10, 15), seed=0):
   return out
 
 
-def _datasets(arrays):
-  return [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(BATCH) for x, y in arrays]
+def _build(algorithm, arrays, fraction=None, weighting=NUM_EXAMPLES, **kwargs):
+  agg = None if fraction is None else error_feedback.aggregator(fraction)
+  return build(algorithm, arrays, model_fn=MODEL_FN, client_lr=LR, weighting=weighting, model_aggregator=agg,
+               **kwargs)
 
 
-def _sgd(lr):
-  return tff.learning.optimizers.build_sgdm(learning_rate=lr)
+def _flat(weights):
+  return np.concatenate([np.asarray(w, np.float64).ravel() for w in weights.trainable])
 
 
 def _numpy_delta(params, x, y):
@@ -56,29 +64,40 @@ def _numpy_topk(v, k):
   return out
 
 
+ARRAYS, FRACTION, IDS = _arrays(sizes=(20, 20, 20), seed=1), 0.05, ['0', '1', '2']
+
+
+@functools.lru_cache(maxsize=None)
+def _ef_fed_avg():
+  """EF around FedAvg on ARRAYS (built once; tests reset the client states they use)."""
+  return _build(error_feedback.TopKErrorFeedback(fed_avg.FedAvg(), FRACTION), ARRAYS, FRACTION, num_slots=2)
+
+
 def test_residual_accumulates_exactly_what_topk_dropped():
-  arrays, fraction = _arrays(), 0.1
-  k = error_feedback.num_kept(fraction, D)
-  process = error_feedback.build_topk_error_feedback(MODEL_FN, _sgd(LR), fraction)
+  k = error_feedback.num_kept(FRACTION, D)
+  process = _ef_fed_avg()
+  assert process.state_dim == D
+  process.store.put_many(IDS, [process.initial_client_state()] * 3)  # Fresh residuals (zeros).
   state = process.initialize()
-  states = [process.initial_client_state()] * 2
-  residuals = [np.zeros(D), np.zeros(D)]
-  sizes = np.array([len(x) for x, _ in arrays], np.float64)
-  for _ in range(2):  # The second round starts from non-zero residuals.
+  residuals = [np.zeros(D) for _ in IDS]
+  sizes = np.array([len(x) for x, _ in ARRAYS], np.float64)
+  for r in (1, 2):  # The second round starts from non-zero residuals.
     before = [np.asarray(w) for w in process.get_model_weights(state).trainable]
     sent = []
-    for i, (x, y) in enumerate(arrays):
+    for i, (x, y) in enumerate(ARRAYS):
       corrected = _numpy_delta(before, x, y) + residuals[i]
       sent.append(_numpy_topk(corrected, k))
       residuals[i] = corrected - sent[-1]
-    state, states, metrics = process.next(state, _datasets(arrays), states)
-    for i in range(2):
-      np.testing.assert_allclose(states[i]['residual'], residuals[i], atol=1e-5)
-      assert np.count_nonzero(residuals[i]) == D - k
-    after = np.concatenate([np.asarray(w).ravel() for w in process.get_model_weights(state).trainable])
-    mean_sent = (sizes[0] * sent[0] + sizes[1] * sent[1]) / sizes.sum()
-    np.testing.assert_allclose(np.concatenate([w.ravel() for w in before]) - after, mean_sent, atol=1e-5)
-  assert metrics['aggregator']['bits_per_client'] == k * (32 + int(np.ceil(np.log2(D))))
+    output = process.next(state, engine.Cohort.full(r, IDS))
+    state = output.state
+    for i, cid in enumerate(IDS):
+      got = process.client_state_structure(process.client_states([cid])[0])['residual']
+      np.testing.assert_allclose(got, residuals[i], atol=1e-5)
+      assert np.count_nonzero(got) == D - k
+    mean_sent = np.sum([n * v for n, v in zip(sizes, sent)], axis=0) / sizes.sum()
+    np.testing.assert_allclose(np.concatenate([w.ravel() for w in before]) - _flat(process.get_model_weights(state)),
+                               mean_sent, atol=1e-5)
+  assert output.metrics['aggregator']['bits_per_client'] == k * (32 + int(np.ceil(np.log2(D))))
 
 
 def _pooled_loss(weights, arrays):
@@ -90,25 +109,65 @@ def _pooled_loss(weights, arrays):
 
 
 def test_error_feedback_beats_stateless_topk():
-  arrays, fraction, rounds = _arrays(sizes=(20, 20, 20), seed=1), 0.05, 12
-  data = _datasets(arrays)
-  ef = error_feedback.build_topk_error_feedback(MODEL_FN, _sgd(LR), fraction)
-  stateless = fed_avg.build_fed_avg(MODEL_FN, _sgd(LR), model_aggregator=compression.topk(fraction))
-  ef_state, states = ef.initialize(), [ef.initial_client_state()] * 3
+  rounds = 12
+  ef = _ef_fed_avg()
+  ef.store.put_many(IDS, [ef.initial_client_state()] * 3)
+  stateless = build(fed_avg.FedAvg(), ARRAYS, model_fn=MODEL_FN, client_lr=LR, weighting=NUM_EXAMPLES,
+                    model_aggregator=compression.topk(FRACTION))  # Stateless top-k: what it drops is lost.
+  ef_state = ef.initialize()
   sl_state = stateless.set_model_weights(stateless.initialize(), ef.get_model_weights(ef_state))
-  initial = _pooled_loss(ef.get_model_weights(ef_state).trainable, arrays)
-  for _ in range(rounds):
-    ef_state, states, ef_metrics = ef.next(ef_state, data, states)
-    sl_out = stateless.next(sl_state, data)
-    sl_state = sl_out.state
-  ef_loss = _pooled_loss(ef.get_model_weights(ef_state).trainable, arrays)
-  sl_loss = _pooled_loss(stateless.get_model_weights(sl_state).trainable, arrays)
+  initial = _pooled_loss(ef.get_model_weights(ef_state).trainable, ARRAYS)
+  for r in range(1, rounds + 1):
+    ef_out = ef.next(ef_state, engine.Cohort.full(r, IDS))
+    sl_out = stateless.next(sl_state, engine.Cohort.full(r, IDS))
+    ef_state, sl_state = ef_out.state, sl_out.state
+  ef_loss = _pooled_loss(ef.get_model_weights(ef_state).trainable, ARRAYS)
+  sl_loss = _pooled_loss(stateless.get_model_weights(sl_state).trainable, ARRAYS)
   # Same bits on the wire per client and round.
-  assert ef_metrics['aggregator']['bits_per_client'] == sl_out.metrics['aggregator']['bits_per_client']
+  assert ef_out.metrics['aggregator']['bits_per_client'] == sl_out.metrics['aggregator']['bits_per_client']
   assert sl_loss < initial
   assert ef_loss < sl_loss - 0.05, (initial, ef_loss, sl_loss)
 
 
+def test_wraps_scaffold_sent_plus_residual_is_update_plus_residual():
+  arrays, fraction, ids = _arrays(), 0.1, ['0', '1']
+  k = error_feedback.num_kept(fraction, D)
+  ef = _build(error_feedback.TopKErrorFeedback(scaffold.Scaffold(LR, 2), fraction), arrays, fraction,
+              weighting=UNIFORM, num_slots=2)
+  assert ef.state_dim == 2 * D and ef.parts.algorithm.name == 'scaffold+topk_ef'
+  state = ef.initialize()
+  for r in (1, 2):
+    before = ef.get_model_weights(state)
+    x, c = [np.asarray(w) for w in before.trainable], [np.asarray(v) for v in state['extra']]
+    old = {cid: ef.client_state_structure(ef.client_states([cid])[0]) for cid in ids}
+    refs = {}  # SCAFFOLD's own client step (numpy) from the same x, c and c_i: (update x - y, new c_i).
+    for i, cid in enumerate(ids):
+      y, new_ci = numpy_scaffold_client(x, c, old[cid]['inner']['control'], *arrays[i], LR, batch=BATCH)
+      refs[cid] = (np.concatenate([(a - b).ravel() for a, b in zip(x, y)]), new_ci)
+    state = ef.next(state, engine.Cohort.full(r, ids)).state
+    sent = []
+    for cid in ids:
+      new = ef.client_state_structure(ef.client_states([cid])[0])
+      update, want_ci = refs[cid]
+      # Top-k kept k coordinates (their residual is now 0) and dropped the rest into the residual.
+      assert np.count_nonzero(new['residual']) == D - k
+      s = update + old[cid]['residual'] - new['residual']  # sent = update + residual - residual'
+      np.testing.assert_allclose(s[new['residual'] != 0], 0.0, atol=1e-5)
+      sent.append(s)
+      for got, want in zip(new['inner']['control'], want_ci):  # SCAFFOLD's c_i, unchanged by the wrapper.
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    # The aggregate (uniform mean, server SGD at 1) is the mean of what the clients sent.
+    np.testing.assert_allclose(_flat(before) - _flat(ef.get_model_weights(state)), np.mean(sent, axis=0),
+                               atol=1e-5)
+    # c moved by both clients' dc_i / N (the inner upload passed through the wrapper).
+    want_c = [ck + sum(refs[cid][1][j] - old[cid]['inner']['control'][j] for cid in ids) / 2
+              for j, ck in enumerate(c)]
+    for got, want in zip(state['extra'], want_c):
+      np.testing.assert_allclose(got, want, atol=1e-4)
+    assert max(np.max(np.abs(np.asarray(v))) for v in state['extra']) > 1e-3
+  assert np.max(np.abs(old['0']['residual'])) > 1e-3  # Round 2 started from non-zero residuals.
+
+
 def test_bad_fraction():
   with pytest.raises(ValueError, match='fraction'):
-    error_feedback.build_topk_error_feedback(MODEL_FN, _sgd(LR), 0.0)
+    _build(error_feedback.TopKErrorFeedback(fed_avg.FedAvg(), 0.0), _arrays())

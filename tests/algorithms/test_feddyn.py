@@ -1,15 +1,16 @@
-"""FedDyn against a numpy implementation of Algorithm 1 of Acar et al. 2021, and against FedProx when g_k = h = 0."""
+"""FedDyn on the engine against a numpy implementation of Algorithm 1 of Acar et al. 2021, and against stock
+FedProx when g_k = h = 0."""
 
 import numpy as np
 import pytest
-import tensorflow_federated as tff
 
+from tff_fl import engine
 from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import feddyn
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
-from test_scaffold import BATCH, LR, MODEL_FN, UNIFORM, _arrays, _datasets, _initial_weights, _sgd, _zeros_like
-from test_scaffold import run_cohorts
+from test_scaffold import BATCH, IDS, LR, MODEL_FN, UNIFORM, _arrays, _datasets, _initial_weights, _sgd
+from test_scaffold import build, run_cohorts
 
 ALPHA = 0.05
 
@@ -36,8 +37,8 @@ def _numpy_feddyn(params, arrays, cohorts, lr, alpha, m):
 
 def test_matches_numpy_algorithm_1_with_partial_participation():
   arrays, cohorts = _arrays(), [(0, 1), (1, 2), (0, 2)]
-  process = feddyn.build_feddyn(MODEL_FN, _sgd(LR), ALPHA, num_clients=3)
-  state, client_states = run_cohorts(process, arrays, cohorts)
+  process = build(feddyn.FedDyn(ALPHA, 3), arrays, num_slots=2)
+  state, client_states = run_cohorts(process, cohorts)
   want_theta, want_h, want_g = _numpy_feddyn(_initial_weights().trainable, arrays, cohorts, LR, ALPHA, 3)
   for got, want in zip(process.get_model_weights(state).trainable, want_theta):
     np.testing.assert_allclose(got, want, atol=3e-5)
@@ -50,13 +51,13 @@ def test_matches_numpy_algorithm_1_with_partial_participation():
 
 
 def test_zero_state_round_is_fedprox_with_mu_alpha():
-  data = _datasets(_arrays())
-  process = feddyn.build_feddyn(MODEL_FN, _sgd(LR), ALPHA, num_clients=3)
+  arrays = _arrays()
+  process = build(feddyn.FedDyn(ALPHA, 3), arrays)
   prox = fed_avg.build_fed_prox(MODEL_FN, _sgd(LR), proximal_mu=ALPHA, client_weighting=UNIFORM)
   state = process.set_model_weights(process.initialize(), _initial_weights())
-  state['extra'] = _zeros_like(state['extra'])
-  state, _, _ = process.next(state, data, [process.initial_client_state()] * 3)
-  prox_state = prox.next(prox.set_model_weights(prox.initialize(), _initial_weights()), data).state
+  assert not any(np.any(h) for h in state['extra']) and not np.any(process.initial_client_state())
+  state = process.next(state, engine.Cohort.full(1, IDS)).state
+  prox_state = prox.next(prox.set_model_weights(prox.initialize(), _initial_weights()), _datasets(arrays)).state
   # One round from h = 0, g_k = 0: clients run FedProx steps; the server then subtracts h_1 / alpha, where
   # h_1 = -(alpha/m) sum_k (theta_k - theta_0) = (alpha/m) * 3 * mean update, i.e. theta_1 = prox - mean update.
   prox_w = prox.get_model_weights(prox_state).trainable
@@ -71,4 +72,4 @@ def test_zero_state_round_is_fedprox_with_mu_alpha():
 ])
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    feddyn.build_feddyn(MODEL_FN, tff.learning.optimizers.build_sgdm(learning_rate=0.1), **kwargs)
+    build(feddyn.FedDyn(**kwargs), _arrays())

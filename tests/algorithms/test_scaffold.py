@@ -1,4 +1,4 @@
-"""SCAFFOLD against FedAvg (control variates zero) and a numpy implementation of Algorithm 1 (option II)."""
+"""SCAFFOLD on the engine against FedAvg (control variates zero) and a numpy implementation of Algorithm 1."""
 
 import collections
 
@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fl import engine
 from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import scaffold
 from tff_fl.models import keras_models
@@ -18,6 +19,7 @@ SIZES = (7, 12, 20)
 LR, BATCH = 0.1, 5
 MODEL_FN = keras_models.build_tff_model_fn(lambda: keras_models.logreg([6], 3), SPEC)
 UNIFORM = tff.learning.ClientWeighting.UNIFORM
+IDS = [str(i) for i in range(len(SIZES))]
 
 
 def _arrays(seed=0):
@@ -45,31 +47,62 @@ def _zeros_like(structure):
   return tf.nest.map_structure(np.zeros_like, structure)
 
 
+def build(algorithm, arrays, *, model_fn=MODEL_FN, client_lr=LR, server_lr=1.0, weighting=UNIFORM, num_slots=1,
+          batch_size=BATCH, **kwargs):
+  """`engine.build_process` on clients '0', '1', ... with their examples in array order (one epoch)."""
+  train = {str(i): a for i, a in enumerate(arrays)}
+  return engine.build_process(algorithm, model_fn, train, lambda cid, r: np.arange(len(train[cid][0])),
+                              batch_size=batch_size, client_optimizer=_sgd(client_lr),
+                              server_optimizer=_sgd(server_lr), client_weighting=weighting, num_slots=num_slots,
+                              **kwargs)
+
+
+def run_cohorts(process, cohorts, weights=None):
+  """Runs `process` from `weights` (default `_initial_weights()`) over `cohorts` (tuples of client indices);
+  returns (server state, {client index: client state structure (numpy)}) for every client."""
+  state = process.set_model_weights(process.initialize(), weights or _initial_weights())
+  for r, cohort in enumerate(cohorts, start=1):
+    state = process.next(state, engine.Cohort.full(r, [str(i) for i in cohort])).state
+  states = process.client_states([str(i) for i in range(len(SIZES))])
+  return state, {i: process.client_state_structure(v) for i, v in enumerate(states)}
+
+
 def test_zero_control_variates_equal_fed_avg_exactly():
-  data = _datasets(_arrays())
-  process = scaffold.build_scaffold(MODEL_FN, LR, num_clients=3, server_optimizer=_sgd(0.7))
-  avg = fed_avg.build_fed_avg(MODEL_FN, _sgd(LR), _sgd(0.7), client_weighting=UNIFORM)
+  arrays = _arrays()
+  process = build(scaffold.Scaffold(LR, 3), arrays, server_lr=0.7, num_slots=2)
+  avg = build(fed_avg.FedAvg(), arrays, server_lr=0.7, num_slots=2)
   stock = tff.learning.algorithms.build_unweighted_fed_avg(MODEL_FN, _sgd(LR), _sgd(0.7))
   state = process.set_model_weights(process.initialize(), _initial_weights())
   avg_state = avg.set_model_weights(avg.initialize(), _initial_weights())
   stock_state = stock.set_model_weights(stock.initialize(), _initial_weights())
-  zero_states = [process.initial_client_state()] * 3
-  for _ in range(3):
+  zeros = process.initial_client_state()
+  assert not np.any(zeros)
+  for r in range(1, 4):
+    state = collections.OrderedDict(state)
     state['extra'] = _zeros_like(state['extra'])  # Force c = 0 and every c_i = 0 each round.
-    state, client_states, _ = process.next(state, data, zero_states)
-    avg_state = avg.next(avg_state, data).state
-    stock_state = stock.next(stock_state, data).state
+    process.store.put_many(IDS, [zeros] * 3)
+    state = process.next(state, engine.Cohort.full(r, IDS)).state
+    avg_state = avg.next(avg_state, engine.Cohort.full(r, IDS)).state
+    stock_state = stock.next(stock_state, _datasets(arrays)).state
   ours = process.get_model_weights(state).trainable
   for a, b, c in zip(ours, avg.get_model_weights(avg_state).trainable, stock.get_model_weights(stock_state).trainable):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, c, atol=1e-6)
   assert max(np.max(np.abs(a - w)) for a, w in zip(ours, _initial_weights().trainable)) > 1e-2
   # Left free, the control variates become non-zero and change the trajectory.
-  assert max(np.max(np.abs(c)) for c in client_states[0]['control']) > 1e-3
+  control = process.client_state_structure(process.client_states(['0'])[0])['control']
+  assert max(np.max(np.abs(c)) for c in control) > 1e-3
 
 
-def _grad(w, b, x, y):
-  return logreg_loss_and_grads(w, b, x, y)[1:]
+def numpy_scaffold_client(x, c, c_i, xs, ys, lr_l, batch=BATCH):
+  """One client of Algorithm 1 (option II) in float64: local steps y <- y - lr_l (g(y) - c_i + c) over minibatches of
+  `batch` in order; returns (y, new c_i)."""
+  y, steps = [p.astype(np.float64) for p in x], 0
+  for s in range(0, len(xs), batch):
+    g = logreg_loss_and_grads(y[0], y[1], xs[s:s + batch].astype(np.float64), ys[s:s + batch])[1:]
+    y = [p - lr_l * (gk - cik + ck) for p, gk, cik, ck in zip(y, g, c_i, c)]
+    steps += 1
+  return y, [cik - ck + (xk - yk) / (steps * lr_l) for cik, ck, xk, yk in zip(c_i, c, x, y)]
 
 
 def _numpy_scaffold(params, arrays, cohorts, lr_l, lr_g, n_total):
@@ -80,14 +113,7 @@ def _numpy_scaffold(params, arrays, cohorts, lr_l, lr_g, n_total):
   for cohort in cohorts:
     dys, dcs = [], []
     for i in cohort:
-      xs, ys = arrays[i]
-      y = [p.copy() for p in x]
-      steps = 0
-      for s in range(0, len(xs), BATCH):
-        g = _grad(y[0], y[1], xs[s:s + BATCH].astype(np.float64), ys[s:s + BATCH])
-        y = [p - lr_l * (gk - cik + ck) for p, gk, cik, ck in zip(y, g, c_i[i], c)]
-        steps += 1
-      new_ci = [cik - ck + (xk - yk) / (steps * lr_l) for cik, ck, xk, yk in zip(c_i[i], c, x, y)]
+      y, new_ci = numpy_scaffold_client(x, c, c_i[i], *arrays[i], lr_l)
       dys.append([yk - xk for yk, xk in zip(y, x)])
       dcs.append([n - o for n, o in zip(new_ci, c_i[i])])
       c_i[i] = new_ci
@@ -96,24 +122,11 @@ def _numpy_scaffold(params, arrays, cohorts, lr_l, lr_g, n_total):
   return x, c, c_i
 
 
-def run_cohorts(process, arrays, cohorts):
-  """Runs a StatefulProcess from `_initial_weights()` over `cohorts` (tuples of client indices), keeping every
-  client's state by hand; returns (server state, [client state per client])."""
-  state = process.set_model_weights(process.initialize(), _initial_weights())
-  client_states = [process.initial_client_state()] * len(arrays)
-  datasets = _datasets(arrays)
-  for cohort in cohorts:
-    state, new_states, _ = process.next(state, [datasets[i] for i in cohort], [client_states[i] for i in cohort])
-    for i, s in zip(cohort, new_states):
-      client_states[i] = s
-  return state, client_states
-
-
 def test_matches_numpy_algorithm_1_with_partial_participation():
   arrays, lr_g = _arrays(), 0.7
   cohorts = [(0, 1), (1, 2)]
-  process = scaffold.build_scaffold(MODEL_FN, LR, num_clients=3, server_optimizer=_sgd(lr_g))
-  state, client_states = run_cohorts(process, arrays, cohorts)
+  process = build(scaffold.Scaffold(LR, 3), arrays, server_lr=lr_g)
+  state, client_states = run_cohorts(process, cohorts)
   want_x, want_c, want_ci = _numpy_scaffold(_initial_weights().trainable, arrays, cohorts, LR, lr_g, 3)
   for got, want in zip(process.get_model_weights(state).trainable, want_x):
     np.testing.assert_allclose(got, want, atol=2e-5)
@@ -131,4 +144,4 @@ def test_matches_numpy_algorithm_1_with_partial_participation():
 ])
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    scaffold.build_scaffold(MODEL_FN, **kwargs)
+    build(scaffold.Scaffold(**kwargs), _arrays())

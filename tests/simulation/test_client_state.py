@@ -1,18 +1,28 @@
-"""Client state stores (memory, disk) and checkpoint/resume of a stateful process in the training loop."""
+"""Client state stores (memory, disk) and checkpoint/resume of a stateful engine process in the training loop."""
 
+import collections
+import csv
 import glob
+import io
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_federated as tff
 
+from tff_fl import engine
 from tff_fl import tasks as tasks_lib
+from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import scaffold
-from tff_fl.algorithms import stateful_process
+from tff_fl.models import keras_models
 from tff_fl.simulation import checkpoint as checkpoint_lib
 from tff_fl.simulation import client_state
 from tff_fl.simulation import training_loop
+
+MODEL_FN = keras_models.build_tff_model_fn(
+    lambda: keras_models.logreg([6], 3),
+    collections.OrderedDict(x=tf.TensorSpec([6], tf.float32), y=tf.TensorSpec([], tf.int32)))
 
 
 def _vec(seed, dim=5):
@@ -78,32 +88,37 @@ def test_disk_store_keeps_files_flat_in_rounds(tmp_path):
     client_state.DiskStore(str(tmp_path), dim=3).restore_arrays(arrays)
 
 
-def _run(task, process, exp_dir, total_rounds, state_dir):
-  store = client_state.make_store(stateful_process.state_dim(process), state_dir)
-  adapter = stateful_process.StoreAdapter(process, store)
-  hook = client_state.ClientStateHook(task.client_ids, exp_dir, store)
+def _run(task, exp_dir, total_rounds, state_dir):
+  """A fresh engine process, store and hook (as after a restart) running SCAFFOLD in the training loop."""
+  hook = client_state.ClientStateHook(task.client_ids, exp_dir)
+
+  def store_fn(dim):  # The store is sized when the process knows its client state.
+    hook.store = client_state.make_store(dim, state_dir)
+    return hook.store
+
   cfg = training_loop.LoopConfig(total_rounds=total_rounds, clients_per_round=3, client_batch_size=32,
                                  rounds_per_eval=4, seed=3)
-  base = training_loop.default_client_inputs(task, cfg)
-  inputs = lambda r, cohort: list(zip(base(r, cohort), cohort))
-  training_loop.run_training(adapter, task, cfg, exp_dir, {'seed': 3}, fingerprint={'algo': 'scaffold'},
-                             client_inputs_fn=inputs, hooks=[hook], log=lambda line: None)
+  process = engine.build_task_process(scaffold.Scaffold(0.05, len(task.client_ids)), task, epochs=1,
+                                      batch_size=cfg.client_batch_size, seed=cfg.seed,
+                                      client_optimizer=tff.learning.optimizers.build_sgdm(0.05), store=store_fn)
+  assert process.store is hook.store and isinstance(hook.store, client_state.DiskStore)
+  assert hook.store.dim == process.state_dim == 650  # c_i of digits' logreg (64 x 10 + 10).
+  training_loop.run_training(process, task, cfg, exp_dir, {'seed': 3}, fingerprint={'algo': 'scaffold'},
+                             hooks=[hook], log=lambda line: None)
   _, state, extras = checkpoint_lib.CheckpointManager(os.path.join(exp_dir, 'checkpoints'), {}).restore(
-      adapter.initialize())
+      process.initialize())
   with open(os.path.join(exp_dir, 'clients.csv')) as f:
     clients_csv = f.read()
-  return state, {cid: store.get(cid) for cid in task.client_ids}, extras, clients_csv
+  return state, {cid: hook.store.get(cid) for cid in task.client_ids}, extras, clients_csv
 
 
 def test_resumed_run_matches_uninterrupted(tmp_path):
   """4 rounds straight vs 2 + resume to 4 with the disk store (the in-memory store's checkpoint is tested above)."""
   task = tasks_lib.build_task(tasks_lib.TaskConfig(task='digits', num_clients=5, model='logreg'))
-  process = scaffold.build_scaffold(task.model_fn, 0.05, len(task.client_ids))
   state_dir = lambda name: str(tmp_path / name / 'client_states')
-  straight = _run(task, process, str(tmp_path / 'straight'), 4, state_dir('straight'))
-  _run(task, process, str(tmp_path / 'resumed'), 2, state_dir('resumed'))
-  # Fresh store, adapter and hook, as after a restart.
-  resumed = _run(task, process, str(tmp_path / 'resumed'), 4, state_dir('resumed'))
+  straight = _run(task, str(tmp_path / 'straight'), 4, state_dir('straight'))
+  _run(task, str(tmp_path / 'resumed'), 2, state_dir('resumed'))
+  resumed = _run(task, str(tmp_path / 'resumed'), 4, state_dir('resumed'))
   for a, b in zip(tf.nest.flatten(straight[0]), tf.nest.flatten(resumed[0])):
     np.testing.assert_array_equal(a, b)
   assert sum(v is not None for v in straight[1].values()) >= 3  # Several clients hold state after 4 rounds.
@@ -114,4 +129,15 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
       np.testing.assert_array_equal(value, resumed[1][cid])
   np.testing.assert_array_equal(straight[2]['client_state/rounds'], resumed[2]['client_state/rounds'])
   assert straight[3] == resumed[3]  # clients.csv: rounds participated and last losses.
+  rows = list(csv.DictReader(io.StringIO(straight[3])))
+  assert all((r['last_loss'] != '') == (int(r['rounds_participated']) > 0) for r in rows)  # Losses per client.
   assert np.max(np.abs(np.asarray(straight[0]['extra'][0]))) > 0  # The server control variate moved.
+
+
+def test_store_fn_is_not_called_for_a_stateless_algorithm():
+  train = {'a': (np.zeros([4, 6], np.float32), np.zeros([4], np.int32))}
+  calls = []
+  process = engine.build_process(fed_avg.FedAvg(), MODEL_FN, train, lambda cid, r: np.arange(4), batch_size=2,
+                                 client_optimizer=tff.learning.optimizers.build_sgdm(0.1),
+                                 store=lambda dim: calls.append(dim))
+  assert not calls and process.store is None and not process.stateful

@@ -3,6 +3,8 @@
 Built in: `fedavg` (McMahan et al. 2017; with a non-SGD server optimizer it is FedOpt, Reddi et al. 2021) and
 `fedprox` (Li et al. 2020, needs mu > 0). Other modules add theirs with `register(name, builder)`; a builder takes
 the experiment (task, configs, optimizers) and returns an `Algorithm`. Registering a name twice is an error.
+Wrappers (`register_wrapper(fn(experiment, algorithm) -> Algorithm)`) apply to whatever algorithm the registry
+builds, in registration order (e.g. top-k with error feedback around any algorithm).
 """
 
 import collections
@@ -17,6 +19,7 @@ from tff_fl.algorithms import fed_avg
 WEIGHTINGS = {'num_examples': tff.learning.ClientWeighting.NUM_EXAMPLES,
               'uniform': tff.learning.ClientWeighting.UNIFORM}
 _BUILDERS: dict[str, Callable] = collections.OrderedDict()
+_WRAPPERS: list[Callable] = []
 
 
 def register(name: str, builder: Callable) -> None:
@@ -24,6 +27,13 @@ def register(name: str, builder: Callable) -> None:
   if name in _BUILDERS and _BUILDERS[name] is not builder:
     raise ValueError(f'algorithm {name!r} is already registered.')
   _BUILDERS[name] = builder
+
+
+def register_wrapper(wrapper: Callable) -> None:
+  """Registers `wrapper(experiment, algorithm) -> Algorithm` (returns `algorithm` itself when it does not apply);
+  registering the same function again is a no-op."""
+  if wrapper not in _WRAPPERS:
+    _WRAPPERS.append(wrapper)
 
 
 def algorithms() -> tuple:
@@ -54,8 +64,12 @@ def weighting(cfg: AlgorithmConfig) -> tff.learning.ClientWeighting:
 
 
 def build_algorithm(exp) -> definition.Algorithm:
+  """The registered builder's algorithm, then every registered wrapper applied to it."""
   exp.algo_cfg.validate()
-  return _BUILDERS[exp.algo_cfg.algorithm](exp)
+  algorithm = _BUILDERS[exp.algo_cfg.algorithm](exp)
+  for wrapper in _WRAPPERS:
+    algorithm = wrapper(exp, algorithm)
+  return algorithm
 
 
 register('fedavg', lambda exp: fed_avg.FedAvg())

@@ -43,7 +43,8 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
     client_weighting: NUM_EXAMPLES or UNIFORM.
     extensions: `Extension`s (components) applied to the round's stages.
     seed: seeds the per-client seeds of each round; num_slots: CLIENTS slots a cohort is split into.
-    store: client-state store (get_many/put_many); default in memory.
+    store: client-state store (get_many/put_many), or store_fn(state_dim) -> store (called for stateful
+      algorithms only); default in memory.
   """
   algorithm.validate()
   if client_weighting not in (tff.learning.ClientWeighting.NUM_EXAMPLES, tff.learning.ClientWeighting.UNIFORM):

@@ -58,13 +58,16 @@ class _DictStore:
 
 
 class EngineProcess:
-  """`Process` over the packed engine (module docstring). `store`: get_many/put_many of float32[state_dim]."""
+  """`Process` over the packed engine (module docstring). `store`: get_many/put_many of float32[state_dim], or
+  `store_fn(state_dim) -> store`, called here for a stateful algorithm only (the size depends on the algorithm)."""
 
   def __init__(self, iterative_process, packer: packing.Packer, parts, store=None):
     self.iterative_process, self.packer, self.parts = iterative_process, packer, parts
     self.extensions = list(parts.extensions)
     self.state_dim = parts.state_dim
     self._initial_client_state = np.asarray(parts.initial_client_state(), np.float32) if parts.stateful else None
+    if callable(store):
+      store = store(self.state_dim) if parts.stateful else None
     if parts.stateful and store is not None and getattr(store, 'dim', self.state_dim) != self.state_dim:
       raise ValueError(f'store dim {store.dim} does not match the client state size {self.state_dim}.')
     self.store = store if store is not None or not parts.stateful else _DictStore(self.state_dim)

@@ -1,8 +1,8 @@
 """Per-client state that persists across rounds (control variates, error-feedback residuals, personal layers).
 
-A store maps client id -> one float32 vector of length `dim` (the flattened client state; the process adapter
-packs it back into the state's structure). A client never written reads as `None` (the adapter substitutes the
-process's initial client state). Two backends share one interface:
+A store maps client id -> one float32 vector of length `dim` (the flattened client state; the engine process
+packs it back into the state's structure). A client never written reads as `None` (the process substitutes the
+algorithm's initial client state). Two backends share one interface:
 
 * `InMemoryStore`: a dict of vectors. Memory is at most `num_clients * dim * 4` bytes, flat in the number of rounds.
   Checkpoint arrays hold every stored vector (`ids`: str[n], `values`: float32[n, dim]).
@@ -251,8 +251,8 @@ class ClientStateHook(training_loop.RoundHook):
   """Checkpoints `store` (may be None) and per-client bookkeeping; writes `<exp_dir>/clients.csv` at the end.
 
   `evaluators`: kind -> fn(process, state) -> {client_id: accuracy}, run once at the end of training. Per-client
-  losses come from `output.client_ids` / `output.client_metrics` (a `StoreAdapter` output); for a stock process call
-  `note_cohort(client_ids)` from the client inputs function, and the last loss is left empty.
+  losses come from the round output's `client_ids` / `client_metrics` (`tff_fl.engine.RoundOutput`; a process
+  without per-client metrics, e.g. the stock one, leaves the last loss empty).
   """
   name = 'client_state'
 
@@ -264,19 +264,12 @@ class ClientStateHook(training_loop.RoundHook):
     self.evaluators = dict(evaluators or {})
     self.rounds: dict[str, int] = collections.Counter()
     self.last_loss: dict[str, float] = {}
-    self._cohort: list = []
     self._summary: dict = {}
-
-  def note_cohort(self, client_ids: Sequence[str]) -> None:
-    self._cohort = list(client_ids)
 
   def after_round(self, round_num, output, row):
     del round_num, row
-    client_ids = getattr(output, 'client_ids', None)
-    if client_ids is None:
-      client_ids, metrics = self._cohort, [None] * len(self._cohort)
-    else:
-      metrics = output.client_metrics
+    client_ids = list(output.client_ids)
+    metrics = list(output.client_metrics) or [None] * len(client_ids)
     for cid, m in zip(client_ids, metrics):
       self.rounds[cid] += 1
       if m is not None:
