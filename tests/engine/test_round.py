@@ -155,7 +155,7 @@ def _train(out_dir, *flags):
   cmd = [sys.executable, '-m', 'experiments.train', f'--root_output_dir={out_dir}', '--task=digits', '--model=logreg',
          '--num_clients=12', '--clients_per_round=6', '--total_rounds=2', '--rounds_per_eval=2', *flags]
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
 
 
 @pytest.mark.parametrize('extra', [
