@@ -52,11 +52,21 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
   parts = round_lib.RoundParts(algorithm, model_fn, extensions)
   fields = [e for e in parts.extensions if e.field_specs()]
 
-  def fields_fn(round_num, client_ids):
+  def fields_fn(round_num, client_ids, sampled):
     out = {}
     for e in fields:
-      out.update((round_lib.field_key(e.name, k), v) for k, v in e.fields(round_num, client_ids).items())
+      out.update((round_lib.field_key(e.name, k), v) for k, v in e.fields(round_num, client_ids, sampled).items())
     return out
+
+  ordering = [e for e in parts.extensions if e.has('client_order')]
+  if ordering:
+    task_order_fn = order_fn
+
+    def order_fn(client_id, round_num):  # pylint: disable=function-redefined
+      order = task_order_fn(client_id, round_num)
+      for e in ordering:
+        order = e.client_order(client_id, round_num, order)
+      return order
 
   packer = packing.Packer(train_arrays, order_fn, batch_size=batch_size, seed=seed, num_slots=num_slots,
                           state_dim=parts.state_dim, field_specs=round_lib.field_specs(parts.extensions),

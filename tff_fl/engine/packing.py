@@ -22,7 +22,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 OrderFn = Callable[[str, int], np.ndarray]  # (client_id, round_num) -> indices into the client's arrays.
-FieldsFn = Callable[[int, Sequence[str]], Mapping[str, np.ndarray]]  # (round, ids) -> {field: [C, ...]}
+# (round, reporting ids, sampled ids) -> {field: [C, ...]}
+FieldsFn = Callable[[int, Sequence[str], Sequence[str]], Mapping[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Packer:
     orders = self.orders(cohort)
     if states is None:
       states = np.zeros([len(ids), self.state_dim], np.float32)
-    fields = dict(self.fields_fn(cohort.round_num, ids)) if self.fields_fn else {}
+    fields = dict(self.fields_fn(cohort.round_num, ids, list(cohort.sampled))) if self.fields_fn else {}
     seeds = derived_seeds(self.seed, cohort.round_num, ids)
     slots = []
     for s in split(len(ids), self.num_slots):

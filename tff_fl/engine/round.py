@@ -10,6 +10,12 @@ and weighting stay per real client); uploads are summed. Slots merge with `feder
 the aggregator's server part, the extensions' aggregate transforms, `algorithm.to_server_delta`, the finalizer
 (TFF's apply-optimizer finalizer: FedOpt), `algorithm.server_update` and the extensions' `server_post`.
 
+Extensions with an aggregate pass (`Extension.client_vector`) keep one vector per client at CLIENTS; after
+aggregation the round broadcasts the aggregate and the cohort mean of those vectors and maps
+`aggregate_measurements` over the clients (a second federated_map after a broadcast of the aggregate: not a
+MapReduceForm, but TFF's multi-worker mergeable form still splits it, since nothing is aggregated after the
+broadcast). Rounds without such extensions are unchanged.
+
 State: OrderedDict(model=ModelWeights, extra=<algorithm extra>, extensions=OrderedDict(name=<state>),
 aggregator=<state>, finalizer=<optimizer state>). Metrics: OrderedDict(client_work=OrderedDict(train=...),
 aggregator=..., finalizer=..., <extension name>=... for extensions with server measurements). per_client (one
@@ -139,6 +145,8 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
   broadcast_ext = parts.bcast_type()
   measured = [e for e in extensions if e.has('client_measurements')]
   posted = [e for e in extensions if e.has('server_post')]
+  vectored = [e for e in extensions if e.has('client_vector')]
+  vector_sizes = _vector_sizes(model_fn, vectored, flat.flat_size(parts.update_type))
   data_keys = ('x', 'y')
 
   @tff.tensorflow.computation(parts.weights_type, parts.extra_type, broadcast_ext.type_signature.result,
@@ -180,10 +188,14 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
         for e in measured:
           for k, v in e.client_measurements(ctx, out, infos[e.name]).items():
             values[field_key(e.name, k)] = tf.cast(v, tf.float32)
+        for e in vectored:
+          values[_VECTOR + e.name] = tf.ensure_shape(
+              tf.cast(e.client_vector(ctx, out, update, infos[e.name]), tf.float32), [vector_sizes[e.name]])
         arrays = collections.OrderedDict((k, arrays[k].write(c, values[k])) for k in arrays)
         return c + 1, acc, upload_acc, arrays
 
       shapes = _per_client_shapes(parts, measured)
+      shapes.update((_VECTOR + e.name, [vector_sizes[e.name]]) for e in vectored)
       arrays = collections.OrderedDict(
           (k, tf.TensorArray(tf.float32, size=num, element_shape=s)) for k, s in shapes.items())
       zero_upload = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
@@ -197,8 +209,12 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
       _, acc, upload, arrays = tf.while_loop(lambda c, *_: c < num, body,
                                              (tf.constant(0), zero_acc, zero_upload, arrays),
                                              shape_invariants=invariants)
-      per_client = collections.OrderedDict((k, a.stack()) for k, a in arrays.items())
-      return acc, upload, model.report_local_unfinalized_metrics(), per_client
+      per_client = collections.OrderedDict((k, a.stack()) for k, a in arrays.items() if not k.startswith(_VECTOR))
+      metrics = model.report_local_unfinalized_metrics()
+      if not vectored:
+        return acc, upload, metrics, per_client
+      vectors = collections.OrderedDict((e.name, arrays[_VECTOR + e.name].stack()) for e in vectored)
+      return acc, upload, metrics, per_client, vectors
 
     return run()
 
@@ -219,6 +235,9 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
       states[e.name] = nonempty(states[e.name])
     return weights, nonempty(extra), states or tf.constant(PLACEHOLDER), measurements or tf.constant(PLACEHOLDER)
 
+  if vectored:
+    aggregate_pass = _build_aggregate_pass(vectored, train_slot.type_signature.result, parts.update_type)
+
   @tff.federated_computation()
   def init_fn():
     return tff.federated_zip(collections.OrderedDict(
@@ -235,6 +254,8 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
                                              agg.broadcast_input(state.aggregator), slots))
     accumulators, uploads, metric_sums, per_client = outputs[0], outputs[1], outputs[2], outputs[3]
     agg_state, aggregate, agg_measurements = agg.finish(state.aggregator, accumulators)
+    if vectored:
+      per_client = aggregate_pass(per_client, outputs[4], aggregate)
     delta = tff.federated_map(server_delta, (aggregate, state.extensions))
     fin = finalizer.next(state.finalizer, state.model, delta)
     new = tff.federated_map(server_update, (fin.result, state.extra, tff.federated_sum(uploads), state.extensions))
@@ -248,6 +269,61 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
     return new_state, tff.federated_zip(metrics), per_client
 
   return tff.templates.IterativeProcess(init_fn, next_fn), parts
+
+
+_VECTOR = '__vector__'  # Prefix of the aggregate-pass vectors among a slot's per-client arrays.
+
+
+def _vector_sizes(model_fn, vectored, update_size: int) -> dict:
+  if not vectored:
+    return {}
+  with tf.Graph().as_default():
+    model = model_fn()
+    return {e.name: int(e.vector_size(model, update_size)) for e in vectored}
+
+
+def _build_aggregate_pass(vectored, slot_result_type, update_type):
+  """(per_client@CLIENTS, vectors@CLIENTS, aggregate@SERVER) -> per_client@CLIENTS with the extensions'
+  `aggregate_measurements` added (see module docstring)."""
+  per_client_type, vectors_type = slot_result_type[3], slot_result_type[4]
+
+  @tff.tensorflow.computation(vectors_type)
+  def sums(vectors):
+    count = tf.cast(tf.shape(vectors[vectored[0].name])[0], tf.float32)
+    return collections.OrderedDict(sum=collections.OrderedDict(
+        (k, tf.reduce_sum(v, axis=0)) for k, v in vectors.items()), count=count)
+
+  @tff.tensorflow.computation(sums.type_signature.result)
+  def mean(total):
+    return collections.OrderedDict((k, v / tf.maximum(total['count'], 1.0)) for k, v in total['sum'].items())
+
+  @tff.tensorflow.computation(vectors_type, mean.type_signature.result, update_type)
+  def measure(vectors, means, aggregate):
+    out = collections.OrderedDict()
+    for e in vectored:
+      names = list(e.aggregate_measurement_names())
+
+      def one(vector, e=e, names=names):
+        values = e.aggregate_measurements(vector, means[e.name], aggregate)
+        return collections.OrderedDict((k, tf.cast(values[k], tf.float32)) for k in names)
+
+      signature = collections.OrderedDict((k, tf.TensorSpec([], tf.float32)) for k in names)
+      values = tf.map_fn(one, vectors[e.name], fn_output_signature=signature)
+      out.update((field_key(e.name, k), v) for k, v in values.items())
+    return out
+
+  @tff.tensorflow.computation(per_client_type, measure.type_signature.result)
+  def merge(per_client, measured):
+    merged = collections.OrderedDict(per_client)
+    merged.update(measured)
+    return merged
+
+  def run(per_client, vectors, aggregate):
+    means = tff.federated_broadcast(tff.federated_map(mean, tff.federated_sum(tff.federated_map(sums, vectors))))
+    measured = tff.federated_map(measure, (vectors, means, tff.federated_broadcast(aggregate)))
+    return tff.federated_map(merge, (per_client, measured))
+
+  return run
 
 
 def _local_options(extensions, bcast, infos) -> local_training.LocalOptions:
