@@ -4,17 +4,16 @@
   --byzantine_fraction=0.2 --attack=sign_flip  that fraction of each round's cohort is malicious
   --attack_scale, --attack_noise_std           strength of sign_flip/scaled and gaussian_noise attacks
 
-Robust aggregators are told the cohort size so a too-small cohort is refused before training starts.
+Robust aggregators are told the cohort size so a too-small cohort is refused before training starts. Attacks are
+an extension of the round (`tff_fl.algorithms.attacks.ByzantineAttack`), so they apply to every algorithm: the
+malicious clients are chosen among each round's sampled clients and only those that report attack.
 """
-
-import zlib
 
 from absl import flags
 
 from experiments import flag_groups
 from tff_fl import aggregators
 from tff_fl.algorithms import attacks
-from tff_fl.simulation import regimes
 from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
@@ -43,47 +42,30 @@ def configure(exp) -> None:
                      '--byzantine_fraction=0.2) or neither.')
   if FLAGS.attack == 'none':
     return
-  if exp.algo_cfg.algorithm not in ('fedavg', 'fedprox', 'fedsgd'):
-    raise ValueError(f'--attack applies to --algorithm=fedavg, fedprox or fedsgd; got {exp.algo_cfg.algorithm}.')
-  exp.client_work_wrappers.append(lambda work: attacks.build_attacked_client_work(
-      work, FLAGS.attack, scale=FLAGS.attack_scale, noise_std=FLAGS.attack_noise_std,
-      num_classes=exp.task.num_classes))
-  inputs = exp.client_inputs_fn or training_loop.default_client_inputs(exp.task, exp.loop_cfg)
-  hook = AttackHook()
-  exp.client_inputs_fn = attacked_inputs(inputs, exp.task_cfg.seed, FLAGS.byzantine_fraction, hook)
-  exp.hooks.append(hook)
-
-
-def attacked_inputs(inputs, seed: int, fraction: float, hook: 'AttackHook'):
-  """Wraps `inputs(round, cohort)`: `fraction` of the sampled cohort is malicious (`attacks.choose_byzantine`);
-  each reporting client's input carries its flag (dropped clients send nothing, malicious or not)."""
-  def client_inputs(round_num, client_ids):
-    bad = attacks.choose_byzantine(client_ids, fraction, seed, round_num)
-    datasets = inputs(round_num, client_ids)
-    reported = regimes.reported_clients(inputs, client_ids, len(datasets))
-    hook.note(round_num, [cid in bad for cid in reported])
-    return [attacks.attacked_client_data(d, cid in bad, seed=zlib.crc32(f'{seed}/{round_num}/{cid}'.encode()) >> 1)
-            for cid, d in zip(reported, datasets)]
-
-  return client_inputs
+  if FLAGS.attack == 'gaussian_noise' and not FLAGS.attack_noise_std >= 0:
+    raise ValueError(f'--attack_noise_std must be >= 0; got {FLAGS.attack_noise_std}.')
+  attack = attacks.ByzantineAttack(FLAGS.attack, FLAGS.byzantine_fraction, exp.task_cfg.seed,
+                                   scale=FLAGS.attack_scale, noise_std=FLAGS.attack_noise_std,
+                                   num_classes=exp.task.num_classes)
+  exp.extensions.append(attack)
+  exp.hooks.append(AttackHook(attack))
 
 
 class AttackHook(training_loop.RoundHook):
   """metrics.csv columns `attack/malicious` (malicious clients among those that reported) and, when the aggregator
-  reports Krum's `.../selected_indices/i` (positions among the reporting clients), `attack/malicious_selected`."""
+  reports Krum's `.../selected_indices/i` (positions among the reporting clients), `attack/malicious_selected`;
+  both from the flags the attack extension packed for the round (`last_round`, `last_malicious`)."""
   name = 'attack'
 
-  def __init__(self):
-    self.round_num, self.malicious = None, []
-
-  def note(self, round_num: int, malicious: list) -> None:
-    self.round_num, self.malicious = round_num, list(malicious)
+  def __init__(self, attack: attacks.ByzantineAttack):
+    self.attack = attack
 
   def after_round(self, round_num, output, row) -> None:
     del output
-    if round_num != self.round_num:
+    if round_num != self.attack.last_round:
       return
-    row['attack/malicious'] = sum(self.malicious)
+    malicious = self.attack.last_malicious
+    row['attack/malicious'] = sum(malicious)
     selected = [int(v) for k, v in row.items() if '/selected_indices/' in k]
     if selected:
-      row['attack/malicious_selected'] = sum(self.malicious[i] for i in selected if 0 <= i < len(self.malicious))
+      row['attack/malicious_selected'] = sum(malicious[i] for i in selected if 0 <= i < len(malicious))

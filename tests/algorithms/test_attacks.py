@@ -1,4 +1,5 @@
-"""Attacks: each malicious update vs the honest update from the unwrapped client work; composition."""
+"""Attacks on the engine: each malicious update vs numpy local SGD, label flipping vs numpy on flipped labels,
+malicious clients chosen among the sampled and only reporters attacking, SCAFFOLD + attack, median vs mean."""
 
 import collections
 
@@ -8,101 +9,154 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fl import aggregators as agg
+from tff_fl import engine
+from tff_fl import tasks
 from tff_fl.algorithms import attacks
 from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import scaffold
+from tff_fl.models import keras_models
 
-NUM_CLASSES = 3
+from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
+
+NUM_CLASSES, DIM, N, BATCH, LR = 3, 4, 8, 4, 0.1
+SPEC = collections.OrderedDict(x=tf.TensorSpec([DIM], tf.float32), y=tf.TensorSpec([], tf.int32))
+MODEL_FN = keras_models.build_tff_model_fn(lambda: keras_models.logreg([DIM], NUM_CLASSES), SPEC)
+SEED = 5
 
 
-def _model_fn():
-  keras_model = tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(4,)),
-                                     tf.keras.layers.Dense(NUM_CLASSES, kernel_initializer='zeros')])
-  spec = (tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32))
-  return tff.learning.models.from_keras_model(
-      keras_model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), input_spec=spec)
-
-
-def _datasets(n=3):
+def _arrays(n_clients=3):
   rng = np.random.default_rng(0)
-  return [tf.data.Dataset.from_tensor_slices((rng.normal(size=(8, 4)).astype(np.float32),
-                                              rng.integers(0, NUM_CLASSES, size=8).astype(np.int32))).batch(4)
-          for _ in range(n)]
+  return {str(i): (rng.normal(size=(N, DIM)).astype(np.float32), rng.integers(0, NUM_CLASSES, N).astype(np.int32))
+          for i in range(n_clients)}
 
 
-@pytest.fixture(scope='module')
-def inner():
-  return tff.learning.templates.build_model_delta_client_work(
-      _model_fn, tff.learning.optimizers.build_sgdm(0.1), tff.learning.ClientWeighting.NUM_EXAMPLES)
+W0 = [np.random.default_rng(1).normal(size=(DIM, NUM_CLASSES)).astype(np.float32) * 0.3,
+      np.random.default_rng(2).normal(size=NUM_CLASSES).astype(np.float32) * 0.1]
 
 
-@pytest.fixture(scope='module')
-def weights():
-  w = tff.learning.models.ModelWeights.from_model(_model_fn())
-  return tff.learning.models.ModelWeights(trainable=[v.numpy() for v in w.trainable], non_trainable=[])
+def _numpy_update(x, y, lr=LR):
+  """initial - final weights of local SGD over batches of BATCH in order (flattened [W, b])."""
+  w, b = W0[0].astype(np.float64), W0[1].astype(np.float64)
+  for lo in range(0, len(y), BATCH):
+    _, gw, gb = logreg_loss_and_grads(w, b, x[lo:lo + BATCH], y[lo:lo + BATCH])
+    w, b = w - lr * gw, b - lr * gb
+  return np.concatenate([(W0[0] - w).ravel(), W0[1] - b])
 
 
-def _updates(results):
-  return [np.concatenate([np.ravel(u) for u in r.update]) for r in results]
+def _flat(weights):
+  return np.concatenate([np.ravel(w) for w in weights.trainable])
 
 
-def _run_attacked(inner, weights, attack, malicious, seeds, datasets, **kwargs):
-  process = attacks.build_attacked_client_work(inner, attack, num_classes=NUM_CLASSES, **kwargs)
-  data = [attacks.attacked_client_data(d, m, s) for d, m, s in zip(datasets, malicious, seeds)]
-  return process.next(process.initialize(), [weights] * len(data), data)
+def _process(arrays, extension, algorithm=None, **kwargs):
+  kwargs.setdefault('server_optimizer', tff.learning.optimizers.build_sgdm(1.0))
+  p = engine.build_process(algorithm or fed_avg.FedAvg(), MODEL_FN, arrays, lambda cid, r: np.arange(N),
+                           batch_size=BATCH, client_optimizer=tff.learning.optimizers.build_sgdm(LR), seed=SEED,
+                           extensions=[extension], **kwargs)
+  state = p.set_model_weights(p.initialize(), tff.learning.models.ModelWeights(W0, []))
+  return p, state
 
 
-def test_wrapped_type_signature(inner):
-  process = attacks.build_attacked_client_work(inner, 'sign_flip')
-  data_type = process.next.type_signature.parameter[2].member
-  assert data_type.data == inner.next.type_signature.parameter[2].member
-  assert data_type.malicious == tff.SequenceType(np.int32)
-  assert process.next.type_signature.result == inner.next.type_signature.result
-  assert process.initialize.type_signature == inner.initialize.type_signature
+def _per_client_updates(p, state, round_num, ids, ext=None):
+  """Each client's update (initial - new weights of a one-client round at server SGD lr 1), the cohort sampled
+  being all of `ids`; with `ext`, also the malicious flags it packed for each round."""
+  out, flags = [], []
+  for cid in ids:
+    new = p.next(state, engine.Cohort(round_num, (cid,), sampled=tuple(ids))).state
+    out.append(_flat(p.get_model_weights(state)) - _flat(p.get_model_weights(new)))
+    flags.append(ext and list(ext.last_malicious))
+  return (out, flags) if ext else out
 
 
-@pytest.mark.parametrize('attack,transform', [
-    ('sign_flip', lambda u: -3.0 * u),
-    ('scaled', lambda u: 3.0 * u),
-])
-def test_update_attacks_change_only_malicious_clients(inner, weights, attack, transform):
-  datasets = _datasets()
-  honest = inner.next(inner.initialize(), [weights] * 3, datasets)
-  out = _run_attacked(inner, weights, attack, [0, 1, 0], [0, 0, 0], datasets, scale=3.0)
-  got, ref = _updates(out.result), _updates(honest.result)
-  np.testing.assert_allclose(got[0], ref[0], atol=1e-7)
-  np.testing.assert_allclose(got[1], transform(ref[1]), rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(got[2], ref[2], atol=1e-7)
-  assert [r.update_weight for r in out.result] == [r.update_weight for r in honest.result]
+@pytest.mark.parametrize('attack', ['sign_flip', 'gaussian_noise', 'label_flip'])  # scaled: below, same stage.
+def test_malicious_clients_attack_honest_ones_do_not(attack):
+  arrays = _arrays(6)
+  ids = sorted(arrays)
+  ext = attacks.ByzantineAttack(attack, 0.5, seed=3, scale=3.0, noise_std=2.0, num_classes=NUM_CLASSES)
+  p, state = _process(arrays, ext)
+  round_num = 4
+  bad = attacks.choose_byzantine(ids, 0.5, 3, round_num)  # Three of the six sampled clients.
+  got, flags = _per_client_updates(p, state, round_num, ids, ext)
+  assert flags == [[cid in bad] for cid in ids]  # Chosen among the sampled; flags of the reporting client only.
+  noise = []
+  for cid, update in zip(ids, got):
+    x, y = arrays[cid]
+    honest = _numpy_update(x, y)
+    if cid not in bad:
+      np.testing.assert_allclose(update, honest, rtol=1e-5, atol=1e-6)
+    elif attack == 'sign_flip':
+      np.testing.assert_allclose(update, -3.0 * honest, rtol=1e-5, atol=1e-6)
+    elif attack == 'label_flip':
+      np.testing.assert_allclose(update, _numpy_update(x, NUM_CLASSES - 1 - y), rtol=1e-5, atol=1e-6)
+      assert not np.allclose(update, honest, atol=1e-3)
+    else:  # N(0, 2^2) drawn statelessly from the client's round seed, leaf by leaf.
+      seed = tasks.derived_seed(SEED, round_num, cid)
+      expected = np.concatenate([tf.random.stateless_normal(shape, seed=[seed, i]).numpy().ravel() * 2.0
+                                 for i, shape in enumerate([(DIM, NUM_CLASSES), (NUM_CLASSES,)])])
+      np.testing.assert_allclose(update - honest, expected, atol=1e-5)
+      noise.append(update - honest)
+  if attack == 'gaussian_noise':
+    assert not np.allclose(noise[0], noise[1])  # Each client its own seed.
+    pooled = np.concatenate(noise)  # 3 x 15 draws of N(0, 4): sample std within ~4 standard errors.
+    assert abs(pooled.std() - 2.0) < 4 * 2.0 / np.sqrt(2 * pooled.size)
 
 
-def test_gaussian_noise_has_the_requested_std_and_follows_the_seed(inner, weights):
-  datasets = _datasets()
-  honest = _updates(inner.next(inner.initialize(), [weights] * 3, datasets).result)
-  out = _updates(_run_attacked(inner, weights, 'gaussian_noise', [1, 1, 1], [7, 7, 8], datasets,
-                               noise_std=2.0).result)
-  noise = [o - h for o, h in zip(out, honest)]
-  np.testing.assert_allclose(noise[0], noise[1], atol=1e-6)  # Same seed, same noise.
-  assert not np.allclose(noise[0], noise[2])
-  pooled = np.concatenate(noise)  # 3 x 15 draws of N(0, 4): sample std within ~4 standard errors.
-  assert abs(pooled.std() - 2.0) < 4 * 2.0 / np.sqrt(2 * pooled.size)
+def test_malicious_chosen_among_sampled_and_only_reporters_attack():
+  sampled = tuple(f'c{i}' for i in range(10))
+  ext = attacks.ByzantineAttack('sign_flip', 0.4, seed=1, scale=10.0)
+  for round_num in (1, 2, 3):
+    bad = attacks.choose_byzantine(sampled, 0.4, 1, round_num)
+    assert len(bad) == 4
+    reporters = sampled[::2]  # Half the cohort dropped out: flags follow the reporters, chosen among the sampled.
+    fields = ext.fields(round_num, list(reporters), list(sampled))
+    assert list(fields['malicious']) == [int(c in bad) for c in reporters] == [int(m) for m in ext.last_malicious]
+    assert ext.last_round == round_num
 
 
-def test_label_flip_trains_malicious_clients_on_flipped_labels(inner, weights):
-  datasets = _datasets()
-  flipped = [datasets[0], attacks.flip_labels(datasets[1], NUM_CLASSES), datasets[2]]
-  reference = _updates(inner.next(inner.initialize(), [weights] * 3, flipped).result)
-  got = _updates(_run_attacked(inner, weights, 'label_flip', [0, 1, 0], [0, 0, 0], datasets).result)
-  for g, r in zip(got, reference):
-    np.testing.assert_allclose(g, r, atol=1e-6)
+def test_scaffold_with_sign_flip_attacks_the_update_not_the_control_variates():
+  # Round 1: c = c_i = 0, so SCAFFOLD's local work is plain SGD. The model moves by the uniform mean of the sent
+  # (attacked) updates; c by (1/N) sum_i dc_i, dc_i = honest update / (K lr) (the upload is not attacked).
+  arrays, ids = _arrays(), ('0', '1', '2')
+  ext = attacks.ByzantineAttack('sign_flip', 0.34, seed=3, scale=10.0)
+  p, state = _process(arrays, ext, scaffold.Scaffold(LR, num_clients=3),
+                      client_weighting=tff.learning.ClientWeighting.UNIFORM)
+  out = p.next(state, engine.Cohort.full(1, ids))
+  (bad,) = attacks.choose_byzantine(ids, 0.34, 3, 1)
+  honest = {c: _numpy_update(*arrays[c]) for c in ids}
+  sent = [-10.0 * honest[c] if c == bad else honest[c] for c in ids]
+  np.testing.assert_allclose(_flat(p.get_model_weights(state)) - _flat(p.get_model_weights(out.state)),
+                             np.mean(sent, axis=0), rtol=1e-5, atol=1e-6)
+  steps = N // BATCH
+  c = np.concatenate([np.ravel(v) for v in out.state['extra']])
+  np.testing.assert_allclose(c, sum(honest.values()) / (steps * LR) / 3, rtol=1e-5, atol=1e-6)
+  stored = p.client_states([bad])[0]
+  np.testing.assert_allclose(stored, honest[bad] / (steps * LR), rtol=1e-5, atol=1e-6)
 
 
-def test_flip_labels_on_tuples_and_dicts():
-  ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 1), np.float32), np.array([0, 1, 2, 9], np.int64)))
-  assert [int(y) for _, y in attacks.flip_labels(ds, 10)] == [9, 8, 7, 0]
-  ds = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=np.zeros((2, 1)), label=np.array([0, 3])))
-  assert [int(e['label']) for e in attacks.flip_labels(ds, 4)] == [3, 0]
-  with pytest.raises(ValueError, match='label_key'):
-    attacks.flip_labels(ds, 4, label_key='target')
+def test_median_resists_sign_flip_where_mean_does_not():
+  arrays = _arrays(5)  # Equal sizes: equal example weights.
+  ids = tuple(sorted(arrays))
+  (bad,) = attacks.choose_byzantine(ids, 0.2, 0, 1)
+  honest = np.stack([_numpy_update(*arrays[c]) for c in ids])
+  sent = honest.copy()
+  sent[ids.index(bad)] *= -10.0
+  p, state = _process(arrays, attacks.ByzantineAttack('sign_flip', 0.2, seed=0, scale=10.0),
+                      model_aggregator=agg.median())
+  after = p.next(state, engine.Cohort.full(1, ids)).state
+  median_step = _flat(p.get_model_weights(after)) - _flat(p.get_model_weights(state))
+  np.testing.assert_allclose(median_step, -np.median(sent, axis=0), rtol=1e-5, atol=1e-6)
+  honest_step, mean_step = -honest.mean(0), -sent.mean(0)  # The engine's mean of sent updates: tests above.
+  assert np.linalg.norm(median_step - honest_step) < 0.5 * np.linalg.norm(mean_step - honest_step)
+
+
+def test_update_transforms_match_numpy():
+  update = [np.arange(6, dtype=np.float32).reshape(2, 3) - 2.0, np.array([0.5, -1.0], np.float32)]
+  for attack, factor in (('sign_flip', -3.0), ('scaled', 3.0)):
+    out = attacks.attack_update([tf.constant(u) for u in update], attack, 3.0, 1.0, 0)
+    for o, u in zip(out, update):
+      np.testing.assert_allclose(o.numpy(), factor * u, rtol=1e-6)
+  out = attacks.attack_update([tf.constant(u) for u in update], 'label_flip', 3.0, 1.0, 0)
+  for o, u in zip(out, update):
+    np.testing.assert_array_equal(o.numpy(), u)  # label_flip leaves the update alone.
 
 
 def test_choose_byzantine_is_reproducible_and_sized():
@@ -118,35 +172,17 @@ def test_choose_byzantine_is_reproducible_and_sized():
     attacks.choose_byzantine(ids, 1.5, 1, 0)
 
 
-def test_bad_attack_arguments(inner):
-  with pytest.raises(ValueError, match='--attack must be one of'):
-    attacks.build_attacked_client_work(inner, 'poison')
+def test_flip_labels_on_any_label_shape():
+  np.testing.assert_array_equal(attacks.flip_labels(tf.constant([0, 1, 2, 9], tf.int64), 10).numpy(), [9, 8, 7, 0])
+  np.testing.assert_array_equal(attacks.flip_labels(tf.constant([[0, 3]]), 4).numpy(), [[3, 0]])
+
+
+def test_bad_attack_arguments():
+  with pytest.raises(ValueError, match='attack must be one of sign_flip'):
+    attacks.ByzantineAttack('poison', 0.2, 0)
   with pytest.raises(ValueError, match='num_classes'):
-    attacks.build_attacked_client_work(inner, 'label_flip')
-
-
-def test_composes_into_our_fed_avg_where_median_resists_sign_flip(inner):
-  # Our algorithms' composer (tff.learning.templates.compose_learning_process underneath) takes the wrapped work.
-  attacked = attacks.build_attacked_client_work(inner, 'sign_flip', scale=10.0)
-  processes = {name: fed_avg.compose(_model_fn, attacked, tff.learning.optimizers.build_sgdm(1.0), factory)
-               for name, factory in (('mean', agg.mean()), ('median', agg.median()))}
-  initial_fn = fed_avg.initial_weights_computation(_model_fn)
-  datasets = _datasets(5)  # Equal sizes: equal example weights.
-  data = [attacks.attacked_client_data(d, m) for d, m in zip(datasets, [1, 0, 0, 0, 0])]
-  initial = initial_fn()
-  honest = np.stack(_updates(inner.next(inner.initialize(), [initial] * 5, datasets).result))
-  sent = honest.copy()
-  sent[0] *= -10.0
-
-  def step(process):
-    state = process.initialize()
-    after = process.get_model_weights(process.next(state, data).state)
-    return np.concatenate([np.ravel(w) for w in after.trainable]) - np.concatenate(
-        [np.ravel(w) for w in process.get_model_weights(state).trainable])
-
-  mean_step, median_step = step(processes['mean']), step(processes['median'])
-  # The finalizer applies weights - 1.0 * aggregate(update); updates are initial - trained weights.
-  np.testing.assert_allclose(mean_step, -sent.mean(0), atol=1e-6)
-  np.testing.assert_allclose(median_step, -np.median(sent, axis=0), atol=1e-6)
-  honest_step = -honest.mean(0)
-  assert np.linalg.norm(median_step - honest_step) < 0.5 * np.linalg.norm(mean_step - honest_step)
+    attacks.ByzantineAttack('label_flip', 0.2, 0)
+  with pytest.raises(ValueError, match='byzantine_fraction'):
+    attacks.ByzantineAttack('scaled', -0.1, 0)
+  with pytest.raises(ValueError, match='noise_std'):
+    attacks.ByzantineAttack('gaussian_noise', 0.1, 0, noise_std=-1.0)

@@ -72,26 +72,6 @@ def test_krum_with_dropouts_counts_malicious_and_selected(tmp_path):
     assert int(r['attack/malicious_selected']) == 0  # A -10x update is never Krum's pick.
 
 
-def test_attacked_inputs_follow_the_reporting_clients():
-  from experiments.components import aggregation  # pylint: disable=g-import-not-at-top
-  from tff_fl import tasks  # pylint: disable=g-import-not-at-top
-  from tff_fl.algorithms import attacks  # pylint: disable=g-import-not-at-top
-  from tff_fl.simulation import regimes, training_loop  # pylint: disable=g-import-not-at-top
-  task = tasks.build_task(tasks.TaskConfig(task='digits', model='logreg', num_clients=12, seed=0))
-  cfg = training_loop.LoopConfig(client_epochs_per_round=1, client_batch_size=10, seed=3)
-  regime = regimes.RegimeInputs(task, cfg, regimes.Participation(dropout_rate=0.5, seed=3))
-  hook = aggregation.AttackHook()
-  inputs = aggregation.attacked_inputs(regime, seed=0, fraction=0.5, hook=hook)
-  cohort = task.client_ids[:10]
-  for r in range(1, 4):
-    out = inputs(r, cohort)
-    reported = regime.last_reported
-    assert len(out) == len(reported) < len(cohort)
-    bad = attacks.choose_byzantine(cohort, 0.5, 0, r)
-    flags = [bool(next(iter(x['malicious']))) for x in out]
-    assert flags == [cid in bad for cid in reported] == hook.malicious
-
-
 def test_too_few_reporting_clients_for_krum_is_one_line_error(tmp_path):
   """Half the cohort of 5 drops out: Krum(f=1) needs more than 4 reporting clients. The round's TF assertion
   becomes one line naming the round; earlier rounds' outputs stay."""
