@@ -1,12 +1,13 @@
-"""Component: client-drift diagnostics (why did the loss go up?).
+"""Component: client-drift diagnostics (why did the loss go up?), an extension of the round (any algorithm).
 
-  --drift_metrics               per round: client update norms (mean, max), aggregated update norm, cosine of each
-                                update to the aggregate (mean, min) [aggregator/drift/*]; FedProx gradient
-                                dissimilarity, client loss spread at the broadcast model [drift/*]; drift/loss_change
+  --drift_metrics               per round, under drift/*: client update norms (mean, max), aggregated update norm,
+                                cosine of each update to the aggregate (mean, min), FedProx gradient dissimilarity
+                                and client loss spread at the broadcast model, and drift/loss_change
   --drift_warning_threshold=X   a train-loss rise above X logs a warning naming the likely cause
 
-Wraps `exp.model_aggregator` (after aggregation/privacy components have set it) and the built process. Needs a
-`tff.learning` LearningProcess; put it before `preprocessing` in COMPONENTS.
+Adds `tff_fl.algorithms.drift.DriftMeasurements` to `exp.extensions` and the `DriftHook`. Its figures compare each
+update with the round's aggregate (the engine's aggregate pass: a second map over the clients, which `--workers`
+still splits).
 """
 
 from absl import flags
@@ -27,8 +28,5 @@ def define_flags() -> None:
 def configure(exp) -> None:
   if not FLAGS.drift_metrics:
     return
-  hook = drift.DriftHook(FLAGS.drift_warning_threshold)  # Validates the threshold.
-  exp.model_aggregator = drift.DriftMeasurementFactory(exp.model_aggregator)
-  exp.hooks.append(hook)
-  exp.wrap_learning_process(lambda process: drift.with_client_gradients(process, exp.task.model_fn),
-                            '--drift_metrics')
+  exp.hooks.append(drift.DriftHook(FLAGS.drift_warning_threshold))  # Validates the threshold.
+  exp.extensions.append(drift.DriftMeasurements())

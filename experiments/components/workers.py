@@ -6,7 +6,7 @@ connects to running workers (e.g. `python -m experiments.start_workers` on each 
 us. Each round's cohort is cut into one contiguous slice per worker and the partial aggregates are merged
 (`tff_fl.simulation.multi_worker`). On the packed engine a CLIENTS slot is the unit that is split, so use
 `--engine_slots` >= the number of workers. Processes with an aggregation that consumes another aggregation's result
-(secure_mean, drift diagnostics) are refused before training.
+(e.g. secure_mean) are refused before training.
 """
 
 import atexit

@@ -1,5 +1,6 @@
-"""Drift diagnostics vs numpy: update norms/cosines from known client updates, client gradients of logistic
-regression, loss spread; the warning names the figure that stands out."""
+"""Drift diagnostics on the engine vs numpy: update norms and cosines to the aggregate (with a sign-flip attacker
+pulling against the others), client gradients and losses of logistic regression at the broadcast model; measuring
+leaves training untouched; the warning names the figure that stands out."""
 
 import collections
 import logging
@@ -8,75 +9,96 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
+from tff_fl import engine
 from tff_fl import tasks
+from tff_fl.algorithms import attacks
 from tff_fl.algorithms import drift
 from tff_fl.algorithms import fed_avg
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
 
+BATCH, LR = 7, 0.1
 
-def test_aggregator_measurements_match_numpy():
-  value_type = tff.StructWithPythonType([tff.TensorType(np.float32, [2, 2]), tff.TensorType(np.float32, [3])], list)
-  process = drift.DriftMeasurementFactory(tff.aggregators.MeanFactory()).create(value_type, tff.TensorType(np.float32))
-  rng = np.random.default_rng(0)
-  updates = [[rng.normal(size=(2, 2)).astype(np.float32), rng.normal(size=3).astype(np.float32)] for _ in range(4)]
-  updates[3] = [-u for u in updates[0]]  # One client pulls against another.
-  weights = np.array([1.0, 2.0, 3.0, 0.5], np.float32)
-  out = process.next(process.initialize(), updates, list(weights))
-  flat = np.stack([np.concatenate([u[0].ravel(), u[1]]) for u in updates])
-  agg = (flat * weights[:, None]).sum(0) / weights.sum()
-  np.testing.assert_allclose(np.concatenate([np.ravel(out.result[0]), out.result[1]]), agg, rtol=1e-5)
-  norms = np.linalg.norm(flat, axis=1)
-  cos = flat @ agg / (norms * np.linalg.norm(agg))
-  m = out.measurements['drift']
-  assert set(out.measurements) == {'mean_value', 'mean_weight', 'drift'}  # Inner measurements keep their paths.
+
+@pytest.fixture(scope='module')
+def task():
+  return tasks.build_task(tasks.TaskConfig(num_clients=6, model='logreg', partition='dirichlet', dirichlet_alpha=0.3))
+
+
+def _weights():
+  rng = np.random.default_rng(2)
+  return [rng.normal(size=(64, 10)).astype(np.float32) * 0.3, rng.normal(size=10).astype(np.float32)]
+
+
+def _numpy_sgd_update(x, y, w, b):
+  """initial - final [W, b] (flattened) of local SGD over batches of BATCH in order."""
+  w1, b1 = w.astype(np.float64), b.astype(np.float64)
+  for lo in range(0, len(y), BATCH):
+    _, gw, gb = logreg_loss_and_grads(w1, b1, x[lo:lo + BATCH], y[lo:lo + BATCH])
+    w1, b1 = w1 - LR * gw, b1 - LR * gb
+  return np.concatenate([(w - w1).ravel(), b - b1])
+
+
+def _process(task, extensions):
+  order_fn = lambda cid, r: task.train_order(cid, epochs=1, seed=0, round_num=r)
+  p = engine.build_process(fed_avg.FedAvg(), task.model_fn, task.data.train, order_fn, batch_size=BATCH,
+                           client_optimizer=tff.learning.optimizers.build_sgdm(LR), extensions=extensions,
+                           num_slots=2)
+  return p, p.set_model_weights(p.initialize(), tff.learning.models.ModelWeights(_weights(), []))
+
+
+def test_drift_figures_match_numpy_and_training_is_untouched(task):
+  attack = lambda: attacks.ByzantineAttack('sign_flip', 0.5, seed=0)  # Two of 4 clients send -update.
+  p, state = _process(task, [attack(), drift.DriftMeasurements()])
+  cohort = task.client_ids[:4]
+  out = p.next(state, engine.Cohort.full(1, cohort))
+
+  w, b = _weights()
+  bad = attacks.choose_byzantine(cohort, 0.5, 0, 1)
+  losses, grads, sent, sizes = [], [], [], []
+  for cid in cohort:
+    x, y = task.data.train[cid]
+    loss, gw, gb = logreg_loss_and_grads(w, b, x, y)
+    losses.append(loss)
+    grads.append(np.concatenate([gw.ravel(), gb]))
+    order = task.train_order(cid, epochs=1, seed=0, round_num=1)
+    u = _numpy_sgd_update(x[order], y[order], w, b)
+    sent.append(-u if cid in bad else u)
+    sizes.append(len(y))
+  losses, grads, sent, sizes = map(np.array, (losses, grads, sent, sizes))
+  aggregate = (sent * sizes[:, None]).sum(0) / sizes.sum()  # Example-weighted mean (NUM_EXAMPLES).
+  norms = np.linalg.norm(sent, axis=1)
+  cos = sent @ aggregate / (norms * np.linalg.norm(aggregate))
+  assert cos.min() < 0 < cos.max()  # One client pulls against the aggregate.
+  m = out.metrics['drift']
+  assert list(m) == list(drift.FIGURES)
   np.testing.assert_allclose([m['update_norm_mean'], m['update_norm_max'], m['aggregate_norm'], m['cosine_mean'],
                               m['cosine_min']],
-                             [norms.mean(), norms.max(), np.linalg.norm(agg), cos.mean(), cos.min()], rtol=1e-5)
-
-
-def _numpy_logreg(x, y, w, b):
-  """Mean cross-entropy loss and its gradient (dW, db) for logits = x w + b."""
-  loss, gw, gb = logreg_loss_and_grads(w, b, x, y)
-  return loss, np.concatenate([gw.ravel(), gb])
-
-
-def test_client_gradient_dissimilarity_and_loss_spread_match_numpy():
-  task = tasks.build_task(tasks.TaskConfig(num_clients=6, model='logreg', partition='dirichlet', dirichlet_alpha=0.3))
-  base = fed_avg.build_fed_avg(task.model_fn, tff.learning.optimizers.build_sgdm(0.1))
-  process = drift.with_client_gradients(base, task.model_fn)
-  rng = np.random.default_rng(2)
-  w, b = rng.normal(size=(64, 10)).astype(np.float32) * 0.3, rng.normal(size=10).astype(np.float32)
-  weights = tff.learning.models.ModelWeights(trainable=[w, b], non_trainable=[])
-  state = process.set_model_weights(process.initialize(), weights)
-  cohort = task.client_ids[:4]
-  data = [task.train_dataset(c, epochs=1, batch_size=7, seed=0, round_num=1) for c in cohort]
-  out = process.next(state, data)
-  ref = [_numpy_logreg(*task.data.train[c], w, b) for c in cohort]
-  losses = np.array([r[0] for r in ref])
-  grads = np.stack([r[1] for r in ref])
-  m = out.metrics['drift']
+                             [norms.mean(), norms.max(), np.linalg.norm(aggregate), cos.mean(), cos.min()], rtol=1e-4)
   np.testing.assert_allclose(m['gradient_dissimilarity'], np.mean(np.sum((grads - grads.mean(0)) ** 2, axis=1)),
                              rtol=1e-4)
   np.testing.assert_allclose(m['gradient_norm_sq_mean'], np.mean(np.sum(grads ** 2, axis=1)), rtol=1e-4)
   np.testing.assert_allclose([m['loss_mean'], m['loss_std'], m['loss_min'], m['loss_max']],
                              [losses.mean(), losses.std(), losses.min(), losses.max()], rtol=1e-4)
-  # The wrapper only measures: training is the unwrapped process's, bit for bit.
-  plain = base.next(base.set_model_weights(base.initialize(), weights), data)
-  assert out.metrics['client_work'] == plain.metrics['client_work']
-  for a, c in zip(process.get_model_weights(out.state).trainable, base.get_model_weights(plain.state).trainable):
+
+  # The extension only measures: training and the model's training metrics are those without it, bit for bit.
+  plain, plain_state = _process(task, [attack()])
+  ref = plain.next(plain_state, engine.Cohort.full(1, cohort))
+  assert out.metrics['client_work'] == ref.metrics['client_work']
+  for a, c in zip(p.get_model_weights(out.state).trainable, plain.get_model_weights(ref.state).trainable):
     np.testing.assert_array_equal(a, c)
+  assert [c['loss'] for c in out.client_metrics] == [c['loss'] for c in ref.client_metrics]
+  # A round nobody reported to: every figure NaN (no crash in the aggregate pass).
+  empty = p.next(state, engine.Cohort(2, (), sampled=tuple(cohort))).metrics['drift']
+  assert list(empty) == list(drift.FIGURES) and all(np.isnan(v) for v in empty.values())
 
 
 def _row(loss, **figures):
   row = collections.OrderedDict(train_loss=loss)
-  base = dict(gradient_dissimilarity=1.0, loss_std=0.2)
-  agg = dict(update_norm_mean=1.0, update_norm_max=1.5, aggregate_norm=0.8, cosine_mean=0.7, cosine_min=0.4)
-  for k, v in {**base, **figures}.items():
-    if k in agg or k in base:
-      (agg if k in agg else base)[k] = v
+  base = dict(gradient_dissimilarity=1.0, loss_std=0.2, update_norm_mean=1.0, update_norm_max=1.5, aggregate_norm=0.8,
+              cosine_mean=0.7, cosine_min=0.4)
+  base.update(figures)
   row.update((f'drift/{k}', v) for k, v in base.items())
-  row.update((f'aggregator/drift/{k}', v) for k, v in agg.items())
   return row
 
 

@@ -1,19 +1,21 @@
-"""Client-drift diagnostics: why did the loss go up? Per-client figures are computed inside the computation.
+"""Client-drift diagnostics: why did the loss go up? An `Extension`: every figure is computed inside the round.
 
-Two parts, both stock TFF extension points:
+`DriftMeasurements()` composes with every algorithm. Per reporting client k, at the broadcast model w, it computes
+over the client's round batches (its local data, augmented as training sees it) the full-data gradient g_k (mean
+over its examples) and loss L_k, without touching the model's training metrics; u_k is the update the client sends
+to the aggregator (after any attack) and a the aggregator's result. Through the engine's aggregate pass (a second
+map over the clients with the broadcast aggregate and the cohort mean g = mean_k g_k) it reports under `drift/`:
 
-* `DriftMeasurementFactory(inner)`: a weighted `tff.aggregators` factory that runs `inner`, broadcasts its
-  aggregate `a` back to the clients and measures, over the cohort's updates u_k (flattened):
-  `update_norm_mean`, `update_norm_max` (||u_k||), `aggregate_norm` (||a||), `cosine_mean`, `cosine_min`
-  (cos(u_k, a); 0 when either norm is 0). Measurements: inner's own fields plus `drift=OrderedDict(...)`.
-* `with_client_gradients(process, model_fn)`: a `LearningProcess` whose `next` also has every client compute, at the
-  broadcast model w, its full-data gradient g_k (mean over its examples) and loss L_k before training; it reports
-  under `metrics['drift']`: `gradient_dissimilarity` = mean_k ||g_k - g||^2 with g = mean_k g_k (the FedProx
-  dissimilarity estimate, clients weighted uniformly), `gradient_norm_sq_mean` = mean_k ||g_k||^2, and the spread of
-  client losses `loss_mean`, `loss_std` (population), `loss_min`, `loss_max`.
+  update_norm_mean, update_norm_max    mean_k / max_k ||u_k||
+  aggregate_norm                       ||a||
+  cosine_mean, cosine_min              mean_k / min_k cos(u_k, a)  (0 when either norm is 0)
+  gradient_dissimilarity               mean_k ||g_k - g||^2  (the FedProx dissimilarity estimate, uniform weights)
+  gradient_norm_sq_mean                mean_k ||g_k||^2
+  loss_mean, loss_std, loss_min, loss_max   spread of L_k (std: population)
 
-`DriftHook` (a training-loop hook) adds `drift/loss_change` (train loss minus the previous round's) and logs a warning
-naming the likely cause (`likely_cause`) when the loss rises by more than a threshold.
+Means are uniform over the reporting clients (NaN for a round nobody reported). `DriftHook` (a training-loop hook)
+adds `drift/loss_change` (train loss minus the previous round's) and logs a warning naming the likely cause
+(`likely_cause`) when the loss rises by more than a threshold.
 """
 
 import collections
@@ -24,140 +26,83 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fl.algorithms import client_work as client_work_lib
+from tff_fl.algorithms import extension
 from tff_fl.simulation import training_loop
 
-DRIFT_FIGURES = ('update_norm_mean', 'update_norm_max', 'aggregate_norm', 'cosine_mean', 'cosine_min')
+FIGURES = ('update_norm_mean', 'update_norm_max', 'aggregate_norm', 'cosine_mean', 'cosine_min',
+           'gradient_dissimilarity', 'gradient_norm_sq_mean', 'loss_mean', 'loss_std', 'loss_min', 'loss_max')
 
 
 def _flat(value) -> tf.Tensor:
   return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tf.nest.flatten(value)], axis=0)
 
 
-def _merge(measurements, extra_name: str, extra) -> Any:
-  """Federated OrderedDict(fields of `measurements`..., extra_name=extra) at SERVER."""
-  member = measurements.type_signature.member
-  fields = collections.OrderedDict()
-  if isinstance(member, tff.StructType):
-    for name, _ in tff.structure.iter_elements(member):
-      fields[name] = measurements[name]
-  fields[extra_name] = extra
-  return tff.federated_zip(fields)
+def gradient_at(model: tff.learning.models.VariableModel, weights, data) -> collections.OrderedDict:
+  """OrderedDict(gradient (trainable structure), loss, num_examples): the example-weighted mean gradient and loss
+  of `data` (`.reduce` as tf.data) at `weights` (ModelWeights), in the current graph. No update is made; the model's
+  metric variables are left as they were (its weights are left at `weights`)."""
+  model_weights = tff.learning.models.ModelWeights.from_model(model)
+  saved_metrics = [v.read_value() for v in model.local_variables]
+  with tf.control_dependencies(saved_metrics):
+    assign = tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
 
+  def reduce_fn(acc, batch):
+    with tf.GradientTape() as tape:
+      out = model.forward_pass(batch, training=False)
+    rows = tf.cast(tf.shape(out.predictions)[0], tf.float32)
+    grads = tape.gradient(out.loss, model_weights.trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return collections.OrderedDict(
+        gradient=tf.nest.map_structure(lambda a, g: a + g * rows, acc['gradient'], grads),
+        loss=acc['loss'] + tf.cast(out.loss, tf.float32) * rows, num_examples=acc['num_examples'] + rows)
 
-class DriftMeasurementFactory(tff.aggregators.WeightedAggregationFactory):
-  """Wraps a weighted (or unweighted) aggregation factory; adds update-norm and cosine measurements."""
-
-  def __init__(self, inner=None):
-    inner = inner or tff.aggregators.MeanFactory()
-    if isinstance(inner, tff.aggregators.UnweightedAggregationFactory):
-      inner = tff.aggregators.as_weighted_aggregator(inner)
-    if not isinstance(inner, tff.aggregators.WeightedAggregationFactory):
-      raise TypeError(f'inner must be a tff.aggregators factory; got {type(inner).__name__}.')
-    self._inner = inner
-
-  def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
-    inner = self._inner.create(value_type, weight_type)
-
-    @tff.tensorflow.computation(value_type, value_type)
-    def client_figures(update, aggregate):
-      u, a = _flat(update), _flat(aggregate)
-      nu, na = tf.norm(u), tf.norm(a)
-      cos = tf.math.divide_no_nan(tf.reduce_sum(u * a), nu * na)
-      return collections.OrderedDict(norm=nu, cosine=cos)
-
-    @tff.tensorflow.computation(value_type)
-    def norm(aggregate):
-      return tf.norm(_flat(aggregate))
-
-    @tff.federated_computation(inner.initialize.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS),
-                               tff.FederatedType(weight_type, tff.CLIENTS))
-    def next_fn(state, value, weight):
-      out = inner.next(state, value, weight)
-      figures = tff.federated_map(client_figures, (value, tff.federated_broadcast(out.result)))
-      drift = tff.federated_zip(collections.OrderedDict(
-          update_norm_mean=tff.federated_mean(figures.norm), update_norm_max=tff.federated_max(figures.norm),
-          aggregate_norm=tff.federated_map(norm, out.result),
-          cosine_mean=tff.federated_mean(figures.cosine), cosine_min=tff.federated_min(figures.cosine)))
-      return tff.templates.MeasuredProcessOutput(out.state, out.result, _merge(out.measurements, 'drift', drift))
-
-    return tff.templates.AggregationProcess(inner.initialize, next_fn)
-
-
-def build_client_gradient_fn(model: tff.learning.models.VariableModel):
-  """`tf.function` (ModelWeights, dataset) -> OrderedDict(gradient (trainable structure), loss, num_examples):
-  the example-weighted mean gradient and loss of the client's data at the given weights (no update)."""
-
-  @tf.function
-  def client_gradient(weights, dataset):
-    model_weights = tff.learning.models.ModelWeights.from_model(model)
-    tf.nest.map_structure(lambda v, w: v.assign(w), model_weights, weights)
-
-    def reduce_fn(acc, batch):
-      with tf.GradientTape() as tape:
-        out = model.forward_pass(batch, training=False)
-      rows = tf.cast(tf.shape(out.predictions)[0], tf.float32)
-      grads = tuple(tape.gradient(out.loss, model_weights.trainable))
-      return collections.OrderedDict(
-          gradient=tf.nest.map_structure(lambda a, g: a + g * rows, acc['gradient'], grads),
-          loss=acc['loss'] + tf.cast(out.loss, tf.float32) * rows, num_examples=acc['num_examples'] + rows)
-
-    zero = collections.OrderedDict(gradient=tuple(tf.zeros_like(w) for w in weights.trainable),
+  with tf.control_dependencies(tf.nest.flatten(assign)):
+    zero = collections.OrderedDict(gradient=tf.nest.map_structure(tf.zeros_like, model_weights.trainable),
                                    loss=tf.constant(0.0), num_examples=tf.constant(0.0))
-    acc = dataset.reduce(zero, reduce_fn)
-    n = tf.maximum(acc['num_examples'], 1.0)
-    return collections.OrderedDict(gradient=tf.nest.map_structure(lambda g: g / n, acc['gradient']),
-                                   loss=acc['loss'] / n, num_examples=acc['num_examples'])
+  acc = data.reduce(zero, reduce_fn)
+  with tf.control_dependencies(tf.nest.flatten(acc)):
+    restore = [v.assign(s) for v, s in zip(model.local_variables, saved_metrics)]
+  with tf.control_dependencies(restore):
+    n = tf.maximum(tf.identity(acc['num_examples']), 1.0)
+  return collections.OrderedDict(gradient=tf.nest.map_structure(lambda g: g / n, acc['gradient']),
+                                 loss=acc['loss'] / n, num_examples=acc['num_examples'])
 
-  return client_gradient
 
+class DriftMeasurements(extension.Extension):
+  """Per-client drift figures and their cohort summary (module docstring)."""
 
-def with_client_gradients(process: tff.learning.templates.LearningProcess,
-                          model_fn: client_work_lib.ModelFn) -> tff.learning.templates.LearningProcess:
-  """`process` whose metrics gain `drift` (gradient dissimilarity and client-loss spread at the broadcast model)."""
-  weights_type, data_type, _ = client_work_lib.model_types(model_fn)
-  state_type, client_data_type = process.next.type_signature.parameter
-  grad_type = weights_type.trainable
+  name = 'drift'
+  _PER_CLIENT = ('update_norm', 'cosine', 'aggregate_norm', 'gradient_norm_sq', 'gradient_distance_sq', 'loss')
 
-  @tff.tensorflow.computation(weights_type, data_type)
-  def client_gradient(weights, dataset):
-    return build_client_gradient_fn(model_fn())(weights, dataset)
+  def vector_size(self, model, update_size):
+    return 1 + update_size + sum(int(np.prod(v.shape)) for v in model.trainable_variables)  # [L_k, u_k, g_k]
 
-  @tff.tensorflow.computation(grad_type, grad_type)
-  def sq_distance(gradient, mean_gradient):
-    return tf.reduce_sum(tf.square(_flat(gradient) - _flat(mean_gradient)))
+  def client_vector(self, ctx, output, update, info):
+    del output, info
+    at_broadcast = gradient_at(ctx.model, ctx.weights, ctx.data)
+    return tf.concat([[at_broadcast['loss']], _flat(update), _flat(at_broadcast['gradient'])], axis=0)
 
-  @tff.tensorflow.computation(grad_type)
-  def sq_norm(gradient):
-    return tf.reduce_sum(tf.square(_flat(gradient)))
+  def aggregate_measurement_names(self):
+    return self._PER_CLIENT
 
-  @tff.tensorflow.computation(tf.float32)
-  def square(x):
-    return x * x
+  def aggregate_measurements(self, vector, mean_vector, aggregate):
+    a = _flat(aggregate)
+    d = a.shape[0]  # The update's flat size; the gradient (trainable weights) follows it.
+    loss, u, g = vector[0], vector[1:1 + d], vector[1 + d:]
+    nu, na = tf.norm(u), tf.norm(a)
+    return collections.OrderedDict(
+        update_norm=nu, cosine=tf.math.divide_no_nan(tf.reduce_sum(u * a), nu * na), aggregate_norm=na,
+        gradient_norm_sq=tf.reduce_sum(tf.square(g)),
+        gradient_distance_sq=tf.reduce_sum(tf.square(g - mean_vector[1 + d:])), loss=loss)
 
-  @tff.tensorflow.computation(tf.float32, tf.float32)
-  def std(mean, mean_sq):
-    return tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
-
-  @tff.federated_computation(state_type, client_data_type)
-  def next_fn(state, client_data):
-    weights = tff.federated_map(process.get_model_weights, state)
-    diag = tff.federated_map(client_gradient, (tff.federated_broadcast(weights), client_data))
-    mean_gradient = tff.federated_mean(diag.gradient)
-    loss_mean = tff.federated_mean(diag.loss)
-    loss_sq_mean = tff.federated_mean(tff.federated_map(square, diag.loss))
-    drift = tff.federated_zip(collections.OrderedDict(
-        gradient_dissimilarity=tff.federated_mean(tff.federated_map(
-            sq_distance, (diag.gradient, tff.federated_broadcast(mean_gradient)))),
-        gradient_norm_sq_mean=tff.federated_mean(tff.federated_map(sq_norm, diag.gradient)),
-        loss_mean=loss_mean, loss_std=tff.federated_map(std, (loss_mean, loss_sq_mean)),
-        loss_min=tff.federated_min(diag.loss), loss_max=tff.federated_max(diag.loss)))
-    out = process.next(state, client_data)
-    return tff.learning.templates.LearningProcessOutput(out.state, _merge(out.metrics, 'drift', drift))
-
-  return tff.learning.templates.LearningProcess(
-      process.initialize, next_fn, process.get_model_weights, process.set_model_weights,
-      get_hparams_fn=process.get_hparams, set_hparams_fn=process.set_hparams)
+  def summarize(self, per_client):
+    if len(per_client['loss']) == 0:  # pylint: disable=g-explicit-length-test
+      return collections.OrderedDict((k, float('nan')) for k in FIGURES)
+    v = {k: np.asarray(per_client[k], np.float64) for k in self._PER_CLIENT}
+    return collections.OrderedDict(
+        update_norm_mean=v['update_norm'].mean(), update_norm_max=v['update_norm'].max(),
+        aggregate_norm=v['aggregate_norm'][0], cosine_mean=v['cosine'].mean(), cosine_min=v['cosine'].min(),
+        gradient_dissimilarity=v['gradient_distance_sq'].mean(), gradient_norm_sq_mean=v['gradient_norm_sq'].mean(),
+        loss_mean=v['loss'].mean(), loss_std=v['loss'].std(), loss_min=v['loss'].min(), loss_max=v['loss'].max())
 
 
 def likely_cause(current: dict[str, float], history: list[dict[str, float]]) -> str:
@@ -202,8 +147,7 @@ class DriftHook(training_loop.RoundHook):
 
   def after_round(self, round_num, output, row) -> None:
     del output
-    figures = {k.split('/')[-1]: v for k, v in row.items()
-               if k.startswith(('drift/', 'aggregator/drift/')) and isinstance(v, (int, float))}
+    figures = {k.split('/')[-1]: v for k, v in row.items() if k.startswith('drift/') and isinstance(v, (int, float))}
     loss = row.get('train_loss')
     if self.previous_loss is not None and loss is not None:
       change = loss - self.previous_loss

@@ -13,8 +13,9 @@ once per slice and concatenated when it has CLIENTS-placed parts (per-client eva
 
 What cannot be split: computations in which an aggregation consumes another aggregation's result (an aggregate
 that is broadcast back to clients and aggregated again) — TFF can split only on ONE logical aggregation. In this
-project: `aggregators.secure.secure_mean` (it broadcasts the weight total), the drift diagnostics' gradient
-dissimilarity (it broadcasts the mean gradient), and any factory or process built the same way. Those raise
+project: `aggregators.secure.secure_mean` (it broadcasts the weight total) and any factory or process built the
+same way. (The engine's aggregate pass, used by the drift diagnostics, broadcasts the aggregate but aggregates
+nothing after it: it splits.) Those raise
 `NotMergeableError` (a ValueError) when first compiled; `check_process` raises it before training. Parallel
 aggregations (FedAvg's weighted mean + metric sums, clipping, DP, robust aggregators' single `federated_aggregate`,
 SCAFFOLD-style extra sums) are fine. Secure sums are lowered to plain sums first (as in `contexts`). Results equal
@@ -82,7 +83,7 @@ def compile_mergeable(comp: computation_impl.ConcreteComputation) -> mergeable.M
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     raise NotMergeableError(
         f'workers: this computation cannot be split across TFF workers (an aggregation consumes another '
-        f"aggregation's result, e.g. secure_mean or drift diagnostics); run it on one worker. TFF: {first}") from e
+        f"aggregation's result, e.g. secure_mean); run it on one worker. TFF: {first}") from e
 
 
 _compile_cached = functools.lru_cache(maxsize=128)(compile_mergeable)
