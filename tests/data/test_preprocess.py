@@ -1,4 +1,5 @@
-"""Client preprocessing: transform statistics vs numpy, seeding, the on-client dataset computation, eval untouched."""
+"""Client preprocessing primitives: augmentation statistics vs numpy / the tf image ops, seeding per client, round and
+example (independent of batch boundaries), normalisation vs numpy, the shuffle buffer, char tokenisation vs TFF."""
 
 import collections
 
@@ -9,10 +10,8 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_preprocessing
 
 from tff_fl import tasks
-from tff_fl.algorithms import fed_avg
 from tff_fl.data import augment_spec
 from tff_fl.data import preprocess
-from tff_fl.simulation import training_loop
 
 N, H, W = 400, 5, 6
 
@@ -23,29 +22,33 @@ def images():
   return rng.uniform(0.0, 1.0, size=(N, H, W, 1)).astype(np.float32)
 
 
-def _run(x, augment='', preprocess_spec='', epochs=1, batch_size=N, round_num=1):
-  """Preprocessed stream of (x, y = example index), eagerly, as one client would build it."""
-  raw = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=np.arange(len(x), dtype=np.int32)))
-  spec = preprocess.PreprocessSpec.from_flags(preprocess_spec, augment, epochs=epochs, batch_size=batch_size, seed=3)
-  spec.validate(raw.element_spec)
-  batches = list(preprocess.preprocess_train(raw, spec, preprocess.client_seed(3, 'c0', round_num)))
-  return (np.concatenate([b['x'].numpy() for b in batches]), np.concatenate([b['y'].numpy() for b in batches]),
-          [len(b['y']) for b in batches])
+def _augment(x, augment, round_num=1, client='c0', offset=0):
+  """x augmented as client `client`'s round stream at positions offset.. (seed 3)."""
+  return _augment_fn(augment, tasks.derived_seed(3, round_num, client))(tf.constant(x), tf.constant(offset)).numpy()
+
+
+_FNS = {}
+
+
+def _augment_fn(augment, seed):
+  """One traced function per (augment, seed) for any batch size and offset."""
+  if (augment, seed) not in _FNS:
+    ops = augment_spec.parse_augment(augment)
+    _FNS[augment, seed] = tf.function(lambda x, offset: preprocess.augment_batch(x, ops, seed, offset),
+                                      input_signature=[tf.TensorSpec([None, H, W, 1]), tf.TensorSpec([], tf.int32)])
+  return _FNS[augment, seed]
 
 
 def test_flip_is_identity_or_mirror_with_probability_half(images):
-  out, idx, _ = _run(images, 'flip')
-  src = images[idx]
-  same = np.all(out == src, axis=(1, 2, 3))
-  mirrored = np.all(out == src[:, :, ::-1], axis=(1, 2, 3))
+  out = _augment(images, 'flip')
+  same = np.all(out == images, axis=(1, 2, 3))
+  mirrored = np.all(out == images[:, :, ::-1], axis=(1, 2, 3))
   assert np.all(same | mirrored)
   assert abs(mirrored.mean() - 0.5) < 0.1  # Binomial(400, 0.5): sd 0.025.
 
 
 def test_brightness_adds_one_uniform_delta_per_image(images):
-  out, idx, _ = _run(images, 'brightness(0.3)')
-  delta = out - images[idx]
-  per_image = delta.reshape(N, -1)
+  per_image = (_augment(images, 'brightness(0.3)') - images).reshape(N, -1)
   np.testing.assert_allclose(per_image, per_image[:, :1] * np.ones_like(per_image), atol=1e-6)
   d = per_image[:, 0]
   assert np.all(np.abs(d) <= 0.3 + 1e-6)
@@ -53,19 +56,18 @@ def test_brightness_adds_one_uniform_delta_per_image(images):
 
 
 def test_contrast_scales_deviation_from_image_mean(images):
-  out, idx, _ = _run(images, 'contrast(0.5)')
-  src = images[idx]
-  mean = src.mean(axis=(1, 2), keepdims=True)
-  factor = ((out - mean) * (src - mean)).sum(axis=(1, 2, 3)) / ((src - mean) ** 2).sum(axis=(1, 2, 3))
-  np.testing.assert_allclose(out, (src - mean) * factor[:, None, None, None] + mean, atol=1e-5)
+  out = _augment(images, 'contrast(0.5)')
+  mean = images.mean(axis=(1, 2), keepdims=True)
+  factor = ((out - mean) * (images - mean)).sum(axis=(1, 2, 3)) / ((images - mean) ** 2).sum(axis=(1, 2, 3))
+  np.testing.assert_allclose(out, (images - mean) * factor[:, None, None, None] + mean, atol=1e-5)
   assert factor.min() >= 0.5 - 1e-5 and factor.max() <= 1.5 + 1e-5 and abs(factor.mean() - 1.0) < 0.05
 
 
 def test_crop_is_a_window_of_the_zero_padded_image_at_every_offset(images):
-  out, idx, _ = _run(images, 'crop(2)')
+  out = _augment(images, 'crop(2)')
   padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
   offsets = []
-  for o, i in zip(out, idx):
+  for i, o in enumerate(out):
     hits = [(a, b) for a in range(5) for b in range(5) if np.array_equal(o, padded[i, a:a + H, b:b + W])]
     assert hits, 'crop output is not a window of the padded image'
     offsets.append(hits[0])
@@ -73,50 +75,66 @@ def test_crop_is_a_window_of_the_zero_padded_image_at_every_offset(images):
 
 
 def test_resize_then_random_crop_back(images):
-  out, idx, _ = _run(images, 'resize(8)')
-  resized = tf.image.resize(images, [8, 8]).numpy()
-  for o, i in zip(out[:50], idx[:50]):
-    assert any(np.allclose(o, resized[i, a:a + H, b:b + W]) for a in range(4) for b in range(3))
+  out = _augment(images[:50], 'resize(8)')
+  resized = tf.image.resize(images[:50], [8, 8]).numpy()
+  for o, r in zip(out, resized):
+    assert any(np.allclose(o, r[a:a + H, b:b + W]) for a in range(4) for b in range(3))
 
 
-def test_normalize_constants_and_client_statistics(images):
-  out, idx, _ = _run(images, preprocess_spec='normalize(0.5,0.25)')
-  np.testing.assert_allclose(out, (images[idx] - 0.5) / 0.25, rtol=1e-6)
-  out, idx, _ = _run(images, preprocess_spec='normalize(client)')
-  np.testing.assert_allclose(out, (images[idx] - images.mean()) / images.std(), rtol=1e-4, atol=1e-5)
-  assert abs(out.mean()) < 1e-5 and abs(out.std() - 1.0) < 1e-4
+def test_seeded_by_client_round_and_example_not_by_batching(images):
+  ops = 'flip,brightness(0.2),crop(1)'
+  a = _augment(images[:50], ops, round_num=4)
+  np.testing.assert_array_equal(a, _augment(images[:50], ops, round_num=4))
+  assert not np.allclose(a, _augment(images[:50], ops, round_num=5))
+  assert not np.allclose(a, _augment(images[:50], ops, round_num=4, client='c1'))
+  # The same example position gets the same draw whatever batch it falls in.
+  pieces = [_augment(images[lo:min(lo + 7, 50)], ops, round_num=4, offset=lo) for lo in range(0, 50, 7)]
+  np.testing.assert_array_equal(np.concatenate(pieces), a)
 
 
-def test_shuffle_repeat_batch_take(images):
-  x = images[:23]
-  out, idx, sizes = _run(x, epochs=3, batch_size=5)
-  assert sizes == [5] * 13 + [4]
-  epochs = idx.reshape(3, 23)
-  for e in epochs:
-    assert sorted(e) == list(range(23))  # Each epoch is a permutation of the client's data.
-  assert not np.array_equal(epochs[0], epochs[1])  # Reshuffled every epoch.
-  np.testing.assert_array_equal(out, x[idx])
-  _, _, sizes = _run(x, preprocess_spec='take(2)', epochs=3, batch_size=5)
-  assert sizes == [5, 5]
+def test_normalisation_statistics_and_eval_arrays_match_numpy(images):
+  x = images.astype(np.float64)
+  assert preprocess.client_statistics(images) == pytest.approx((x.mean(), x.std()), rel=1e-12)
+  assert preprocess.client_statistics(np.ones((3, 2), np.float32)) == (1.0, 1e-6)  # std floored.
+  spec = preprocess.PreprocessSpec.from_flags('normalize(client)', 'flip')
+  train = {'a': (images[:100], np.zeros(100)), 'b': (images[100:] * 3.0, np.zeros(300))}
+  test = {'a': (images[:10], np.arange(10)), 'b': (images[10:30], np.arange(20))}
+  out = preprocess.normalized_eval_arrays(spec, train, test)
+  for cid in ('a', 'b'):  # The client's own training statistics; test order kept; never augmented.
+    xt = train[cid][0].astype(np.float64)
+    np.testing.assert_allclose(out[cid][0], (test[cid][0] - xt.mean()) / xt.std(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[cid][1], test[cid][1])
+  out = preprocess.normalized_eval_arrays(preprocess.PreprocessSpec.from_flags('normalize(0.5,0.25)', ''), train, test)
+  np.testing.assert_allclose(out['b'][0], (test['b'][0] - 0.5) / 0.25, rtol=1e-6)
+  assert preprocess.normalized_eval_arrays(preprocess.PreprocessSpec.from_flags('take(3)', 'flip'), train, test) is None
 
 
-def test_seeded_by_client_and_round(images):
-  a = _run(images[:50], 'flip,brightness(0.2),crop(1)', round_num=4)
-  b = _run(images[:50], 'flip,brightness(0.2),crop(1)', round_num=4)
-  c = _run(images[:50], 'flip,brightness(0.2),crop(1)', round_num=5)
-  np.testing.assert_array_equal(a[0], b[0])
-  assert not np.array_equal(a[1], c[1]) or not np.allclose(a[0], c[0])
-  s = [preprocess.client_seed(0, cid, 1).numpy() for cid in ('a', 'b')]
-  assert not np.array_equal(s[0], s[1])
+def test_buffered_shuffle_is_a_permutation_within_the_buffer_reach():
+  rng = np.random.default_rng(0)
+  np.testing.assert_array_equal(preprocess.buffered_shuffle(23, 1, rng), np.arange(23))  # Buffer 1: no shuffle.
+  orders = [preprocess.buffered_shuffle(23, 4, rng) for _ in range(200)]
+  for o in orders:
+    assert sorted(o) == list(range(23))
+    assert np.all(o[:20] < np.arange(20) + 4)  # Output k comes from the first k + buffer inputs.
+  first = np.array([o[0] for o in orders])
+  assert set(first) == {0, 1, 2, 3} and abs(np.mean(first == 0) - 0.25) < 0.1  # Uniform over the first buffer.
+  full = np.stack([preprocess.buffered_shuffle(10, 10, rng) for _ in range(2000)])
+  assert np.abs(np.mean(full == 9, axis=0) - 0.1).max() < 0.04  # A full buffer: a uniform permutation.
 
 
-def test_augment_needs_images_and_resize_size():
-  spec = preprocess.PreprocessSpec(augment=augment_spec.parse_augment('flip'))
+def test_spec_from_flags_and_validation():
+  spec = preprocess.PreprocessSpec.from_flags('normalize(client),take(5),shuffle(100)', 'flip,crop(2)')
+  assert spec == preprocess.PreprocessSpec(shuffle_buffer=100, max_batches=5, normalize=('client',),
+                                           augment=(augment_spec.Op('flip'), augment_spec.Op('crop', (2.0,))))
+  assert spec.active and not preprocess.PreprocessSpec.from_flags('', '').active
   with pytest.raises(ValueError, match=r'--augment needs image examples \[H, W, C\]'):
-    spec.validate(collections.OrderedDict(x=tf.TensorSpec([60], tf.float32)))
-  spec = preprocess.PreprocessSpec(augment=augment_spec.parse_augment('resize(4)'))
+    preprocess.PreprocessSpec(augment=augment_spec.parse_augment('flip')).validate((60,))
   with pytest.raises(ValueError, match='resize.size. needs size >= the image side 6'):
-    spec.validate(collections.OrderedDict(x=tf.TensorSpec([H, W, 1], tf.float32)))
+    preprocess.PreprocessSpec(augment=augment_spec.parse_augment('resize(4)')).validate((H, W, 1))
+  preprocess.PreprocessSpec(augment=augment_spec.parse_augment('resize(6)')).validate((H, W, 1))
+  with pytest.raises(ValueError, match='^--client_preprocess needs float examples .* x of dtype int64.$'):
+    preprocess.PreprocessSpec(normalize=('client',)).validate((80,), np.int64)
+  preprocess.PreprocessSpec(max_batches=3).validate((80,), np.int64)  # take / shuffle: any examples.
 
 
 def test_char_tokenize_matches_tff_shakespeare_preprocessing():
@@ -129,63 +147,3 @@ def test_char_tokenize_matches_tff_shakespeare_preprocessing():
   ref_x, ref_y = next(iter(ref_fn(tf.data.Dataset.from_tensor_slices(collections.OrderedDict(snippets=snippets)))))
   np.testing.assert_array_equal(np.stack([e['x'] for e in ours]), ref_x.numpy())
   np.testing.assert_array_equal(np.stack([e['y'] for e in ours]), ref_y.numpy())
-
-
-@pytest.fixture(scope='module')
-def task():
-  return tasks.build_task(tasks.TaskConfig(num_clients=4, model='logreg', partition='iid', seed=1))
-
-
-def test_dataset_computation_builds_client_training_data_on_the_client(task):
-  spec = preprocess.PreprocessSpec(epochs=1, batch_size=1000, normalize=('client',), seed=0)
-  comp = preprocess.build_dataset_computation(task.data.train_client_data(), spec)
-  assert str(comp.type_signature) == '(<client_id=str,round_num=int64> -> <x=float32[?,8,8,1],y=int32[?]>*)'
-  cid = task.client_ids[2]
-  batch = next(iter(comp(collections.OrderedDict(client_id=cid, round_num=1))))
-  x, y = task.data.train[cid]
-  expect = (x - x.mean()) / x.std()
-  order = np.lexsort(expect.reshape(len(x), -1).T)
-  got_order = np.lexsort(batch['x'].numpy().reshape(len(x), -1).T)
-  np.testing.assert_allclose(batch['x'].numpy()[got_order], expect[order], atol=1e-5)
-  np.testing.assert_array_equal(batch['y'].numpy()[got_order], y[order])
-
-
-def _numpy_logreg_accuracy(weights, task):
-  x, y = task.data.centralized('test')
-  logits = x.reshape(len(x), -1) @ weights.trainable[0] + weights.trainable[1]
-  return float(np.mean(np.argmax(logits, axis=1) == y))
-
-
-def test_composed_process_trains_on_preprocessed_data_and_eval_data_is_untouched(task, tmp_path):
-  spec = preprocess.PreprocessSpec.from_flags('normalize(10,0.01)', 'brightness(0.5),flip', epochs=1, batch_size=10,
-                                              seed=0)
-  process = preprocess.compose(fed_avg.build_fed_avg(task.model_fn, tff.learning.optimizers.build_sgdm(0.01)),
-                               task.data.train_client_data(), spec)
-  released = {}
-
-  class Capture(training_loop.RoundHook):
-    def on_train_end(self, process, state, summary):
-      released['weights'] = process.get_model_weights(state)
-
-  cfg = training_loop.LoopConfig(total_rounds=1, clients_per_round=2, client_batch_size=10)
-  summary = training_loop.run_training(process, task, cfg, str(tmp_path), {}, client_inputs_fn=preprocess.client_inputs,
-                                       hooks=[Capture()], log=lambda _: None)
-  # Training saw x ~ -1000 (normalised): the loss is huge. Evaluation used the raw test arrays, as numpy does.
-  assert summary['eval_accuracy'] == pytest.approx(_numpy_logreg_accuracy(released['weights'], task), abs=1e-6)
-  for cid in task.client_ids:
-    ev = next(iter(task.eval_dataset(cid)))
-    np.testing.assert_array_equal(ev['x'].numpy(), task.data.test[cid][0])
-
-
-def test_eval_uses_the_clients_training_normalisation_and_no_augmentation(task):
-  spec = preprocess.PreprocessSpec.from_flags('normalize(client)', 'flip,brightness(0.5)', epochs=1, batch_size=10,
-                                              seed=0)
-  cid = task.client_ids[1]
-  train = task.data.train_client_data().create_tf_dataset_for_client(cid)
-  test = task.data.test_client_data().create_tf_dataset_for_client(cid)
-  batch = next(iter(preprocess.normalized_eval_dataset(train, test, spec)))
-  x_train = task.data.train[cid][0].astype(np.float64)
-  x_test, y_test = task.data.test[cid]
-  expect = (x_test - x_train.mean()) / x_train.std()  # Train statistics; test order kept; no flip or brightness.
-  np.testing.assert_allclose(batch['x'].numpy(), expect, atol=1e-5)
-  np.testing.assert_array_equal(batch['y'].numpy(), y_test)

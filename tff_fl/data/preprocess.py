@@ -1,51 +1,44 @@
-"""Client-side preprocessing and augmentation, run ON THE CLIENTS inside the federated computation.
+"""Client preprocessing and augmentation primitives (numpy and TF); `tff_fl.algorithms.preprocessing` runs them on
+the engine's packed clients as an `Extension`.
 
-`build_dataset_computation(client_data, spec)` is a `tff.tensorflow.computation`
-`OrderedDict(client_id=tf.string, round_num=tf.int64) -> <x, y>*` that builds one client's training dataset from its
-id (the stock `ClientData.serializable_dataset_fn`) and preprocesses it:
+What a client does to its raw training examples each round, in order:
 
-  raw unbatched examples ► shuffle (seeded, reshuffled every epoch) ► repeat(epochs) ► augment each example
-  ► normalise ► batch(batch_size) ► take(max_batches)
+  example order: the task's E seeded permutations, or per epoch a shuffle buffer of `shuffle_buffer` examples
+                 (`buffered_shuffle`), cut to the first `max_batches` * B examples (`take`)
+  each example:  augment (`augment_image`, seeded per client, round and example) ► normalise ((x - mean) / std)
 
-`compose(process, client_data, spec)` maps it over the cohort in front of `process.next`, exactly as
-`tff.simulation.compose_dataset_computation_with_learning_process` does (that is what it calls), so the round's inputs
-are client ids (`client_inputs_fn`), not datasets. Only training data goes through here; evaluation data is built
-by the task and never augmented or normalised.
-
-Randomness is stateless: the client's seed pair is (hash(seed/client_id), round_num); example i of the repeated
-stream uses `stateless_fold_in(pair, i)`, and each augmentation a split of that. The same (seed, client, round) gives
-the same batches on any machine and after a resume; another round gives other draws.
-Per-client normalisation statistics (scalar mean and population std over all features of the client's raw training
-examples) are computed on the client with a dataset reduce; std is floored at 1e-6.
+Randomness is stateless. An example's augmentation seed is `stateless_fold_in([client_round_seed, AUGMENT_STREAM],
+k)`, k its position in the client's round stream (epochs included), client_round_seed the engine's per-client seed
+of the round (`tasks.derived_seed(seed, round, client)`), and each augmentation a split of that: the same (seed,
+client, round) gives the same examples on any machine, after a resume and for any batch size; another round other
+draws. Per-client normalisation statistics are the scalar mean and population std over all features of the
+client's raw training examples (float64, std floored at 1e-6). Evaluation is never augmented; it is normalised with
+the same statistics as the client's training data (`normalized_eval_arrays`).
 """
 
 import collections
 import dataclasses
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
 
 from tff_fl.data import augment_spec
 
-_MAX_INT31 = 2**31 - 1
-_DEFAULT_BUFFER = 10_000
+AUGMENT_STREAM = 0x417567  # Separates augmentation draws from other uses of a client's round seed.
+_MIN_STD = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessSpec:
-  """What a client does to its raw training examples each round (see module docstring for the order)."""
-  epochs: int = 1
-  batch_size: int = 10
-  seed: int = 0
-  shuffle_buffer: Optional[int] = None  # None: the whole client dataset (10000 if its size is unknown).
+  """What a client does to its raw training examples each round (module docstring)."""
+  shuffle_buffer: Optional[int] = None  # None: the task's full permutation per epoch.
   max_batches: Optional[int] = None  # None: every batch.
   normalize: Optional[tuple] = None  # None, ('client',) or (mean, std).
   augment: tuple = ()  # augment_spec.Op items, applied in order.
 
   @classmethod
-  def from_flags(cls, client_preprocess: str, augment: str, *, epochs: int, batch_size: int,
-                 seed: int) -> 'PreprocessSpec':
+  def from_flags(cls, client_preprocess: str, augment: str) -> 'PreprocessSpec':
     """Spec from `--client_preprocess` and `--augment` strings (ValueError naming the flag on bad input)."""
     kwargs = {}
     for op in augment_spec.parse_preprocess(client_preprocess):
@@ -53,27 +46,25 @@ class PreprocessSpec:
         kwargs['normalize'] = op.args
       else:
         kwargs['shuffle_buffer' if op.name == 'shuffle' else 'max_batches'] = int(op.args[0])
-    return cls(epochs=epochs, batch_size=batch_size, seed=seed, augment=augment_spec.parse_augment(augment),
-               **kwargs)
+    return cls(augment=augment_spec.parse_augment(augment), **kwargs)
 
-  def validate(self, element_spec) -> None:
-    for name in ('epochs', 'batch_size'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'--client_{name if name == "batch_size" else "epochs_per_round"} must be >= 1; '
-                         f'got {getattr(self, name)}.')
-    shape = element_spec['x'].shape
-    if self.augment and (shape.rank != 3 or not shape.is_fully_defined()):
-      raise ValueError(f'--augment needs image examples [H, W, C]; this task has x of shape {tuple(shape)}.')
+  @property
+  def active(self) -> bool:
+    return bool(self.augment) or any(v is not None for v in (self.shuffle_buffer, self.max_batches, self.normalize))
+
+  def validate(self, x_shape: Sequence[int], x_dtype=np.float32) -> None:
+    """ValueError (naming the flag) if the items do not fit examples of shape `x_shape` and dtype `x_dtype`."""
+    shape = tuple(x_shape)
+    for flag, used in (('augment', bool(self.augment)), ('client_preprocess', self.normalize is not None)):
+      if used and not np.issubdtype(np.dtype(x_dtype), np.floating):
+        raise ValueError(f'--{flag} needs float examples (augment / normalize change their values); this task has x '
+                         f'of dtype {np.dtype(x_dtype).name}.')
+    if self.augment and (len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape)):
+      raise ValueError(f'--augment needs image examples [H, W, C]; this task has x of shape {shape}.')
     for op in self.augment:
       if op.name == 'resize' and op.args[0] < max(shape[0], shape[1]):
         raise ValueError(f'--augment: resize(size) needs size >= the image side {max(shape[0], shape[1])} (it '
                          f'crops back to {shape[0]}x{shape[1]}); got resize({int(op.args[0])}).')
-
-
-def client_seed(seed: int, client_id, round_num) -> tf.Tensor:
-  """int64 [2] stateless seed of (seed, client, round), computed in the graph from the client id string."""
-  key = tf.strings.to_hash_bucket_fast(tf.strings.join([str(seed), '/', client_id]), _MAX_INT31)
-  return tf.stack([key, tf.cast(round_num, tf.int64)])
 
 
 def augment_image(image: tf.Tensor, ops: Sequence[augment_spec.Op], seed: tf.Tensor) -> tf.Tensor:
@@ -107,88 +98,70 @@ def augment_image(image: tf.Tensor, ops: Sequence[augment_spec.Op], seed: tf.Ten
   return image
 
 
-def client_statistics(raw: tf.data.Dataset) -> tuple[tf.Tensor, tf.Tensor]:
-  """(mean, population std) over every feature value of the client's raw examples, computed by a reduce."""
-  def reduce_fn(acc, example):
-    x = tf.cast(example['x'], tf.float64)
-    return acc[0] + tf.reduce_sum(x), acc[1] + tf.reduce_sum(tf.square(x)), acc[2] + tf.cast(tf.size(x), tf.float64)
-
-  zero = tf.constant(0.0, tf.float64)
-  total, total_sq, count = raw.reduce((zero, zero, zero), reduce_fn)
-  count = tf.maximum(count, 1.0)
-  mean = total / count
-  std = tf.sqrt(tf.maximum(total_sq / count - tf.square(mean), 0.0))
-  return tf.cast(mean, tf.float32), tf.cast(tf.maximum(std, 1e-6), tf.float32)
+def augment_batch(x: tf.Tensor, ops: Sequence[augment_spec.Op], client_round_seed, offset) -> tf.Tensor:
+  """Augments images x [b, H, W, C] at stream positions offset .. offset + b - 1 (module docstring's seeds)."""
+  if not ops:
+    return x
+  base = tf.stack([tf.cast(client_round_seed, tf.int64), tf.constant(AUGMENT_STREAM, tf.int64)])
+  positions = tf.cast(offset, tf.int64) + tf.range(tf.shape(x, out_type=tf.int64)[0])
+  seeds = tf.map_fn(lambda k: tf.random.experimental.stateless_fold_in(base, k), positions,
+                    fn_output_signature=tf.TensorSpec([2], tf.int64))
+  return tf.map_fn(lambda args: augment_image(args[0], ops, args[1]), (x, seeds),
+                   fn_output_signature=tf.TensorSpec(x.shape[1:], x.dtype))
 
 
-def normalization(raw_train: tf.data.Dataset, spec: PreprocessSpec):
-  """(mean, std) the client normalises with: its own training statistics, global constants, or (None, None)."""
+def client_statistics(x: np.ndarray) -> tuple[float, float]:
+  """(mean, population std floored at 1e-6) over every feature value of a client's raw training examples."""
+  values = np.asarray(x, np.float64).ravel()
+  if values.size == 0:
+    return 0.0, 1.0
+  return float(values.mean()), float(max(values.std(), _MIN_STD))
+
+
+def normalization(spec: PreprocessSpec, x_train: np.ndarray) -> Optional[tuple[float, float]]:
+  """(mean, std) a client normalises with: its own training statistics, global constants, or None."""
   if spec.normalize is None:
-    return None, None
+    return None
   if spec.normalize == ('client',):
-    return client_statistics(raw_train)
-  return tf.constant(spec.normalize[0], tf.float32), tf.constant(spec.normalize[1], tf.float32)
+    return client_statistics(x_train)
+  return float(spec.normalize[0]), float(spec.normalize[1])
 
 
-def normalized_eval_dataset(raw_train: tf.data.Dataset, raw_eval: tf.data.Dataset, spec: PreprocessSpec,
-                            batch_size: int = 256) -> tf.data.Dataset:
-  """A client's evaluation data with the same normalisation as its training data (never augmented)."""
-  mean, std = normalization(raw_train, spec)
-  if mean is not None:
-    raw_eval = raw_eval.map(lambda e: collections.OrderedDict(x=(e['x'] - mean) / std, y=e['y']))
-  return raw_eval.batch(batch_size)
+def normalized_eval_arrays(spec: PreprocessSpec, train: Mapping[str, tuple],
+                           test: Mapping[str, tuple]) -> Optional[dict]:
+  """client id -> (x, y) evaluation arrays with the client's training normalisation (never augmented); None
+  without normalisation (evaluation then uses the task's arrays as they are)."""
+  if spec.normalize is None:
+    return None
+  out = {}
+  for cid, (x, y) in test.items():
+    mean, std = normalization(spec, train[cid][0])
+    out[cid] = (((np.asarray(x, np.float32) - np.float32(mean)) / np.float32(std)).astype(np.float32), y)
+  return out
 
 
-def preprocess_train(raw: tf.data.Dataset, spec: PreprocessSpec, seed: tf.Tensor) -> tf.data.Dataset:
-  """Raw unbatched OrderedDict(x, y) examples -> the client's batched training stream for one round."""
-  mean, std = normalization(raw, spec)
-  cardinality = raw.cardinality()  # Unknown (< 0) for some sources: fall back to a large buffer.
-  buffer = spec.shuffle_buffer or tf.where(cardinality > 0, cardinality, _DEFAULT_BUFFER)
-  shuffle_seed = tf.random.stateless_uniform([], seed, minval=0, maxval=_MAX_INT31, dtype=tf.int64)
-  ds = raw.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True).repeat(spec.epochs)
-
-  def transform(index, example):
-    x = augment_image(example['x'], spec.augment, tf.random.experimental.stateless_fold_in(seed, index))
-    if mean is not None:
-      x = (x - mean) / std
-    return collections.OrderedDict(x=x, y=example['y'])
-
-  ds = ds.enumerate().map(transform).batch(spec.batch_size)
-  return ds.take(spec.max_batches) if spec.max_batches else ds
-
-
-def client_input_type() -> collections.OrderedDict:
-  return collections.OrderedDict(client_id=tf.string, round_num=tf.int64)
-
-
-def build_dataset_computation(client_data: tff.simulation.datasets.ClientData,
-                              spec: PreprocessSpec) -> tff.Computation:
-  """`OrderedDict(client_id, round_num) -> batched training dataset`, run on each client (see module docstring)."""
-  spec.validate(client_data.element_type_structure)
-
-  @tff.tensorflow.computation(client_input_type())
-  def client_dataset(client_input):
-    raw = client_data.serializable_dataset_fn(client_input['client_id'])
-    return preprocess_train(raw, spec, client_seed(spec.seed, client_input['client_id'], client_input['round_num']))
-
-  return client_dataset
-
-
-def compose(process: tff.learning.templates.LearningProcess, client_data: tff.simulation.datasets.ClientData,
-            spec: PreprocessSpec) -> tff.learning.templates.LearningProcess:
-  """`process` whose `next` takes `OrderedDict(client_id, round_num)@CLIENTS` and builds the datasets there."""
-  return tff.simulation.compose_dataset_computation_with_learning_process(
-      build_dataset_computation(client_data, spec), process)
-
-
-def client_inputs(round_num: int, client_ids: Sequence[str]) -> list[collections.OrderedDict]:
-  """The composed process's per-client inputs for a round (a `client_inputs_fn` for the training loop)."""
-  return [collections.OrderedDict(client_id=cid, round_num=int(round_num)) for cid in client_ids]
+def buffered_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+  """The order `tf.data.Dataset.range(n).shuffle(buffer)` produces in distribution: fill a buffer with the first
+  `buffer` indices; repeatedly emit a uniformly chosen buffered index and refill its slot with the next one."""
+  if buffer < 1:
+    raise ValueError(f'shuffle buffer must be >= 1; got {buffer}.')
+  pool = list(range(min(buffer, n)))
+  nxt, out = len(pool), []
+  while pool:
+    i = int(rng.integers(len(pool)))
+    out.append(pool[i])
+    if nxt < n:
+      pool[i] = nxt
+      nxt += 1
+    else:
+      pool[i] = pool[-1]
+      pool.pop()
+  return np.array(out, np.int64)
 
 
 def char_tokenize(snippets: tf.data.Dataset, vocab: Sequence[str], sequence_length: int,
                   pad_id: int = 0) -> tf.data.Dataset:
-  """Character tokenisation for char tasks, on the client: tf.string snippets -> OrderedDict(x, y) int64 rows.
+  """Character tokenisation for char tasks: tf.string snippets -> OrderedDict(x, y) int64 rows.
 
   As TFF's `char_prediction_preprocessing`: UTF-8 bytes -> ids 1..len(vocab) (oov = len(vocab) + 1, BOS = +2,
   EOS = +3), each snippet wrapped in BOS/EOS, padded with `pad_id` to a multiple of sequence_length + 1, cut into rows;
