@@ -50,14 +50,6 @@ def _engine_fed_avg(task, cfg, client_lr, server=None, **kwargs):
                                    client_optimizer=sgd(client_lr), server_optimizer=server, **kwargs)
 
 
-def _regime_participation(inputs: regimes.RegimeInputs):
-  """(round, sampled ids) -> engine.Cohort of the clients that report (dropouts, stragglers' finished steps)."""
-  def participation(round_num, sampled):
-    reports = inputs.reports(round_num, sampled)
-    return engine.Cohort(round_num, tuple(c for c, _ in reports), tuple(s for _, s in reports), tuple(sampled))
-  return participation
-
-
 def hierarchical_part(rounds: int) -> list[str]:
   task = hier_component.regional_digits(tasks.TaskConfig(task='regional_digits', model='2nn', num_clients=40))
   clusters = hierarchical.natural_clusters(task.client_ids, hier_component.NUM_REGIONS)
@@ -109,10 +101,9 @@ def regime_part(rounds_device: int, rounds_silo: int) -> list[str]:
        regimes.Participation(0.1, 0.3, 'partial')),
   ]
   for name, server, participation in device_runs:
-    inputs = regimes.RegimeInputs(device, dcfg, participation) if participation else None
-    hook = regimes.RegimeHook(sampler, inputs)
-    s = _run(_engine_fed_avg(device, dcfg, 0.1, server), device, dcfg, [hook], sampler,
-             _regime_participation(inputs) if inputs else None)
+    regime = regimes.RegimeParticipation(device, dcfg, participation) if participation else None
+    hooks = [regimes.AvailabilityHook(sampler)] + ([regimes.RegimeHook(regime)] if regime else [])
+    s = _run(_engine_fed_avg(device, dcfg, 0.1, server), device, dcfg, hooks, sampler, regime)
     reported = s.get('regime_total_reported', rounds_device * 10)
     lines.append(f"| cross-device | {name} | {s['eval_accuracy']:.3f} | {s['client_accuracy_p10']:.3f} | "
                  f"{reported} / {rounds_device * 10} | {s['wall_seconds']:.0f} |")

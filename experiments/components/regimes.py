@@ -2,15 +2,23 @@
 
 Flags: --regime=custom|cross_device|cross_silo (checks population and cohort against the regime's definition),
 --dropout_rate, --straggler_fraction, --straggler_policy=drop|partial, --availability=always|diurnal. Sets
-`exp.sampler` (diurnal availability; full participation for cross_silo) and `exp.client_inputs_fn` (dropout and
-stragglers), and adds the `regime/*` metrics.csv columns. Must come before `hierarchical` in COMPONENTS (that one
-groups whatever inputs this produces by cluster).
+`exp.sampler` (diurnal availability; full participation for cross_silo; column regime/available) and the
+experiment's participation (dropouts and per-client stragglers: `regimes.RegimeParticipation`; columns
+regime/sampled, dropped, stragglers, partial, reported).
+
+Who decides participation: this component with --straggler_model=per_client (the default), the `stragglers`
+component with --straggler_model=fedprox and --straggler_fraction > 0 (FedProx's model, which has no dropouts).
+Each reads only the flags to know which one it is; `exp.set_participation` refuses a second setter.
 """
 
 import dataclasses
 
+from absl import flags
+
 from experiments import flag_groups
 from tff_fl.simulation import regimes
+
+FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass
@@ -36,21 +44,32 @@ def define_flags() -> None:
   flag_groups.define_dataclass_flags(RegimeConfig, _HELP)
 
 
+def fedprox_stragglers() -> bool:
+  """True when the `stragglers` component owns participation (--straggler_model=fedprox with stragglers)."""
+  model = FLAGS['straggler_model'].value if 'straggler_model' in FLAGS else 'per_client'
+  return model == 'fedprox' and FLAGS.straggler_fraction > 0
+
+
 def configure(exp) -> None:
   cfg = flag_groups.from_flags(RegimeConfig)
   participation = regimes.Participation(cfg.dropout_rate, cfg.straggler_fraction, cfg.straggler_policy,
                                         exp.loop_cfg.seed)
   regimes.check_regime(cfg.regime, len(exp.task.client_ids), exp.loop_cfg.clients_per_round)
+  sampler = None
   if cfg.regime == 'cross_silo':
     if cfg.availability != 'always':
       raise ValueError(f'--availability=always is required with --regime=cross_silo; got {cfg.availability}.')
-    exp.sampler = regimes.FullParticipationSampler(exp.task.client_ids)
+    sampler = regimes.FullParticipationSampler(exp.task.client_ids)
   elif cfg.availability != 'always':
-    exp.sampler = regimes.AvailabilitySampler(exp.task.client_ids, exp.loop_cfg.clients_per_round,
-                                              exp.loop_cfg.seed, cfg.availability)
-  inputs = None
-  if cfg.dropout_rate > 0 or cfg.straggler_fraction > 0:
-    inputs = regimes.RegimeInputs(exp.task, exp.loop_cfg, participation)
-    exp.client_inputs_fn = inputs
-  if exp.sampler is not None or inputs is not None:
-    exp.hooks.append(regimes.RegimeHook(exp.sampler, inputs))
+    sampler = regimes.AvailabilitySampler(exp.task.client_ids, exp.loop_cfg.clients_per_round,
+                                          exp.loop_cfg.seed, cfg.availability)
+  if sampler is not None:
+    if exp.sampler is not None:
+      raise ValueError(f'--regime={cfg.regime} / --availability={cfg.availability} choose the sampler, and another '
+                       'component already set one; use one.')
+    exp.sampler = sampler
+    exp.hooks.append(regimes.AvailabilityHook(sampler))
+  if (cfg.dropout_rate > 0 or cfg.straggler_fraction > 0) and not fedprox_stragglers():
+    regime = regimes.RegimeParticipation(exp.task, exp.loop_cfg, participation)
+    exp.set_participation(regime, '--dropout_rate/--straggler_fraction')
+    exp.hooks.append(regimes.RegimeHook(regime))

@@ -2,9 +2,9 @@
 
 `--straggler_model=fedprox` makes `--straggler_fraction` / `--straggler_policy` (defined by `regimes`) mean what
 the FedProx paper does: exactly that fraction of each round's sampled clients straggle and finish a random number
-of local epochs in [1, E); `drop` discards them (FedAvg), `partial` keeps their work (FedProx). The default
-`per_client` leaves the `regimes` behaviour unchanged. Must come after `regimes` and before `hierarchical` in
-COMPONENTS.
+of local epochs in [1, E); `drop` discards them (FedAvg), `partial` keeps their work (FedProx). This component then
+owns the experiment's participation (`stragglers.FedProxStragglers`, with its own `regimes.RegimeHook` for the
+regime/* columns) and `regimes` leaves it alone; the default `per_client` leaves participation to `regimes`.
 """
 
 from absl import flags
@@ -32,10 +32,7 @@ def configure(exp) -> None:
   if FLAGS.dropout_rate > 0:
     raise ValueError(f'--straggler_model=fedprox does not model dropouts; set --dropout_rate=0, got '
                      f'{FLAGS.dropout_rate}.')
-  inputs = stragglers.FedProxStragglers(exp.task, exp.loop_cfg, FLAGS.straggler_fraction, FLAGS.straggler_policy)
-  exp.client_inputs_fn = inputs
-  hooks = [h for h in exp.hooks if isinstance(h, regimes.RegimeHook)]
-  if hooks:
-    hooks[0].inputs = inputs
-  else:
-    exp.hooks.append(regimes.RegimeHook(exp.sampler, inputs))
+  participation = stragglers.FedProxStragglers(exp.task, exp.loop_cfg, FLAGS.straggler_fraction,
+                                               FLAGS.straggler_policy)
+  exp.set_participation(participation, '--straggler_model=fedprox')
+  exp.hooks.append(regimes.RegimeHook(participation))

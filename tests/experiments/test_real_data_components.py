@@ -1,15 +1,18 @@
-"""Binary components `real_data` and `stragglers`: flags parsed as the binary parses them, one-line ValueErrors for
-bad values, and the FedProx straggler inputs wired in place of the `regimes` ones."""
-
-import types
+"""Binary components `real_data`, `regimes` and `stragglers`: flags parsed as the binary parses them, one-line
+ValueErrors for bad values; exactly one of regimes / stragglers owns the participation, whatever the order."""
 
 import pytest
 from absl import flags
+import tensorflow_federated as tff
 
+from experiments import experiment
 from experiments import train  # pylint: disable=unused-import  (defines the binary's flags and components)
 from experiments.components import real_data
+from experiments.components import regimes as regimes_component
 from experiments.components import stragglers as stragglers_component
+from tff_fl import engine
 from tff_fl import tasks
+from tff_fl.algorithms import builders
 from tff_fl.simulation import regimes
 from tff_fl.simulation import stragglers
 from tff_fl.simulation import training_loop
@@ -29,7 +32,9 @@ def parse():
 def _exp(epochs=2):
   task = tasks.build_task(tasks.TaskConfig(task='synthetic', model='logreg', num_clients=6))
   loop = training_loop.LoopConfig(clients_per_round=4, client_epochs_per_round=epochs)
-  return types.SimpleNamespace(task=task, loop_cfg=loop, hooks=[], sampler=None, client_inputs_fn=None, process=None)
+  sgd = tff.learning.optimizers.build_sgdm(0.1)
+  return experiment.Experiment(task=task, task_cfg=None, algo_cfg=builders.AlgorithmConfig(), loop_cfg=loop,
+                               client_optimizer=sgd, server_optimizer=sgd, exp_dir='')
 
 
 @pytest.mark.parametrize('args, match', [
@@ -62,10 +67,40 @@ def test_straggler_flag_errors(parse, args, epochs, match):
     stragglers_component.configure(_exp(epochs))
 
 
-def test_fedprox_stragglers_replace_regime_inputs(parse):
-  parse('--straggler_model=fedprox', '--straggler_fraction=0.5', '--straggler_policy=partial')
+@pytest.mark.parametrize('order', [(regimes_component, stragglers_component),
+                                   (stragglers_component, regimes_component)])
+def test_fedprox_stragglers_own_the_participation(parse, order):
+  parse('--straggler_model=fedprox', '--straggler_fraction=0.5', '--straggler_policy=partial',
+        '--availability=diurnal')
   exp = _exp()
-  exp.hooks.append(regimes.RegimeHook(None, 'regime inputs'))  # As the `regimes` component leaves it.
+  for component in order:
+    component.configure(exp)
+  assert isinstance(exp.participation, stragglers.FedProxStragglers) and exp.participation.policy == 'partial'
+  assert exp.participation_flag == '--straggler_model=fedprox'
+  assert isinstance(exp.sampler, regimes.AvailabilitySampler)  # regimes still owns the sampler.
+  hooks = {type(h): h for h in exp.hooks}
+  assert len(exp.hooks) == 2 and hooks[regimes.RegimeHook].participation is exp.participation
+  assert hooks[regimes.AvailabilityHook].sampler is exp.sampler
+  cohort = exp.participation(3, exp.task.client_ids[:4])
+  assert isinstance(cohort, engine.Cohort) and exp.participation.stats['stragglers'] == 2
+
+
+@pytest.mark.parametrize('order', [(regimes_component, stragglers_component),
+                                   (stragglers_component, regimes_component)])
+def test_per_client_stragglers_and_dropouts_are_the_regimes(parse, order):
+  parse('--dropout_rate=0.3', '--straggler_fraction=0.2')
+  exp = _exp()
+  for component in order:
+    component.configure(exp)
+  assert type(exp.participation) is regimes.RegimeParticipation  # pylint: disable=unidiomatic-typecheck
+  assert exp.participation_flag == '--dropout_rate/--straggler_fraction' and exp.sampler is None
+  (hook,) = exp.hooks
+  assert isinstance(hook, regimes.RegimeHook) and hook.participation is exp.participation
+
+
+def test_no_participation_without_dropouts_or_stragglers(parse):
+  parse('--straggler_model=fedprox')
+  exp = _exp()
+  regimes_component.configure(exp)
   stragglers_component.configure(exp)
-  assert isinstance(exp.client_inputs_fn, stragglers.FedProxStragglers)
-  assert exp.hooks[0].inputs is exp.client_inputs_fn and exp.client_inputs_fn.policy == 'partial'
+  assert exp.participation is None and not exp.hooks

@@ -1,15 +1,19 @@
-"""Participation regimes: event statistics vs their definitions; drop vs partial straggler policy vs stock FedAvg.
+"""Participation regimes: event statistics vs their definitions; the Cohort a regime reports; drop vs partial
+straggler policy on the engine vs stock TFF FedAvg on the same clients' (truncated) datasets.
 
 Statistical checks use thousands of (round, client) draws and a 5-sigma binomial tolerance.
 """
 
+import collections
 import math
 
 import numpy as np
 import pytest
 import tensorflow_federated as tff
 
+from tff_fl import engine
 from tff_fl import tasks
+from tff_fl.algorithms import fed_avg
 from tff_fl.simulation import regimes
 from tff_fl.simulation import training_loop
 
@@ -85,42 +89,71 @@ def _flat(weights):
 def test_drop_vs_partial_straggler_update_vs_stock_fedavg(task):
   cfg = training_loop.LoopConfig(client_batch_size=8, client_epochs_per_round=2, seed=0)
   cohort = task.client_ids[:4]
-  inputs = {p: regimes.RegimeInputs(task, cfg, regimes.Participation(straggler_fraction=0.5, straggler_policy=p,
-                                                                      seed=0)) for p in ('drop', 'partial')}
+  parts = {p: regimes.RegimeParticipation(task, cfg, regimes.Participation(straggler_fraction=0.5,
+                                                                            straggler_policy=p, seed=0))
+           for p in ('drop', 'partial')}
   # First round (deterministic search over the definition) with at least one straggler that finished some steps.
-  round_num = next(r for r in range(1, 200) if any(f.steps for f in inputs['partial'].plan(r, cohort))
-                   and not all(f.straggler for f in inputs['partial'].plan(r, cohort)))
-  fates = inputs['partial'].plan(round_num, cohort)
-  full = {f.client_id: task.train_dataset(f.client_id, epochs=2, batch_size=8, seed=0, round_num=round_num)
-          for f in fates}
-  partial_ds = inputs['partial'](round_num, cohort)
-  drop_ds = inputs['drop'](round_num, cohort)
+  round_num = next(r for r in range(1, 200) if any(f.steps for f in parts['partial'].plan(r, cohort))
+                   and not all(f.straggler for f in parts['partial'].plan(r, cohort)))
+  fates = parts['partial'].plan(round_num, cohort)
+  partial, drop = parts['partial'](round_num, cohort), parts['drop'](round_num, cohort)
   reporters = [f for f in fates if f.reported]
-  assert len(partial_ds) == len(reporters) and len(drop_ds) == sum(not f.straggler for f in fates)
-  for f, ds in zip(reporters, partial_ds):  # A partial straggler runs exactly its finished steps.
-    assert int(ds.reduce(0, lambda n, _: n + 1)) == (f.steps if f.steps is not None else
-                                                     regimes.local_steps(len(task.data.train[f.client_id][1]), 2, 8))
-  assert inputs['partial'].stats['partial'] == sum(f.steps is not None for f in fates)
+  # The Cohort says who reported and how far each got; the sampled cohort travels with it.
+  assert partial.client_ids == tuple(f.client_id for f in reporters) and partial.sampled == tuple(cohort)
+  assert partial.steps == tuple(f.steps for f in reporters) and any(s is not None for s in partial.steps)
+  assert drop.client_ids == tuple(f.client_id for f in fates if not f.straggler) and set(drop.steps) == {None}
+  assert parts['partial'].stats == collections.OrderedDict(
+      sampled=4, dropped=0, stragglers=sum(f.straggler for f in fates),
+      partial=sum(f.steps is not None for f in fates), reported=len(reporters))
+  assert parts['partial'].round_num == round_num
 
-  proc = tff.learning.algorithms.build_weighted_fed_avg(
-      task.model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
-      server_optimizer_fn=tff.learning.optimizers.build_sgdm(1.0))
+  sgd = lambda lr: tff.learning.optimizers.build_sgdm(lr)
+  packed = engine.build_task_process(fed_avg.FedAvg(), task, epochs=2, batch_size=8, seed=0,
+                                     client_optimizer=sgd(0.1), server_optimizer=sgd(1.0))
+  proc = tff.learning.algorithms.build_weighted_fed_avg(task.model_fn, client_optimizer_fn=sgd(0.1),
+                                                        server_optimizer_fn=sgd(1.0))
   w0 = task.initial_weights(0)
   start = proc.set_model_weights(proc.initialize(), w0)
-  run = lambda datasets: _flat(proc.get_model_weights(proc.next(start, datasets).state))
+  packed_start = packed.set_model_weights(packed.initialize(), w0)
+  run = lambda c: _flat(packed.get_model_weights(packed.next(packed_start, c).state))
+  full = {f.client_id: task.train_dataset(f.client_id, epochs=2, batch_size=8, seed=0, round_num=round_num)
+          for f in fates}
 
   def single(ds):
     out = proc.next(start, [ds])
     return _flat(w0) - _flat(proc.get_model_weights(out.state)), float(out.metrics['client_work']['train'][
         'num_examples'])
 
-  # drop: exactly FedAvg over the non-stragglers.
-  np.testing.assert_allclose(run(drop_ds), run([full[f.client_id] for f in fates if not f.straggler]),
-                             rtol=1e-6, atol=1e-7)
+  # drop: exactly stock FedAvg over the non-stragglers.
+  ref = proc.next(start, [full[f.client_id] for f in fates if not f.straggler])
+  np.testing.assert_allclose(run(drop), _flat(proc.get_model_weights(ref.state)), rtol=1e-5, atol=1e-6)
   # partial: example-weighted mean of each reporter's own update, the straggler's from its truncated data.
   singles = [single(full[f.client_id] if f.steps is None else full[f.client_id].take(f.steps)) for f in reporters]
   n = np.array([e for _, e in singles])
   expected = _flat(w0) - np.sum([d * e for d, e in singles], axis=0) / n.sum()
-  got = run(partial_ds)
+  got = run(partial)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-  assert np.abs(got - run(drop_ds)).max() > 1e-4  # The policy changes the update.
+  assert np.abs(got - run(drop)).max() > 1e-4  # The policy changes the update.
+
+
+def test_regime_hook_reports_the_rounds_events_and_totals(task):
+  cfg = training_loop.LoopConfig(client_batch_size=8, client_epochs_per_round=2, seed=0)
+  regime = regimes.RegimeParticipation(task, cfg, regimes.Participation(dropout_rate=0.5, seed=1))
+  hook = regimes.RegimeHook(regime)
+  rows = []
+  for r in (1, 2):
+    cohort = regime(r, task.client_ids)
+    rows.append({})
+    hook.after_round(r, None, rows[-1])
+    assert rows[-1]['regime/reported'] == len(cohort.client_ids) and rows[-1]['regime/sampled'] == 8
+    assert rows[-1]['regime/dropped'] == 8 - len(cohort.client_ids)
+  hook.after_round(3, None, row := {})  # A round the participation did not see adds nothing.
+  assert not row
+  assert hook.summary()['regime_total_reported'] == sum(r['regime/reported'] for r in rows)
+  restored = regimes.RegimeHook(regime)
+  restored.restore_arrays(hook.checkpoint_arrays())
+  assert restored.summary() == hook.summary()
+  sampler = regimes.AvailabilitySampler(task.client_ids, 2, seed=1, availability='diurnal')
+  sampler.sample(3)
+  regimes.AvailabilityHook(sampler).after_round(3, None, row)
+  assert row == {'regime/available': sampler.last_available}

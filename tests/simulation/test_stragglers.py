@@ -1,11 +1,12 @@
 """FedProx's straggler model: exact straggler counts (as FedProx's `active_clients`), epochs in [1, E), and the
-datasets FedAvg (drop) and FedProx (partial work) receive, counted example by example."""
+Cohort FedAvg (drop) and FedProx (partial work) get, its packed examples counted example by example."""
 
 import math
 
 import numpy as np
 import pytest
 
+from tff_fl import engine
 from tff_fl import tasks
 from tff_fl.simulation import stragglers
 from tff_fl.simulation import training_loop
@@ -32,28 +33,30 @@ def task():
   return tasks.build_task(tasks.TaskConfig(task='synthetic', model='logreg', num_clients=6, seed=1))
 
 
-def _examples(ds):
-  return sum(int(b['y'].shape[0]) for b in ds)
-
-
 @pytest.mark.parametrize('policy', ['partial', 'drop'])
-def test_inputs_per_policy(task, policy):
+def test_cohort_per_policy(task, policy):
   cfg = training_loop.LoopConfig(clients_per_round=6, client_epochs_per_round=4, client_batch_size=7, seed=3)
-  inputs = stragglers.FedProxStragglers(task, cfg, 0.5, policy)
-  cohort = task.client_ids
-  late = stragglers.straggler_epochs(3, 2, cohort, 0.5, 4)
-  datasets = inputs(2, cohort)
+  participation = stragglers.FedProxStragglers(task, cfg, 0.5, policy)
+  sampled = task.client_ids
+  late = stragglers.straggler_epochs(3, 2, sampled, 0.5, 4)
+  cohort = participation(2, sampled)
+  assert isinstance(cohort, engine.Cohort) and cohort.sampled == tuple(sampled) and cohort.round_num == 2
   sizes = task.data.num_examples('train')
+  packer = engine.packing.Packer(task.data.train, lambda c, r: task.train_order(c, epochs=4, seed=3, round_num=r),
+                                 batch_size=7)
+  examples = [len(o) for o in packer.orders(cohort)]  # What the engine packs for each reporting client.
   if policy == 'drop':
-    on_time = [c for c in cohort if c not in late]
-    assert [_examples(d) for d in datasets] == [4 * sizes[c] for c in on_time]
+    on_time = tuple(c for c in sampled if c not in late)
+    assert cohort.client_ids == on_time and set(cohort.steps) == {None}
+    assert examples == [4 * sizes[c] for c in on_time]
   else:
-    # k passes over the client's n examples, rounded up to whole batches of 7 (the E-pass dataset is batched across
+    # k passes over the client's n examples, rounded up to whole batches of 7 (the E-pass stream is batched across
     # epoch boundaries); on-time clients do all E = 4 passes.
-    batches = [math.ceil(late.get(c, 4) * sizes[c] / 7) for c in cohort]
-    assert [len(list(d)) for d in datasets] == batches
-    assert [_examples(d) for d in datasets] == [min(b * 7, 4 * sizes[c]) for b, c in zip(batches, cohort)]
-  assert inputs.stats['stragglers'] == 3 and inputs.stats['reported'] == (6 if policy == 'partial' else 3)
+    batches = [math.ceil(late.get(c, 4) * sizes[c] / 7) for c in sampled]
+    assert cohort.client_ids == tuple(sampled)
+    assert cohort.steps == tuple(b if c in late else None for b, c in zip(batches, sampled))
+    assert examples == [min(b * 7, 4 * sizes[c]) for b, c in zip(batches, sampled)]
+  assert participation.stats['stragglers'] == 3 and participation.stats['reported'] == (6 if policy == 'partial' else 3)
 
 
 def test_needs_two_epochs(task):

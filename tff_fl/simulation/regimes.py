@@ -1,4 +1,4 @@
-"""Participation regimes for the training loop: samplers, a `client_inputs_fn` and a hook.
+"""Participation regimes for the training loop: samplers, a participation function and hooks.
 
 Cross-device (Kairouz et al. 2021, Table 1): a large population of small clients, 0.1-1% sampled per round, of which
 some drop out during the round and some are stragglers that miss the report deadline. Cross-silo: 2-100 clients
@@ -12,6 +12,10 @@ Definitions (every draw depends only on (seed, round, client), so a resumed run 
   diurnal:     client c has a time-zone offset o_c ~ U{0..period-1} (seeded); it is available in round r iff
                (r + o_c) mod period < window (e.g. 8 of 24 "hours" charging on wifi): a fraction window/period of
                the population at any time, with a composition that rotates over the day.
+
+`RegimeParticipation` is a participation function `(round, sampled ids) -> tff_fl.engine.Cohort` (the training
+loop's `participation`): the Cohort's `client_ids` are the clients that report, its `steps` their partial work.
+`RegimeHook` reports its event counts, `AvailabilityHook` the available population of a sampler.
 """
 
 import collections
@@ -21,6 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tff_fl import engine
 from tff_fl import tasks as tasks_lib
 from tff_fl.simulation import training_loop
 
@@ -75,14 +80,13 @@ class Participation:
     return ClientFate(client_id, False, True, steps if kept else None, kept)
 
 
-class RegimeInputs:
-  """`client_inputs_fn(round, cohort)` -> datasets of the clients that report (cohort order), partial ones cut to
-  their finished steps. `stats` counts the events of the current round (it may be called per sub-cohort)."""
+class RegimeParticipation:
+  """`(round, sampled ids) -> engine.Cohort` of the clients that report (sampled order), partial ones with their
+  finished steps. `stats` counts the events of the current round (it may be called per sub-cohort)."""
 
   def __init__(self, task: tasks_lib.Task, cfg: training_loop.LoopConfig, participation: Participation):
     self.task, self.cfg, self.participation = task, cfg, participation
     self.round_num, self.stats = None, self._empty_stats()
-    self.last_reported: list[str] = []  # Ids of the clients of the last `reports` call that reported, in order.
 
   @staticmethod
   def _empty_stats():
@@ -93,37 +97,17 @@ class RegimeInputs:
     return [self.participation.fate(round_num, cid, local_steps(sizes[cid], self.cfg.client_epochs_per_round,
                                                                  self.cfg.client_batch_size)) for cid in cohort]
 
-  def reports(self, round_num: int, cohort: Sequence[str]) -> list[tuple[str, Optional[int]]]:
-    """(client id, steps) of the clients that report, in cohort order: steps None = its full work, an int = only its
-    first `steps` local batches. Counts this round's events in `stats`. Engines turn these into their inputs."""
+  def __call__(self, round_num: int, sampled: Sequence[str]) -> engine.Cohort:
     if round_num != self.round_num:
       self.round_num, self.stats = round_num, self._empty_stats()
-    fates = self.plan(round_num, cohort)
+    fates = self.plan(round_num, sampled)
     for f in fates:
       for key, hit in (('sampled', True), ('dropped', f.dropped), ('stragglers', f.straggler),
                        ('partial', f.steps is not None), ('reported', f.reported)):
         self.stats[key] += int(hit)
-    self.last_reported = [f.client_id for f in fates if f.reported]
-    return [(f.client_id, f.steps) for f in fates if f.reported]
-
-  def __call__(self, round_num: int, cohort: Sequence[str]) -> list:
-    datasets = []
-    for client_id, steps in self.reports(round_num, cohort):
-      ds = self.task.train_dataset(client_id, epochs=self.cfg.client_epochs_per_round,
-                                   batch_size=self.cfg.client_batch_size, seed=self.cfg.seed, round_num=round_num)
-      datasets.append(ds if steps is None else ds.take(steps))
-    return datasets
-
-
-def reported_clients(inputs_fn, cohort: Sequence[str], num_inputs: int) -> list[str]:
-  """Ids of the clients whose inputs `inputs_fn(round, cohort)` just returned, in order: the cohort, or for
-  `RegimeInputs` (dropouts / dropped stragglers) the clients that reported. ValueError if that cannot be told."""
-  if isinstance(inputs_fn, RegimeInputs):
-    return list(inputs_fn.last_reported)
-  if num_inputs == len(cohort):
-    return list(cohort)
-  raise ValueError('the configured client inputs returned fewer inputs than the cohort and do not say which clients '
-                   'reported; per-client components (attacks, stateful algorithms) need to know.')
+    reported = [f for f in fates if f.reported]
+    return engine.Cohort(round_num, tuple(f.client_id for f in reported), tuple(f.steps for f in reported),
+                         tuple(sampled))
 
 
 class DiurnalAvailability:
@@ -191,21 +175,32 @@ def check_regime(regime: str, num_clients: int, clients_per_round: int) -> None:
     raise ValueError(f"--regime must be one of custom, cross_device, cross_silo; got '{regime}'.")
 
 
+class AvailabilityHook(training_loop.RoundHook):
+  """metrics.csv column regime/available: the population a sampler could draw from this round."""
+  name = 'availability'
+
+  def __init__(self, sampler):
+    self.sampler = sampler
+
+  def after_round(self, round_num, output, row) -> None:
+    del round_num, output
+    if hasattr(self.sampler, 'last_available'):
+      row['regime/available'] = self.sampler.last_available
+
+
 class RegimeHook(training_loop.RoundHook):
-  """metrics.csv columns regime/available, regime/sampled, regime/dropped, regime/stragglers, regime/partial,
-  regime/reported; summary totals."""
+  """metrics.csv columns regime/sampled, regime/dropped, regime/stragglers, regime/partial, regime/reported of a
+  participation with `round_num` and `stats` (`RegimeParticipation`); summary totals."""
   name = 'regime'
 
-  def __init__(self, sampler=None, inputs: Optional[RegimeInputs] = None):
-    self.sampler, self.inputs = sampler, inputs
+  def __init__(self, participation: RegimeParticipation):
+    self.participation = participation
     self.totals = collections.Counter()
 
   def after_round(self, round_num, output, row) -> None:
     del output
-    if self.sampler is not None and hasattr(self.sampler, 'last_available'):
-      row['regime/available'] = self.sampler.last_available
-    if self.inputs is not None and self.inputs.round_num == round_num:
-      for key, value in self.inputs.stats.items():
+    if self.participation.round_num == round_num:
+      for key, value in self.participation.stats.items():
         row[f'regime/{key}'] = value
         self.totals[key] += value
 

@@ -1,4 +1,4 @@
-"""FedProx's systems heterogeneity (Li et al. 2020, Sec. 5.2), on top of `regimes.RegimeInputs`.
+"""FedProx's systems heterogeneity (Li et al. 2020, Sec. 5.2), a participation like `regimes.RegimeParticipation`.
 
 Each round exactly `len(cohort) - round(len(cohort) * (1 - fraction))` of the sampled clients are stragglers (as the
 FedProx code's `active_clients`, at least one client stays active); a straggler manages k local epochs,
@@ -8,7 +8,8 @@ E-epoch dataset (batched across epoch boundaries), i.e. k passes over their n ex
 Draws depend only on (seed, round), so a resumed run sees the same stragglers.
 
 This differs from `regimes.Participation` (each client straggles independently with probability `fraction` and
-finishes a uniform share of its steps); `RegimeInputs` and its `regime/*` metrics columns are reused as they are.
+finishes a uniform share of its steps); `FedProxStragglers` is a `regimes.RegimeParticipation` with this plan, so
+it returns the round's `tff_fl.engine.Cohort` and `regimes.RegimeHook` reports its `regime/*` columns.
 """
 
 import math
@@ -37,8 +38,9 @@ def straggler_epochs(seed: int, round_num: int, cohort: Sequence[str], fraction:
   return {cohort[i]: int(rng.integers(1, epochs)) for i in sorted(chosen)}
 
 
-class FedProxStragglers(regimes.RegimeInputs):
-  """`client_inputs_fn` with FedProx's stragglers; `stats` as in `RegimeInputs` (dropped is always 0)."""
+class FedProxStragglers(regimes.RegimeParticipation):
+  """Participation `(round, sampled) -> engine.Cohort` with FedProx's stragglers; `stats` as in
+  `RegimeParticipation` (dropped is always 0)."""
 
   def __init__(self, task: tasks_lib.Task, cfg: training_loop.LoopConfig, fraction: float, policy: str):
     super().__init__(task, cfg, regimes.Participation(straggler_fraction=fraction, straggler_policy=policy,
