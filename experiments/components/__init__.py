@@ -13,15 +13,15 @@ import importlib
 # Order still matters where a component reads a part another declared: each entry says what it must follow.
 COMPONENTS = (
     'real_data',  # registers the real-data tasks at import; adds the central evaluation hook
-    'regimes',  # sampler (availability) and participation (dropouts, stragglers)
-    'stragglers',  # FedProx's straggler model (the participation when --straggler_model=fedprox)
+    'regimes',  # sampler (availability, cross-silo) and, with --straggler_model=per_client, the participation
+    'stragglers',  # the participation with --straggler_model=fedprox (reads the regimes' straggler flags)
     'aggregation',  # --aggregator chain and attacks (an extension); before privacy, which refuses a custom chain
     'privacy',  # after any sampler-setting component (refuses them); DP aggregator, sampler + accounting, DP-SGD
     'stateful',  # registers the stateful algorithms; client-state store and clients.csv
     'hierarchical',
     'pruning',
-    'drift',  # wraps nothing: adds its extension and hook
-    'preprocessing',
+    'drift',  # an extension (any algorithm): per-client figures and the aggregate pass
+    'preprocessing',  # an extension (any algorithm): example order, augmentation, normalisation; eval_arrays
     'engine',  # --engine / --engine_slots
     'workers',  # installs the multi-worker context; checks the built process splits over the workers
 )
