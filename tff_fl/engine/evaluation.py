@@ -19,6 +19,11 @@ cross-entropy over every target of the batch, pads included: Keras masks do not 
   correct += targets with argmax(logits) == y and y != pad_id;  num_predictions += targets with y != pad_id
   num_examples += 1
 (`pad_id` None counts every target.) Models with regularization losses (`keras_model.losses`) are not supported.
+
+Clients evaluating different weights, in the same packed call:
+  evaluator.evaluate_models(models, model_of)      # client i evaluates models[model_of[i]] (hierarchical clusters)
+  personal_accuracies(process, state, task)        # algorithm.personal_weights(global, client state) (FedPer, Ditto)
+  finetuned_accuracies(task, weights, optimizer, epochs=, batch_size=, seed=)   # local fine-tuning, then evaluation
 """
 
 import collections
@@ -93,11 +98,10 @@ def group_sums(model, slot, weights_fn, *, batch_size: int, pad_id, loss_fn) -> 
   return tf.cond(num_groups > 0, blocks.concat, lambda: tf.zeros([0, len(EVAL_KEYS)], tf.float64))
 
 
-def _data_specs(model_fn):
-  with tf.Graph().as_default():
-    spec = model_fn().input_spec
-  x, y = (spec['x'], spec['y']) if isinstance(spec, Mapping) else (spec[0], spec[1])
-  return x, y
+def _data_specs(data_type):
+  """TensorSpecs of a batch's x and y from the model's dataset type."""
+  spec = tff.types.type_to_tf_tensor_specs(data_type.element)
+  return (spec['x'], spec['y']) if isinstance(spec, Mapping) else (spec[0], spec[1])
 
 
 class _Population:
@@ -155,8 +159,8 @@ class Evaluator:
       raise ValueError('eval_arrays must hold at least one client.')
     self.model_fn, self.pad_id, self.batch_size, self.num_slots = model_fn, pad_id, batch_size, num_slots
     self.loss_fn = per_example_loss or cross_entropy
-    self.weights_type = model_types_lib.model_types(model_fn)[0]
-    self.x_spec, self.y_spec = _data_specs(model_fn)
+    self.weights_type, data_type, _ = model_types_lib.model_types(model_fn)
+    self.x_spec, self.y_spec = _data_specs(data_type)
     self.population = _Population(eval_arrays, self.x_spec.dtype.as_numpy_dtype, self.y_spec.dtype.as_numpy_dtype)
     self.client_ids = self.population.ids
     self._computations = {}
@@ -288,11 +292,11 @@ class Evaluator:
       return collections.OrderedDict(
           train_x=np.concatenate([np.asarray(x, x_dtype) for x, _ in rows]) if rows else empty_x,
           train_y=np.concatenate([np.asarray(y, y_dtype) for _, y in rows]) if rows else empty_y,
+          train_start=np.cumsum([0] + [len(y) for _, y in rows])[:-1].astype(np.int32),
           train_rows=np.array([len(y) for _, y in rows], np.int32))
 
     def tuned(model, weights, slot, g):
-      lo = tf.reduce_sum(slot['train_rows'][:g])
-      n = slot['train_rows'][g]
+      lo, n = slot['train_start'][g], slot['train_rows'][g]
       data = packing.TensorBatches(collections.OrderedDict(x=slot['train_x'][lo:lo + n],
                                                            y=slot['train_y'][lo:lo + n]), n, batch_size)
       result = local_training.train(model, optimizer, weights, data,
@@ -300,7 +304,7 @@ class Evaluator:
       return local_training.trained_weights(weights, result)
 
     fields = dict(train_x=self._rows_type(self.x_spec), train_y=self._rows_type(self.y_spec),
-                  train_rows=tff.TensorType(np.int32, [None]))
+                  train_start=tff.TensorType(np.int32, [None]), train_rows=tff.TensorType(np.int32, [None]))
     comp = self.computation(('finetune', optimizer, batch_size), lambda: self.build_computation(
         self.weights_type, self.slot_type(**fields), tuned))
     return self.run(comp, weights, ids, groups_fn=lambda c: np.ones(len(c), np.int64), slot_fields=train_fields)
@@ -310,7 +314,7 @@ def build_evaluator(task_or_model_fn, eval_arrays: Optional[Mapping[str, tuple]]
                     pad_id: Optional[int] = None, **kwargs) -> Evaluator:
   """`Evaluator` for a `tff_fl.tasks.Task` (its model, pad id and, by default, its test split) or for a `model_fn`
   with `eval_arrays` (client id -> (x [n, ...], y [n, ...])). kwargs: batch_size, num_slots, per_example_loss."""
-  if callable(task_or_model_fn) and not hasattr(task_or_model_fn, 'model_fn'):
+  if not hasattr(task_or_model_fn, 'model_fn'):
     if eval_arrays is None:
       raise ValueError('build_evaluator(model_fn, ...) needs eval_arrays (client id -> (x, y)).')
     return Evaluator(task_or_model_fn, eval_arrays, pad_id=pad_id, **kwargs)
@@ -342,9 +346,16 @@ def task_evaluator(task, eval_arrays: Optional[Mapping[str, tuple]] = None) -> E
   return cache[id(arrays)][1]
 
 
-def _chunks(ids: list, size: int) -> list:
-  size = max(1, int(size))
-  return [ids[i:i + size] for i in range(0, len(ids), size)] or [[]]
+def _chunks(ids: list, costs: Sequence[int], budget: int) -> list:
+  """Consecutive chunks of `ids` whose summed `costs` stay <= `budget` (a single client may exceed it)."""
+  chunks, size = [], budget + 1
+  for cid, cost in zip(ids, costs):
+    if size + cost > budget:
+      chunks.append([])
+      size = 0
+    chunks[-1].append(cid)
+    size += cost
+  return chunks
 
 
 def client_accuracies(task, weights, client_ids: Optional[Sequence[str]] = None, *,
@@ -367,7 +378,7 @@ def personal_accuracies(process, state, task, client_ids: Optional[Sequence[str]
   if parts is None or type(parts.algorithm).personal_weights is definition.Algorithm.personal_weights:
     return accuracies(ids, evaluator(weights, ids))
   out = {}
-  for chunk in _chunks(ids, max_state_bytes // max(4 * parts.state_dim, 1)):
+  for chunk in _chunks(ids, [4 * parts.state_dim] * len(ids), max_state_bytes):
     out.update(accuracies(chunk, evaluator.evaluate_personal(weights, parts, process.client_states(chunk), chunk)))
   return out
 
@@ -389,16 +400,10 @@ def finetuned_accuracies(task, weights, client_optimizer, *, epochs: int, batch_
     order = task.train_order(cid, epochs=epochs, seed=seed, round_num=0)
     return x[order], y[order]
 
-  row_bytes = {c: epochs * sum(a.nbytes for a in task.data.train[c]) for c in ids}
-  out, chunk, size = {}, [], 0
-  for cid in ids + [None]:
-    if chunk and (cid is None or size + row_bytes[cid] > max_train_bytes):
-      out.update(accuracies(chunk, evaluator.evaluate_finetuned(weights, train_rows, client_optimizer,
-                                                                batch_size=batch_size, client_ids=chunk)))
-      chunk, size = [], 0
-    if cid is not None:
-      chunk.append(cid)
-      size += row_bytes[cid]
+  out = {}
+  for chunk in _chunks(ids, [epochs * sum(a.nbytes for a in task.data.train[c]) for c in ids], max_train_bytes):
+    out.update(accuracies(chunk, evaluator.evaluate_finetuned(weights, train_rows, client_optimizer,
+                                                              batch_size=batch_size, client_ids=chunk)))
   return out
 
 
