@@ -57,6 +57,7 @@ def test_digits_matches_per_client_path(digits):
   assert_sums_close(got, per_client_reference(task.model_fn, weights, task.data.test, task.client_ids))
   subset = task.client_ids[::-3]  # Any subset, any order: results follow client_ids.
   assert_sums_close(evaluator(weights, subset), [got[task.client_ids.index(c)] for c in subset], rtol=1e-6)
+  assert evaluator(weights, []) == []
   assert evaluation.client_accuracies(task, weights, subset) == evaluation.accuracies(subset, evaluator(weights,
                                                                                                        subset))
 

@@ -130,7 +130,7 @@ class _Population:
     if len(pos) and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))):
       lo, hi = self.offsets[pos[0]], self.offsets[pos[-1] + 1]
       return self.x_all[lo:hi], self.y_all[lo:hi], counts
-    index = np.repeat(self.offsets[pos] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    index = np.repeat(self.offsets[pos] - (np.cumsum(counts) - counts), counts)
     index += np.arange(index.size)
     return self.x_all[index], self.y_all[index], counts
 
