@@ -10,6 +10,7 @@ replacement into 10,000 clients x 6 examples. Prints one JSON line: first call (
 (`tff.learning`-style federated evaluation, one dataset per client) on the first N clients.
 """
 
+import collections
 import json
 import os
 import statistics
@@ -19,11 +20,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import collections
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
-from tff_fl import tasks as tasks_lib  # pylint: disable=unused-import  (installs the managed context via tff_fl)
+import tff_fl  # pylint: disable=unused-import  (installs the managed TFF context)
 from tff_fl.data import sources
 from tff_fl.engine import evaluation
 from tff_fl.models import keras_models
@@ -57,7 +58,6 @@ def main(argv):
   model_fn = keras_models.build_tff_model_fn(keras_fn, spec)
   tf.keras.utils.set_random_seed(0)
   model = keras_fn()
-  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   weights = tff.learning.models.ModelWeights([v.numpy() for v in model.trainable_weights], [])
   t0 = time.perf_counter()
   evaluator = evaluation.build_evaluator(model_fn, arrays, batch_size=_BATCH.value, num_slots=_SLOTS.value)
