@@ -1,8 +1,7 @@
-"""Personal and fine-tuned per-client accuracies on the engine: a FedPer-like definition's personal heads read from
-the engine's client states (against Keras models with those heads), the global model for algorithms without a
+"""Personal and fine-tuned per-client accuracies on the engine: FedPer's heads and Ditto's personal models read from
+the engine's client states (against Keras models with those weights), the global model for algorithms without a
 personal model, and fine-tuning from the global model against Keras SGD in `Task.train_order`."""
 
-import collections
 import dataclasses
 
 import numpy as np
@@ -12,39 +11,17 @@ import tensorflow_federated as tff
 
 from tff_fl import engine
 from tff_fl import tasks
-from tff_fl.algorithms import definition
+from tff_fl.algorithms import ditto
+from tff_fl.algorithms import error_feedback
 from tff_fl.algorithms import fed_avg
-from tff_fl.algorithms import local_training
+from tff_fl.algorithms import fedper
 from tff_fl.data import client_data
 from tff_fl.engine import evaluation
 from tff_fl.models import keras_models
 
 from eval_reference import initial_weights
 
-HEAD = 2  # The last Dense layer's kernel and bias.
-
-
-@dataclasses.dataclass(frozen=True)
-class FedPerLike(definition.Algorithm):
-  """FedPer's shape: a client trains (global base, own head), keeps its head, the server averages all layers."""
-  name = 'fedper_like'
-
-  def client_state(self, model):
-    return collections.OrderedDict(head=[tf.zeros(v.shape, v.dtype) for v in model.trainable_variables[-HEAD:]],
-                                   initialized=tf.constant(0.0))
-
-  def personal_weights(self, weights, state):
-    head = [tf.where(state['initialized'] > 0, own, glob) for own, glob in zip(state['head'],
-                                                                                weights.trainable[-HEAD:])]
-    return tff.learning.models.ModelWeights(list(weights.trainable[:-HEAD]) + head, weights.non_trainable)
-
-  def client_update(self, ctx):
-    start = self.personal_weights(ctx.weights, ctx.state)
-    result = ctx.train(start)
-    head = local_training.trained_weights(start, result).trainable[-HEAD:]
-    update = list(result['update'][:-HEAD]) + [g - h for g, h in zip(ctx.weights.trainable[-HEAD:], head)]
-    return definition.client_output(result, update=update,
-                                    state=collections.OrderedDict(head=head, initialized=tf.constant(1.0)))
+HEAD = 2  # FedPer keeps the last Dense layer's kernel and bias per client.
 
 
 def _small_task(seed=0) -> tasks.Task:
@@ -73,31 +50,42 @@ def _sgd(lr=0.3):
   return tff.learning.optimizers.build_sgdm(learning_rate=lr)
 
 
-def test_personal_accuracies_use_each_clients_head():
+def _expected_personal(algorithm, weights, state):
+  """The trainable weights a client deploys, from its numpy state (the global model before it first trains)."""
+  if not state['initialized']:
+    return list(weights.trainable)
+  if isinstance(algorithm, fedper.FedPer):
+    return list(weights.trainable[:-HEAD]) + list(state['head'])
+  return list(state['personal'])
+
+
+@pytest.mark.parametrize('algorithm', [fedper.FedPer(HEAD), ditto.Ditto(0.1)], ids=['fedper', 'ditto'])
+def test_personal_accuracies_use_each_clients_own_model(algorithm):
   task = _small_task()
-  process = engine.build_task_process(FedPerLike(), task, epochs=1, batch_size=4, seed=0, client_optimizer=_sgd(),
+  process = engine.build_task_process(algorithm, task, epochs=1, batch_size=4, seed=0, client_optimizer=_sgd(),
                                       num_slots=2)
   state = process.set_model_weights(process.initialize(), initial_weights(task))
-  for r in (1, 2):  # c0 and c1 return with their own heads; c2 never trains: it keeps the initial state.
+  for r in (1, 2):  # c0 and c1 return with their own models; c2 never trains: it keeps the initial state.
     state = process.next(state, engine.Cohort.full(r, ['c0', 'c1'])).state
   weights = process.get_model_weights(state)
   got = evaluation.personal_accuracies(process, state, task)
-  heads = {c: process.client_state_structure(v)['head'] for c, v in zip(task.client_ids,
-                                                                        process.client_states(task.client_ids))}
-  for cid in ('c0', 'c1'):
-    assert max(np.max(np.abs(a - b)) for a, b in zip(heads[cid], weights.trainable[-HEAD:])) > 1e-3
-    want = _keras_accuracy(task, list(weights.trainable[:-HEAD]) + list(heads[cid]), cid)
-    assert got[cid] == pytest.approx(want)
-  assert got['c2'] == pytest.approx(_keras_accuracy(task, weights.trainable, 'c2'))
-  assert got != evaluation.client_accuracies(task, weights)  # The heads change some client's accuracy.
+  for cid, vector in zip(task.client_ids, process.client_states(task.client_ids)):
+    client_state = process.client_state_structure(vector)
+    assert bool(client_state['initialized']) == (cid != 'c2')
+    own = _expected_personal(algorithm, weights, client_state)
+    if cid != 'c2':
+      assert max(np.max(np.abs(a - b)) for a, b in zip(own, weights.trainable)) > 1e-3  # Not the global model.
+    assert got[cid] == pytest.approx(_keras_accuracy(task, own, cid))
+  assert got != evaluation.client_accuracies(task, weights)  # Own models change some client's accuracy.
   # Chunked calls (one client's state per call) give the same.
   assert evaluation.personal_accuracies(process, state, task, max_state_bytes=1) == got
 
 
 def test_personal_accuracies_without_personal_model_are_the_global_ones():
-  task = _small_task()
-  process = engine.build_task_process(fed_avg.FedAvg(), task, epochs=1, batch_size=4, seed=0,
-                                      client_optimizer=_sgd())
+  task = _small_task()  # Top-k EF keeps client state but deploys the inner FedAvg's global model.
+  process = engine.build_task_process(error_feedback.TopKErrorFeedback(fed_avg.FedAvg(), 0.5), task, epochs=1,
+                                      batch_size=4, seed=0, client_optimizer=_sgd())
+  assert process.stateful
   state = process.set_model_weights(process.initialize(), initial_weights(task))
   weights = process.get_model_weights(state)
   assert evaluation.personal_accuracies(process, state, task) == evaluation.client_accuracies(task, weights)

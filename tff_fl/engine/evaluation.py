@@ -34,7 +34,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fl.algorithms import definition
 from tff_fl.algorithms import local_training
 from tff_fl.algorithms import model_types as model_types_lib
 from tff_fl.engine import packing
@@ -358,6 +357,16 @@ def _chunks(ids: list, costs: Sequence[int], budget: int) -> list:
   return chunks
 
 
+def _deploys_personal_model(parts, weights_type) -> bool:
+  """Whether `parts.algorithm.personal_weights` returns a model (not None), traced once on zeros (wrappers such as
+  top-k EF delegate to the algorithm they wrap)."""
+  with tf.Graph().as_default():
+    specs = tff.types.type_to_tf_tensor_specs(weights_type)
+    weights = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs)
+    state = parts.client_state_struct(tf.zeros([parts.state_dim], tf.float32))
+    return parts.algorithm.personal_weights(weights, state) is not None
+
+
 def client_accuracies(task, weights, client_ids: Optional[Sequence[str]] = None, *,
                       eval_arrays: Optional[Mapping[str, tuple]] = None) -> dict:
   """{client id: accuracy of the global `weights` on its eval data, or None}; default all the task's clients."""
@@ -375,7 +384,7 @@ def personal_accuracies(process, state, task, client_ids: Optional[Sequence[str]
   weights = process.get_model_weights(state)
   parts = getattr(process, 'parts', None)
   evaluator = task_evaluator(task, eval_arrays)
-  if parts is None or type(parts.algorithm).personal_weights is definition.Algorithm.personal_weights:
+  if parts is None or not _deploys_personal_model(parts, evaluator.weights_type):
     return accuracies(ids, evaluator(weights, ids))
   out = {}
   for chunk in _chunks(ids, [4 * parts.state_dim] * len(ids), max_state_bytes):
