@@ -1,9 +1,9 @@
 """Per-client evaluation over one `tf.data` dataset per client: the path `tff_fl.engine.evaluation` replaces.
 
 Superseded: the training loop, personal and fine-tuning evaluation use the packed evaluator
-(`tff_fl.engine.evaluation`: same sums, `summarize` lives there). Kept only for the modules not yet ported to the
-engine (`algorithms/fedper.py`, `algorithms/hierarchical.py`, `experiments/components/stateful.py`,
-`experiments/stateful_report.py`, `tests/algorithms/test_ditto.py`); delete it with their last use.
+(`tff_fl.engine.evaluation`: same sums, `summarize` lives there). Kept only for `experiments/components/
+hierarchical.py`'s cluster evaluation (the packed form is `Evaluator.evaluate_models(cluster_models, cluster_of)`) and
+`experiments/eval_benchmark.py --old_clients` (the before/after timing); delete it with the former's last use.
 
 `build_per_client_eval(model_fn)` is a federated computation (weights@SERVER, datasets@CLIENTS) ->
 OrderedDict(loss_sum, correct, num_examples, num_predictions)@CLIENTS.
