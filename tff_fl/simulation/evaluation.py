@@ -1,16 +1,17 @@
-"""Federated evaluation that keeps per-client results.
+"""Per-client evaluation over one `tf.data` dataset per client: the path `tff_fl.engine.evaluation` replaces.
+
+Superseded: the training loop, personal and fine-tuning evaluation use the packed evaluator
+(`tff_fl.engine.evaluation`: same sums, `summarize` lives there). Kept only for `experiments/components/
+hierarchical.py`'s cluster evaluation (the packed form is `Evaluator.evaluate_models(cluster_models, cluster_of)`) and
+`experiments/eval_benchmark.py --old_clients` (the before/after timing); delete it with the former's last use.
 
 `build_per_client_eval(model_fn)` is a federated computation (weights@SERVER, datasets@CLIENTS) ->
-OrderedDict(loss_sum, correct, num_examples, num_predictions)@CLIENTS: each client evaluates the broadcast model on
-its own data and the per-client sums come back to the simulation, where `summarize` derives the global
-(example-weighted) loss/accuracy and the distribution of per-client accuracy (mean, min, p10, p50, p90).
-A global number alone hides clients the model serves badly.
+OrderedDict(loss_sum, correct, num_examples, num_predictions)@CLIENTS.
 """
 
 import collections
 from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -57,23 +58,3 @@ def build_client_eval_fn(model: tff.learning.models.VariableModel, pad_id: Optio
                                                   num_predictions=zero), reduce_fn)
 
   return client_eval
-
-
-def summarize(client_ids, results) -> collections.OrderedDict:
-  """Global (example-weighted) loss and accuracy, and the per-client accuracy distribution."""
-  rows = [(cid, r) for cid, r in zip(client_ids, results) if r['num_examples'] > 0 and r['num_predictions'] > 0]
-  if not rows:
-    raise ValueError('No client has evaluation data; use --test_fraction > 0.')
-  n = np.array([r['num_examples'] for _, r in rows], np.float64)
-  preds = np.array([r['num_predictions'] for _, r in rows], np.float64)
-  acc = np.array([r['correct'] for _, r in rows], np.float64) / preds
-  loss = np.array([r['loss_sum'] for _, r in rows], np.float64)
-  summary = collections.OrderedDict(
-      eval_loss=float(loss.sum() / n.sum()),
-      eval_accuracy=float(np.sum(acc * preds) / preds.sum()),
-      eval_clients=len(rows))
-  for name, value in (('mean', acc.mean()), ('min', acc.min()), ('p10', np.percentile(acc, 10)),
-                      ('p50', np.percentile(acc, 50)), ('p90', np.percentile(acc, 90))):
-    summary[f'client_accuracy_{name}'] = float(value)
-  summary['per_client_accuracy'] = collections.OrderedDict((cid, float(a)) for (cid, _), a in zip(rows, acc))
-  return summary

@@ -9,15 +9,14 @@ import collections
 import dataclasses
 import re
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from tff_fl import engine
 from tff_fl import tasks as tasks_lib
+from tff_fl.engine import evaluation
 from tff_fl.simulation import checkpoint as checkpoint_lib
-from tff_fl.simulation import evaluation
 from tff_fl.simulation import outputs as outputs_lib
 from tff_fl.simulation import sampling
 
@@ -90,13 +89,14 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
                  fingerprint_defaults: Optional[dict[str, Any]] = None, sampler=None,
                  participation: Optional[Callable[[int, Sequence[str]], engine.Cohort]] = None,
                  hooks: Sequence[RoundHook] = (),
-                 eval_arrays: Optional[dict] = None,
+                 eval_arrays: Optional[Mapping[str, tuple]] = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs (or resumes) training; returns the summary also written to `summary.json`.
 
   `participation(round, sampled ids)` says who reports (default: every sampled client, full work).
-  `eval_arrays` (client id -> (x, y)) replaces the task's test split for evaluation; components that change the
-  input representation (e.g. normalisation) supply it so evaluation sees what training saw.
+  `eval_arrays` (client id -> (x, y)) is every client's evaluation data (default the task's test split); components
+  that change the input representation (e.g. normalisation) supply it so evaluation sees what training saw. It is
+  evaluated packed on the engine (`tff_fl.engine.evaluation`), every client of the task each eval round.
   """
   cfg.validate()
   sampler = sampler or sampling.UniformSampler(task.client_ids, cfg.clients_per_round, cfg.seed)
@@ -122,14 +122,11 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
   if start_round > 0:
     outputs.rewrite_tensorboard()
 
-  eval_fn = evaluation.build_per_client_eval(task.model_fn, getattr(task, 'pad_id', None))
-  eval_data = [task.eval_dataset(cid) if eval_arrays is None else
-               tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=eval_arrays[cid][0], y=eval_arrays[cid][1])).batch(256)
-               for cid in task.client_ids]
+  evaluator = evaluation.task_evaluator(task, eval_arrays)
   last_eval, evaluated_round, stop_reason = None, None, 'completed'
 
   def evaluate():
-    results = eval_fn(process.get_model_weights(state), eval_data)
+    results = evaluator(process.get_model_weights(state), task.client_ids)
     return evaluation.summarize(task.client_ids, results)
 
   def save(round_num):
@@ -160,7 +157,8 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
     train = output.metrics['client_work']['train']
     row = collections.OrderedDict(round=round_num, round_seconds=0.0, clients=len(cohort),
                                   train_loss=outputs_lib.to_scalar(train['loss']),
-                                  train_accuracy=outputs_lib.to_scalar(train.get('sparse_categorical_accuracy')))
+                                  train_accuracy=outputs_lib.to_scalar(train.get('sparse_categorical_accuracy',
+                                                                                 train.get('masked_accuracy'))))
     row.update(outputs_lib.flatten_metrics(output.metrics))
     for hook in hooks:
       hook.after_round(round_num, output, row)
