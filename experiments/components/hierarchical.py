@@ -37,8 +37,8 @@ from tff_fl.algorithms import model_types
 from tff_fl.data import client_data
 from tff_fl.data import partition as partition_lib
 from tff_fl.data import sources
+from tff_fl.engine import evaluation
 from tff_fl.engine import hierarchical as hierarchical_process
-from tff_fl.simulation import evaluation
 from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
@@ -163,23 +163,6 @@ def build(exp, cfg: HierarchyConfig, clusters: np.ndarray) -> hierarchical_proce
     raise _flag_error(e) from None
 
 
-def build_cluster_eval(model_fn: model_types.ModelFn, pad_id: Optional[int] = None) -> tff.Computation:
-  """(ModelWeights@CLIENTS, dataset@CLIENTS) -> per-client eval sums@CLIENTS: each client evaluates its own model
-  (its cluster's), in one call; sums as in `tff_fl.simulation.evaluation.build_client_eval_fn`.
-  TEMPORARY: on tf.data until the engine's packed per-client evaluation (models + an index per client) lands."""
-  weights_type, data_type, _ = model_types.model_types(model_fn)
-
-  @tff.tensorflow.computation(weights_type, data_type)
-  def client_eval(weights, dataset):
-    return evaluation.build_client_eval_fn(model_fn(), pad_id)(weights, dataset)
-
-  @tff.federated_computation(tff.FederatedType(weights_type, tff.CLIENTS), tff.FederatedType(data_type, tff.CLIENTS))
-  def per_client_eval(weights, datasets):
-    return tff.federated_map(client_eval, (weights, datasets))
-
-  return per_client_eval
-
-
 class ClusterHook(training_loop.RoundHook):
   """Per-cluster accuracy at eval rounds and long-haul bytes every round, for hierarchical and flat processes.
 
@@ -194,20 +177,17 @@ class ClusterHook(training_loop.RoundHook):
     self.process_fn, self.task, self.clusters = process_fn, task, np.asarray(clusters)
     self.num_clusters = int(self.clusters.max()) + 1
     self.rounds_per_eval, self.total_rounds = rounds_per_eval, total_rounds
-    self.eval_fn = build_cluster_eval(task.model_fn, getattr(task, 'pad_id', None))
-    self.eval_arrays_fn, self.eval_data = eval_arrays_fn, None
+    self.eval_arrays_fn, self.evaluator = eval_arrays_fn, None
     weights_type, _, _ = model_types.model_types(task.model_fn)
     self.update_bytes = hierarchical.payload_bytes(weights_type.trainable)
     self.model_bytes = hierarchical.payload_bytes(weights_type)
     self.cumulative, self.last = 0, collections.OrderedDict()
 
   def _accuracy(self, models) -> np.ndarray:
-    if self.eval_data is None:  # Built at the first evaluation: a later component may set the eval arrays.
-      arrays = self.eval_arrays_fn()
-      self.eval_data = [self.task.eval_dataset(c) if arrays is None else tf.data.Dataset.from_tensor_slices(
-          collections.OrderedDict(x=arrays[c][0], y=arrays[c][1])).batch(256) for c in self.task.client_ids]
-    per_client = [models[k] for k in self.clusters]
-    return hierarchical.cluster_accuracy(self.eval_fn(per_client, self.eval_data), self.clusters, self.num_clusters)
+    if self.evaluator is None:  # Built at the first evaluation: a later component may set the eval arrays.
+      self.evaluator = evaluation.build_evaluator(self.task, self.eval_arrays_fn())
+    results = self.evaluator.evaluate_models(models, self.clusters, self.task.client_ids)
+    return hierarchical.cluster_accuracy(results, self.clusters, self.num_clusters)
 
   def after_round(self, round_num, output, row) -> None:
     process = self.process_fn()
