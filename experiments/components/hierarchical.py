@@ -24,7 +24,6 @@ from typing import Callable, Optional
 
 from absl import flags
 import numpy as np
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from experiments import flag_groups
