@@ -31,8 +31,8 @@ test: venv
 data: venv
 	bash experiments/fetch_data.sh
 
-benchmark: venv
-	$(PY) -m experiments.benchmark
+benchmark: venv  # Pinned to one core (the TFF worker inherits it): stock TFF and ours compete for the same core.
+	taskset -c 0 $(PY) -m experiments.benchmark
 
 # Paper baselines: make reproduce SUITE=fedprox2020 (mcmahan2017, mcmahan2017_lr, fedprox2020, shakespeare).
 SUITE ?= mcmahan2017

@@ -9,7 +9,9 @@ all-equal arguments (the cohort's datasets, or the engine's packed slots) are cu
 per worker (`ceil(remaining / remaining workers)` clients each); SERVER-placed and all-equal values (the state) are
 sent to every worker. Each worker runs `up_to_merge` on its slice; partial accumulators are combined with `merge` in
 completion order; `after_merge` runs once (on the worker that finished last) when the result is SERVER-placed, or
-once per slice and concatenated when it has CLIENTS-placed parts (per-client evaluation, client states).
+once per slice and concatenated when it has CLIENTS-placed parts (per-client evaluation, client states). TFF 0.87
+concatenates those slices in completion order, which would hand a client another client's outputs (and, on the
+packed engine, its client state); `OrderedMergeableContext` concatenates them in slice order.
 
 What cannot be split: computations in which an aggregation consumes another aggregation's result (an aggregate
 that is broadcast back to clients and aggregated again) — TFF can split only on ONE logical aggregation. In this
@@ -26,6 +28,7 @@ Workers: local ones are started and stopped with `contexts.start_worker` / `stop
 workers as it has CLIENTS slots (`num_slots` / `--engine_slots`), since a slot is the unit TFF splits.
 """
 
+import asyncio
 import contextlib
 import functools
 import time
@@ -43,6 +46,8 @@ from tensorflow_federated.python.core.impl.executor_stacks import executor_facto
 from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
 from tensorflow_federated.python.core.impl.executors import remote_executor
 from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
+from tensorflow_federated.python.core.impl.types import type_analysis
+from tensorflow_federated.python.core.impl.types import type_conversions
 
 from tff_fl.simulation import contexts
 
@@ -132,6 +137,53 @@ def _async_context(stub, default_num_clients: int) -> async_execution_context.As
       transform_result=tensorflow_computation.transform_result)
 
 
+async def _after_merge_in_slice_order(comp, merge_result, arg_list, async_contexts) -> list:
+  """TFF's `_invoke_after_merge_in_async_pool` (each context runs one slice at a time) with results in slice order."""
+  async def task(index, arg, context):
+    return index, await mergeable._compute_after_merged(  # pylint: disable=protected-access
+        comp, arg, merge_result, context)
+
+  async def collect(done, result, context):
+    del context
+    return done + (result,)
+
+  results, _ = await mergeable._run_in_async_context_pool(  # pylint: disable=protected-access
+      lambda item, context: asyncio.create_task(task(*item, context)), list(enumerate(arg_list)), async_contexts,
+      (), collect)
+  return [value for _, value in sorted(results, key=lambda pair: pair[0])]
+
+
+async def _invoke_in_slice_order(comp, arg, async_contexts):
+  """TFF 0.87's `_invoke_mergeable_comp_form` with CLIENTS-placed results concatenated in slice order."""
+  arg_list = arg.value() if arg is not None else [None] * len(async_contexts)
+  merge_result, merge_context = await mergeable._invoke_merge_in_async_pool(  # pylint: disable=protected-access
+      comp, arg_list, async_contexts)
+  result_type = comp.after_merge.type_signature.result
+  if type_analysis.contains_only(
+      result_type, lambda t: not isinstance(t, tff.FederatedType) or t.all_equal):
+    return await mergeable._compute_after_merged(  # pylint: disable=protected-access
+        comp, arg_list[0], merge_result, merge_context)
+  results = await _after_merge_in_slice_order(comp, merge_result, arg_list, async_contexts)
+  return mergeable._repackage_partitioned_values(  # pylint: disable=protected-access
+      results, result_type_spec=result_type)
+
+
+class OrderedMergeableContext(mergeable.MergeableCompExecutionContext):
+  """TFF's mergeable-computation context whose CLIENTS-placed results keep the clients' order (module docstring)."""
+
+  def invoke(self, comp, arg=None):
+    if not isinstance(comp, mergeable.MergeableCompForm):
+      comp = self._compiler_pipeline.compile(comp)
+    if arg is not None:
+      arg = mergeable.MergeableCompExecutionContextValue(arg, comp.up_to_merge.type_signature.parameter,
+                                                         self._num_subrounds)
+    result = type_conversions.type_to_py_container(
+        self._async_runner.run_coro_and_return_result(
+            _invoke_in_slice_order(comp, arg, self._async_execution_contexts)),
+        comp.after_merge.type_signature.result)
+    return self._transform_result(result) if self._transform_result is not None else result
+
+
 def start_local_workers(num_workers: int, base_port: Optional[int] = None, log_path: Optional[str] = None,
                         timeout_s: float = READY_TIMEOUT_S) -> tuple[list, list[str]]:
   """Starts `num_workers` managed workers on this host (ports base_port+i, or free ports); returns (procs,
@@ -178,7 +230,7 @@ def create_worker_context(addresses: Sequence[str] = (), num_local: int = 0, *, 
   except BaseException:
     close()
     raise
-  context = mergeable.MergeableCompExecutionContext(async_contexts, compiler_fn=_compile_cached)
+  context = OrderedMergeableContext(async_contexts, compiler_fn=_compile_cached)
   return context, close
 
 
