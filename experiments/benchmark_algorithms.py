@@ -7,8 +7,8 @@ optimizers and timing of `benchmark_setup`). One row per entry of `ENTRIES`:
    "stock_tff_fedavg_s_per_round": T (stock TFF FedAvg, same run), "before_s_per_round": B (--before_json), ...}
 
 An entry is (name, builder): `builder(context)` returns (process, note). Builders import their definition / extension
-lazily (`load`), so an entry whose module or class has not landed yet is skipped with a note instead of failing the
-run; any other error is recorded in the row. Names follow the "before" measurement (commit 4505331): `fedavg` is what
+lazily (`load`), so an entry whose module or class does not exist yet is skipped with a note instead of failing the
+run; any other error (an import error inside an existing module included) is recorded in the row. Names follow the "before" measurement (commit 4505331): `fedavg` is what
 the binary ran by default then (stock tff.learning path; its fast engine, `fedavg_fast`, is kept as
 `before_fast_engine_s_per_round`). Hyperparameters are those of that measurement (FedProx mu 0.01, FedDyn alpha
 0.01, Ditto lambda 0.1, top-k 5%, 2 label clusters with a global step every round, DP-SGD clip 1 noise 1, constant
@@ -22,6 +22,7 @@ FedAvg; the 10,000-client evaluation < 10 s.
 
 import collections
 import importlib
+import importlib.util
 import json
 import os
 import time
@@ -39,15 +40,19 @@ MIN_SPEEDUP_VS_STOCK, MAX_RATIO_VS_FEDAVG, MAX_EVAL_S = 10.0, 1.5, 10.0
 
 
 class Unavailable(Exception):
-  """The entry's module or class is not importable (yet)."""
+  """The entry's module or class does not exist (yet)."""
 
 
 def load(module: str, attr: str = ''):
-  """`module` (or its `attr`), raising `Unavailable` if it is not there."""
+  """`module` (or its `attr`), raising `Unavailable` if it does not exist; a module that exists but fails to import
+  raises its own error (the entry is then recorded as failed, not skipped)."""
   try:
-    mod = importlib.import_module(module)
-  except ImportError as e:
-    raise Unavailable(f'{module} not importable ({e})') from None
+    spec = importlib.util.find_spec(module)
+  except ModuleNotFoundError:  # A parent package is missing.
+    spec = None
+  if spec is None:
+    raise Unavailable(f'{module} does not exist yet')
+  mod = importlib.import_module(module)
   if attr and not hasattr(mod, attr):
     raise Unavailable(f'{module}.{attr} not defined yet')
   return getattr(mod, attr) if attr else mod

@@ -11,7 +11,7 @@ from experiments import benchmark_setup
 
 def test_load_reports_missing_module_and_class():
   assert algorithms.load('tff_fl.algorithms.fed_avg', 'FedAvg').__name__ == 'FedAvg'
-  with pytest.raises(algorithms.Unavailable, match='tff_fl.no_such_module not importable'):
+  with pytest.raises(algorithms.Unavailable, match='tff_fl.no_such_module does not exist yet'):
     algorithms.load('tff_fl.no_such_module', 'X')
   with pytest.raises(algorithms.Unavailable, match='tff_fl.algorithms.fed_avg.NoSuchClass not defined yet'):
     algorithms.load('tff_fl.algorithms.fed_avg', 'NoSuchClass')
