@@ -8,11 +8,12 @@ optimizers and timing of `benchmark_setup`). One row per entry of `ENTRIES`:
 
 An entry is (name, builder): `builder(context)` returns (process, note). Builders import their definition / extension
 lazily (`load`), so an entry whose module or class does not exist yet is skipped with a note instead of failing the
-run; any other error (an import error inside an existing module included) is recorded in the row. Names follow the "before" measurement (commit 4505331): `fedavg` is what
-the binary ran by default then (stock tff.learning path; its fast engine, `fedavg_fast`, is kept as
-`before_fast_engine_s_per_round`). Hyperparameters are those of that measurement (FedProx mu 0.01, FedDyn alpha
-0.01, Ditto lambda 0.1, top-k 5%, 2 label clusters with a global step every round, DP-SGD clip 1 noise 1, constant
-50% sparsity, 20% sign-flip attackers at scale 10).
+run; any other error (an import error inside an existing module included) is recorded in the row. Names follow the
+"before" measurement (commit 4505331): `fedavg` is what the binary ran by default then (the stock tff.learning path;
+its fast engine, `fedavg_fast`, is kept as `before_fast_engine_s_per_round`). Hyperparameters are those of that
+measurement (FedProx mu 0.01, FedDyn alpha 0.01, Ditto lambda 0.1, top-k 5%, 2 label clusters with a global step
+every round, DP-SGD clip 1 noise 1, constant 50% sparsity, 20% sign-flip attackers at scale 10). Wall and CPU
+seconds (this process + its TFF worker) are both kept: CPU seconds compare better across runs on a shared machine.
 
 Then, if `tff_fl.engine.evaluation.build_evaluator` exists, one packed per-client evaluation of 10,000 clients with
 2-5 digits examples each (the population of the before measurement), timed after a 10-client warm-up call.
@@ -235,6 +236,7 @@ def run(rounds: int, warmup: int, *, before_path: str, stock=None) -> collection
   init = task.initial_weights(setup.SEED)
   before = read_before(before_path)
   before_s = {r['algorithm']: r.get('s_per_round') for r in before.get('algorithms', [])}
+  before_cpu = {r['algorithm']: r.get('cpu_s_per_round') for r in before.get('algorithms', [])}
   stock_note = 'measured in the cross_device_100x9 scenario of this run'
   if stock is None:
     stock = measure(setup.build_stock(task), task.client_ids, init, rounds, warmup)
@@ -246,7 +248,7 @@ def run(rounds: int, warmup: int, *, before_path: str, stock=None) -> collection
   for name, builder in ENTRIES:
     row = collections.OrderedDict(algorithm=name, scenario=SCENARIO, s_per_round=None,
                                   stock_tff_fedavg_s_per_round=stock_s_per_round,
-                                  before_s_per_round=before_s.get(name))
+                                  before_s_per_round=before_s.get(name), before_cpu_s_per_round=before_cpu.get(name))
     if f'{name}_fast' in before_s:
       row['before_fast_engine_s_per_round'] = before_s[f'{name}_fast']
     try:
@@ -294,6 +296,8 @@ def run(rounds: int, warmup: int, *, before_path: str, stock=None) -> collection
       before_json=before_path if before else None, before_commit=before.get('commit'),
       before_command=before.get('command'),
       before_stock_tff_fedavg_s_per_round=before.get('stock_tff_fedavg_s_per_round'),
+      before_stock_tff_fedavg_cpu_s_per_round=(before.get('stock_tff_fedavg') or {}).get('cpu_s_per_round'),
+      before_load_average=(before.get('meta') or {}).get('load_average_at_save'),
       registered_without_entry=registered_without_entry(),
       targets=f'>= {MIN_SPEEDUP_VS_STOCK:g}x faster than stock TFF FedAvg and <= {MAX_RATIO_VS_FEDAVG:g}x packed '
               f'FedAvg per algorithm; {EVAL_CLIENTS} clients evaluated in < {MAX_EVAL_S:g} s')
@@ -304,19 +308,27 @@ def _f(value, fmt):
   return '-' if value is None else format(value, fmt)
 
 
+def _load(values):
+  return '-' if not values else '/'.join(f'{v:.1f}' for v in values)
+
+
 def markdown(out: dict) -> str:
   """The algorithms table (and the evaluation line) of benchmark.md."""
   meta, rows = out.get('algorithms_meta', {}), out['algorithms']
   lines = [f"Algorithms on the packed engine, {SCENARIO}: median s/round of {meta.get('rounds')} after "
            f"{meta.get('warmup')} warm-up (wall clock; CPU = this process + its TFF worker), core(s) "
-           f"{meta.get('cpu_affinity')}, code {meta.get('commit')}. Stock TFF FedAvg in the same run: "
+           f"{meta.get('cpu_affinity')}, load average {_load(meta.get('load_average_at_end'))}, code "
+           f"{meta.get('commit')}. Stock TFF FedAvg in the same run: "
            f"{_f(meta.get('stock_tff_fedavg_s_per_round'), '.3f')} s/round "
            f"({_f(meta.get('stock_tff_fedavg_cpu_s_per_round'), '.3f')} CPU s). Before = commit "
            f"{meta.get('before_commit')} (benchmark_before.json; stock TFF FedAvg "
-           f"{_f(meta.get('before_stock_tff_fedavg_s_per_round'), '.3f')} s/round in that run). Target: >= "
+           f"{_f(meta.get('before_stock_tff_fedavg_s_per_round'), '.3f')} s/round, "
+           f"{_f(meta.get('before_stock_tff_fedavg_cpu_s_per_round'), '.3f')} CPU s in that run, whose load average "
+           f"was {_load(meta.get('before_load_average'))}: compare CPU seconds across runs). Target: >= "
            f'{MIN_SPEEDUP_VS_STOCK:g}x faster than stock TFF FedAvg and <= {MAX_RATIO_VS_FEDAVG:g}x packed FedAvg.\n',
-           '| algorithm | packed s/round | packed CPU s/round | before s/round | x faster than stock TFF FedAvg | '
-           '/ packed FedAvg | target | note |', '|---|---|---|---|---|---|---|---|']
+           '| algorithm | packed s/round | packed CPU s/round | before s/round | before CPU s/round | '
+           'x faster than stock TFF FedAvg | / packed FedAvg | target | note |',
+           '|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     target = '-' if r.get('target_met') is None else ('met' if r['target_met'] else 'NOT met')
     before = _f(r.get('before_s_per_round'), '.3f')
@@ -324,7 +336,8 @@ def markdown(out: dict) -> str:
       before += f" (fast engine {r['before_fast_engine_s_per_round']:.3f})"
     note = (r.get('error') or r.get('note') or '').replace('|', '/')
     lines.append(f"| {r['algorithm']} | {_f(r['s_per_round'], '.4f')} | {_f(r.get('cpu_s_per_round'), '.4f')} | "
-                 f"{before} | {_f(r.get('speedup_vs_stock_tff_fedavg'), '.1f')} | "
+                 f"{before} | {_f(r.get('before_cpu_s_per_round'), '.3f')} | "
+                 f"{_f(r.get('speedup_vs_stock_tff_fedavg'), '.1f')} | "
                  f"{_f(r.get('ratio_to_packed_fedavg'), '.2f')} | {target} | {note} |")
   if meta.get('registered_without_entry'):
     lines.append(f"\nRegistered algorithms without a benchmark entry: {', '.join(meta['registered_without_entry'])}.")
