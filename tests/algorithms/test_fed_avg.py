@@ -1,4 +1,4 @@
-"""FedAvg / FedProx / FedSGD / FedOpt from tff_fl against stock TFF and a numpy FedProx reference."""
+"""FedAvg / FedProx / FedOpt from tff_fl against stock TFF and a numpy FedProx reference."""
 
 import collections
 
@@ -8,7 +8,6 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fl.algorithms import fed_avg
-from tff_fl.algorithms import fed_sgd
 from tff_fl.models import keras_models
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
@@ -121,12 +120,6 @@ def test_fed_prox_matches_numpy_proximal_step():
   assert _max_diff(ours, [ref_w, ref_b]) < 1e-5
   # The proximal term matters here: plain FedAvg lands elsewhere.
   assert _max_diff(_run(fed_avg.build_fed_avg(MODEL_FN, _sgd(lr)), rounds=2, data=_datasets(arrays)), ours) > 1e-4
-
-
-def test_fed_sgd_matches_stock_tff():
-  ours = _run(fed_sgd.build_fed_sgd(MODEL_FN, _sgd(0.5)))
-  stock = _run(tff.learning.algorithms.build_fed_sgd(MODEL_FN, server_optimizer_fn=_sgd(0.5)))
-  assert _max_diff(ours, stock) < 1e-5
 
 
 def test_negative_mu_is_rejected():

@@ -1,71 +1,96 @@
-"""FedSGD (McMahan et al. 2017, the large-batch baseline): each client computes the average gradient of its loss over
-all its local data at the broadcast model; the server averages those gradients (weighted by examples) and takes one
-server-optimizer step. Matches stock `tff.learning.algorithms.build_fed_sgd`.
+"""FedSGD (McMahan et al. 2017, the large-batch baseline) as an algorithm definition.
 
+Each client computes the mean gradient of its loss over all its local data at the broadcast model (no local step);
+the server averages those gradients (weighted per `client_weighting`) and takes one server-optimizer step (default
+SGD at 0.1, TFF's default). Matches stock `tff.learning.algorithms.build_fed_sgd`:
+
+  client i:  g_i = sum_b |b| grad L_b(x) / sum_b |b|     (batches b of the client's data; sums in float32)
+             update = g_i, weight = n_i (NUM_EXAMPLES) or 1 (UNIFORM); 0 and weight 0 if g_i is not finite
+  server:    x <- server_optimizer(x, mean_i g_i)          (SGD: x - lr * mean gradient)
+
+Components' local options apply to the gradient: DP-SGD replaces each batch's gradient by its clipped, summed,
+noised per-example gradients / |b| (`local_training.batch_gradient`); pruning masks multiply the gradient.
 Update shape: the trainable weights' structure (a gradient, not a delta: server SGD subtracts lr * update).
 """
 
+import collections
+import dataclasses
 from typing import Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.learning import tensor_utils
 
-from tff_fl.algorithms import client_work as client_work_lib
-from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import definition
+from tff_fl.algorithms import local_training
+from tff_fl.algorithms import model_types
+from tff_fl.algorithms import stock
+
+ClientWeighting = tff.learning.ClientWeighting
 
 
-def build_gradient_fn(model: tff.learning.models.VariableModel, weighting):
-  """A `tf.function` (initial ModelWeights, dataset) -> (ClientResult(mean gradient, weight), unfinalized metrics)."""
+def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, data, *,
+                  weighting: ClientWeighting, options: local_training.LocalOptions = local_training.LocalOptions()
+                  ) -> collections.OrderedDict:
+  """The client's example-weighted mean gradient at `initial_weights` over `data` (`.reduce` as tf.data).
 
-  @tf.function
-  def client_gradient(initial_weights, data):
-    weights = tff.learning.models.ModelWeights.from_model(model)
-    tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
+  Returns local training's result layout: update (the gradient), update_weight, num_steps (0: no step is taken),
+  finite, loss (example-weighted mean), num_examples.
+  """
+  weights = tff.learning.models.ModelWeights.from_model(model)
+  assign = tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
+  trainable = weights.trainable
 
-    def reduce_fn(state, batch):
-      grad_sum, num_examples = state
-      with tf.GradientTape() as tape:
-        output = model.forward_pass(batch, training=True)
-      batch_size = tf.shape(output.predictions)[0] if output.num_examples is None else output.num_examples
-      batch_size = tf.cast(batch_size, tf.float32)
-      grads = tape.gradient(output.loss, weights.trainable)
-      grad_sum = tf.nest.map_structure(lambda s, g: s + g * batch_size, grad_sum, grads)
-      return grad_sum, num_examples + batch_size
+  def reduce_fn(state, batch):
+    grad_sum, num_examples, loss_sum = state
+    grads, output = local_training.batch_gradient(model, weights, batch, options.dp)
+    if output.num_examples is None:
+      batch_size = tf.cast(tf.shape(output.predictions)[0], tf.float32)
+    else:
+      batch_size = tf.cast(output.num_examples, tf.float32)
+    grad_sum = tuple(s + g * batch_size for s, g in zip(grad_sum, tf.nest.flatten(grads)))
+    loss_sum += tf.cast(output.loss, tf.float64) * tf.cast(batch_size, tf.float64)
+    return grad_sum, num_examples + batch_size, loss_sum
 
-    def reduce_flat(state, batch):  # Dataset.reduce packs lists into tensors, so carry a flat tuple.
-      grad_sum, num_examples = reduce_fn((tf.nest.pack_sequence_as(weights.trainable, state[0]), state[1]), batch)
-      return tuple(tf.nest.flatten(grad_sum)), num_examples
-
-    zeros = tuple(tf.zeros_like(w) for w in tf.nest.flatten(weights.trainable))
-    grad_sum, num_examples = data.reduce((zeros, tf.constant(0.0)), reduce_flat)
-    grad_sum = tf.nest.pack_sequence_as(weights.trainable, grad_sum)
-    grads = tf.nest.map_structure(lambda g: g / tf.maximum(num_examples, 1.0), grad_sum)
-    grads, has_non_finite = tensor_utils.zero_all_if_any_non_finite(grads)
-    weight = client_work_lib.client_weight(weighting, has_non_finite, num_examples)
-    return (tff.learning.templates.ClientResult(update=grads, update_weight=weight),
-            model.report_local_unfinalized_metrics())
-
-  return client_gradient
-
-
-def build_gradient_client_work(model_fn: client_work_lib.ModelFn,
-                               client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
-                               metrics_aggregator=None) -> tff.learning.templates.ClientWorkProcess:
-  """`ClientWorkProcess` whose update is the client's mean gradient at the broadcast model."""
-
-  def client_tf_fn(initial_weights, dataset):
-    return build_gradient_fn(model_fn(), client_weighting)(initial_weights, dataset)
-
-  return client_work_lib.build_client_work_process(client_tf_fn, model_fn, metrics_aggregator)
+  with tf.control_dependencies(tf.nest.flatten(assign)):
+    init = (tuple(tf.zeros(v.shape, v.dtype) for v in tf.nest.flatten(trainable)), tf.constant(0.0),
+            tf.constant(0.0, tf.float64))
+  grad_sum, num_examples, loss_sum = data.reduce(init, reduce_fn)
+  grads = [g / tf.maximum(num_examples, 1.0) for g in grad_sum]
+  if options.masks is not None:
+    grads = [g * m for g, m in zip(grads, tf.nest.flatten(options.masks))]
+  grads, has_non_finite = tensor_utils.zero_all_if_any_non_finite(tf.nest.pack_sequence_as(trainable, grads))
+  loss = loss_sum / tf.maximum(tf.cast(num_examples, tf.float64), 1.0)
+  return collections.OrderedDict(
+      update=grads,
+      update_weight=local_training.client_weight(weighting, has_non_finite, num_examples),
+      num_steps=tf.constant(0.0),
+      finite=tf.cast(tf.equal(has_non_finite, 0), tf.float32),
+      loss=tf.cast(loss, tf.float32),
+      num_examples=num_examples)
 
 
-def build_fed_sgd(model_fn: client_work_lib.ModelFn,
+@dataclasses.dataclass(frozen=True)
+class FedSGD(definition.Algorithm):
+  """One gradient per client at the broadcast model; the server optimizer steps on the averaged gradient."""
+  name = 'fedsgd'
+
+  def default_server_learning_rate(self) -> float:
+    return 0.1
+
+  def client_update(self, ctx):
+    return definition.client_output(mean_gradient(ctx.model, ctx.weights, ctx.data, weighting=ctx.weighting,
+                                                  options=ctx.options))
+
+
+def build_fed_sgd(model_fn: model_types.ModelFn,
                   server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None, *,
-                  client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
-                  model_aggregator=None, model_distributor=None,
+                  client_weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES,
+                  model_aggregator: Optional[model_types.AnyFactory] = None,
+                  model_distributor: Optional[tff.learning.templates.DistributionProcess] = None,
                   metrics_aggregator=None) -> tff.learning.templates.LearningProcess:
-  """FedSGD; default server optimizer is SGD with learning rate 0.1 (TFF's default)."""
-  server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(learning_rate=0.1)
-  work = build_gradient_client_work(model_fn, client_weighting, metrics_aggregator)
-  return fed_avg.compose(model_fn, work, server_optimizer, model_aggregator, model_distributor)
+  """FedSGD as a stock LearningProcess; default server optimizer SGD at learning rate 0.1 (TFF's default)."""
+  return stock.build_learning_process(
+      FedSGD(), model_fn, tff.learning.optimizers.build_sgdm(learning_rate=0.0), server_optimizer,
+      client_weighting=client_weighting, model_aggregator=model_aggregator, model_distributor=model_distributor,
+      metrics_aggregator=metrics_aggregator)

@@ -94,6 +94,16 @@ def _dp_gradient(model, weights, batch, dp: DPSGD):
   return tf.nest.pack_sequence_as(weights.trainable, list(grads)), output
 
 
+def batch_gradient(model, weights, batch, dp: Optional[DPSGD] = None):
+  """(gradient of the batch's mean loss w.r.t. `weights.trainable`, forward-pass output); with `dp`, DP-SGD's
+  clipped, summed, noised per-example gradients / B. Shared by `train` and FedSGD's one-gradient client."""
+  if dp is not None:
+    return _dp_gradient(model, weights, batch, dp)
+  with tf.GradientTape() as tape:
+    output = model.forward_pass(batch, training=True)
+  return tape.gradient(output.loss, weights.trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO), output
+
+
 def train(model: tff.learning.models.VariableModel, optimizer: tff.learning.optimizers.Optimizer, initial_weights,
           data, *, weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES, proximal_mu: float = 0.0,
           anchor=None, correction=None, options: LocalOptions = LocalOptions(),
@@ -111,12 +121,7 @@ def train(model: tff.learning.models.VariableModel, optimizer: tff.learning.opti
 
   def reduce_fn(state, batch):
     num_examples, num_steps, loss_sum, opt_state = state
-    if options.dp is None:
-      with tf.GradientTape() as tape:
-        output = model.forward_pass(batch, training=True)
-      grads = tape.gradient(output.loss, weights.trainable)
-    else:
-      grads, output = _dp_gradient(model, weights, batch, options.dp)
+    grads, output = batch_gradient(model, weights, batch, options.dp)
     if proximal_mu:
       grads = tf.nest.map_structure(lambda g, w, w0: g + proximal_mu * (w - w0), grads, weights.trainable,
                                     anchor_trainable)

@@ -1,22 +1,24 @@
-"""Magnitude pruning of the global model across rounds, driven by `tfmot.sparsity.keras` schedules.
+"""Magnitude pruning of the global model across rounds, driven by `tfmot.sparsity.keras` schedules, as an
+`Extension` that composes with every algorithm on the engine (FedAvg, FedProx, FedSGD, FedNova, SCAFFOLD, ...).
 
 The server keeps one 0/1 mask per trainable weight (all ones for weights tfmot does not prune, e.g. biases). Round t:
 
-  broadcast masked weights and masks ► clients train under the masks (every optimizer step is followed by
-  w <- w * mask, so pruned weights stay exactly 0 and their delta is exactly 0) ► aggregate (any tff.aggregators
-  factory) ► the aggregate is multiplied by the masks ► server optimizer ► weights * masks ► if
+  broadcast masked weights and masks ► clients train under the masks (local training multiplies the weights by the
+  masks after every optimizer step, so pruned weights stay exactly 0 and their delta is exactly 0) ► aggregate (any
+  tff.aggregators factory) ► the aggregate is multiplied by the masks ► server optimizer ► weights * masks ► if
   `schedule(t)` says prune, new masks = tfmot's magnitude rule at sparsity `schedule(t)[1]` ► weights * masks.
 
 The magnitude rule is tfmot's `Pruning._update_mask`: keep the k = max(round(n * (1 - s)), 1) largest |w| (ties at
 the k-th value kept). Prunable weights are exactly those `prune_low_magnitude` wraps. The schedule's step is the
 round number (1-based), so `pruning_begin_round=b` first prunes at the end of round b.
 
-Metrics per round: `sparsity` (fraction of prunable weights masked), `pruning/target_sparsity`, `pruning/pruned`
-(1 if masks were recomputed), `pruning/<layer weight>` per prunable weight, `pruning/all_weights` (zeros among all
-trainable weights). `export_pruned_model` writes the final model as a Keras SavedModel via `strip_pruning`.
+Engine state: `state['extensions']['pruning']` = OrderedDict(masks, round_num) (`masks_of(state)`). Metrics per
+round under `pruning/`: `sparsity` (fraction of prunable weights masked), `target_sparsity`, `pruned` (1 if masks
+were recomputed), `<layer weight>` per prunable weight, `all_weights` (zeros among all trainable weights).
+`export_pruned_model` writes the final model as a Keras SavedModel via `strip_pruning`.
 """
-
 import collections
+import collections.abc
 import gzip
 import io
 import os
@@ -28,8 +30,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_model_optimization as tfmot
 
-from tff_fl.algorithms import client_work as client_work_lib
-from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import extension
+from tff_fl.algorithms import local_training
 
 SCHEDULES = ('none', 'constant', 'polynomial')
 KerasFn = Callable[[], tf.keras.Model]
@@ -82,109 +84,76 @@ def magnitude_mask(weight: tf.Tensor, sparsity: tf.Tensor) -> tf.Tensor:
   return tf.reshape(tf.cast(keep, weight.dtype), tf.shape(weight))
 
 
-class MaskedOptimizer(tff.learning.optimizers.Optimizer):
-  """Applies `inner`, then multiplies the new weights by `masks` (flat list, same order as the weights)."""
+class Pruning(extension.Extension):
+  """Server-side magnitude pruning on any algorithm's round (module docstring). `keras_fn` builds the task's Keras
+  model (it names the prunable weights); `schedule` a tfmot `PruningSchedule` over rounds (`build_schedule`).
 
-  def __init__(self, inner: tff.learning.optimizers.Optimizer, masks):
-    self._inner, self._masks = inner, list(masks)
+  Server state OrderedDict(masks=[0/1 like each trainable weight], round_num=int64 rounds completed); broadcast: the
+  masks; local options: the masks; aggregate and the server's new weights are multiplied by the masks.
+  """
 
-  def initialize(self, specs):
-    return self._inner.initialize(specs)
+  name = 'pruning'
 
-  def next(self, state, weights, gradients):
-    state, updated = self._inner.next(state, weights, gradients)
-    return state, tuple(w * m for w, m in zip(tf.nest.flatten(updated), self._masks))
+  def __init__(self, keras_fn: KerasFn, schedule: tfmot.sparsity.keras.PruningSchedule):
+    if not isinstance(schedule, tfmot.sparsity.keras.PruningSchedule):
+      raise ValueError(f'schedule must be a tfmot.sparsity.keras.PruningSchedule; got {schedule!r}.')
+    self.names = prunable_weights(keras_fn)
+    if not any(self.names):
+      raise ValueError('the model has no weights tfmot prunes (prune_low_magnitude wraps none of its layers).')
+    self.schedule = schedule
 
+  def server_init(self, model):
+    return collections.OrderedDict(masks=[tf.ones(v.shape, v.dtype) for v in model.trainable_variables],
+                                   round_num=tf.constant(0, tf.int64))
 
-def build_pruned_fed_avg(model_fn: client_work_lib.ModelFn, keras_fn: KerasFn,
-                         client_optimizer: tff.learning.optimizers.Optimizer,
-                         server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None, *,
-                         schedule: tfmot.sparsity.keras.PruningSchedule,
-                         client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES, proximal_mu: float = 0.0,
-                         model_aggregator=None, metrics_aggregator=None) -> tff.learning.templates.LearningProcess:
-  """FedAvg/FedProx/FedOpt with server-side magnitude pruning (see module docstring). State: OrderedDict(
-  global_model_weights, masks (list like the trainable weights), round_num int64, aggregator, finalizer)."""
-  names = prunable_weights(keras_fn)
-  initial_fn = fed_avg.initial_weights_computation(model_fn)
-  weights_type = initial_fn.type_signature.result
-  masks_type = weights_type.trainable
-  _, data_type, finalizers = client_work_lib.model_types(model_fn)
-  server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(learning_rate=1.0)
-  aggregator = fed_avg.build_model_aggregator(model_aggregator, masks_type)
-  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
-  with tf.Graph().as_default():
-    metrics_fn = (metrics_aggregator or tff.learning.metrics.sum_then_finalize)(finalizers)
+  def broadcast(self, state):
+    return state['masks']
 
-  @tff.tensorflow.computation(weights_type, masks_type, data_type)
-  def client_update(weights, masks, dataset):
-    local_train = client_work_lib.build_local_training_fn(model_fn(), weighting=client_weighting,
-                                                          proximal_mu=float(proximal_mu))
-    return local_train(MaskedOptimizer(client_optimizer, tf.nest.flatten(masks)), weights, dataset)
+  def local_options(self, bcast, info) -> local_training.LocalOptions:
+    del info
+    return local_training.LocalOptions(masks=list(bcast))
 
-  @tff.tensorflow.computation(masks_type, masks_type)
-  def mask_update(update, masks):
-    return tf.nest.map_structure(tf.multiply, update, masks)
+  def transform_aggregate(self, aggregate, state):
+    return mask_matching(aggregate, list(state['masks']))
 
-  @tff.tensorflow.computation(weights_type, masks_type, tf.int64)
-  def prune(weights, masks, round_num):
-    should_prune, target = schedule(round_num)
+  def server_post(self, weights, state):
+    round_num = state['round_num'] + 1
+    should_prune, target = self.schedule(round_num)
+    masks = list(state['masks'])
     trainable = [w * m for w, m in zip(weights.trainable, masks)]
     new_masks = [m if name is None else tf.cond(should_prune, lambda w=w: magnitude_mask(w, target), lambda m=m: m)
-                 for name, w, m in zip(names, trainable, masks)]
+                 for name, w, m in zip(self.names, trainable, masks)]
     trainable = [w * m for w, m in zip(trainable, new_masks)]
-    pruned = [m for name, m in zip(names, new_masks) if name is not None]
-    kept = tf.add_n([tf.reduce_sum(m) for m in pruned])
-    total = float(sum(int(np.prod(m.shape)) for m in pruned))
+    pruned = [(name, m) for name, m in zip(self.names, new_masks) if name is not None]
+    kept = tf.add_n([tf.reduce_sum(m) for _, m in pruned])
+    total = float(sum(int(np.prod(m.shape)) for _, m in pruned))
     zeros = tf.add_n([tf.reduce_sum(tf.cast(tf.equal(w, 0.0), tf.float32)) for w in trainable])
-    metrics = collections.OrderedDict(target_sparsity=target, pruned=tf.cast(should_prune, tf.int32),
-                                      all_weights=zeros / float(sum(int(np.prod(w.shape)) for w in trainable)))
-    metrics.update((n, 1.0 - tf.reduce_mean(m)) for n, m in zip([n for n in names if n], pruned))
+    metrics = collections.OrderedDict(
+        sparsity=1.0 - kept / total, target_sparsity=tf.cast(target, tf.float32),
+        pruned=tf.cast(should_prune, tf.int32),
+        all_weights=zeros / float(sum(int(np.prod(w.shape)) for w in trainable)))
+    metrics.update((name, 1.0 - tf.reduce_mean(m)) for name, m in pruned)
     weights = tff.learning.models.ModelWeights(trainable=trainable, non_trainable=weights.non_trainable)
-    return weights, new_masks, 1.0 - kept / total, metrics
+    return weights, collections.OrderedDict(masks=new_masks, round_num=round_num), metrics
 
-  @tff.tensorflow.computation()
-  def initial_masks():
-    return [tf.ones(t.shape, t.dtype) for t in masks_type]
 
-  @tff.federated_computation()
-  def init_fn():
-    return tff.federated_zip(collections.OrderedDict(
-        global_model_weights=tff.federated_eval(initial_fn, tff.SERVER),
-        masks=tff.federated_eval(initial_masks, tff.SERVER),
-        round_num=tff.federated_value(np.int64(0), tff.SERVER),
-        aggregator=aggregator.initialize(), finalizer=finalizer.initialize()))
+def masks_of(state) -> list:
+  """The pruning masks (numpy, one per trainable weight) in an engine process state."""
+  return [np.asarray(m) for m in state['extensions'][Pruning.name]['masks']]
 
-  state_type = init_fn.type_signature.result
 
-  @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS))
-  def next_fn(state, client_data):
-    results, model_outputs = tff.federated_map(client_update, (
-        tff.federated_broadcast(state.global_model_weights), tff.federated_broadcast(state.masks), client_data))
-    agg = aggregator.next(state.aggregator, results.update, results.update_weight)
-    fin = finalizer.next(state.finalizer, state.global_model_weights,
-                         tff.federated_map(mask_update, (agg.result, state.masks)))
-    round_num = tff.federated_map(tff.tensorflow.computation(lambda r: r + 1, tf.int64), state.round_num)
-    weights, masks, sparsity, pruning = tff.federated_map(prune, (fin.result, state.masks, round_num))
-    new_state = tff.federated_zip(collections.OrderedDict(
-        global_model_weights=weights, masks=masks, round_num=round_num, aggregator=agg.state, finalizer=fin.state))
-    metrics = tff.federated_zip(collections.OrderedDict(
-        distributor=tff.federated_value((), tff.SERVER),
-        client_work=tff.federated_zip(collections.OrderedDict(train=metrics_fn(model_outputs))),
-        aggregator=agg.measurements, finalizer=fin.measurements, sparsity=sparsity, pruning=pruning))
-    return tff.learning.templates.LearningProcessOutput(new_state, metrics)
-
-  @tff.tensorflow.computation(state_type.member)
-  def get_model_weights(state):
-    return state['global_model_weights']
-
-  @tff.tensorflow.computation(state_type.member, weights_type)
-  def set_model_weights(state, weights):
-    masked = tff.learning.models.ModelWeights(
-        trainable=[w * m for w, m in zip(weights.trainable, state['masks'])], non_trainable=weights.non_trainable)
-    return collections.OrderedDict(global_model_weights=masked, masks=state['masks'], round_num=state['round_num'],
-                                   aggregator=state['aggregator'], finalizer=state['finalizer'])
-
-  return tff.learning.templates.LearningProcess(init_fn, next_fn, get_model_weights, set_model_weights)
+def mask_matching(value, masks: list):
+  """`value` with every part that has the trainable weights' structure (list of tensors shaped like `masks`)
+  multiplied by the masks: the whole aggregate (FedAvg, SCAFFOLD), FedNova's `normalized`, ...; other parts as is."""
+  leaves = tf.nest.flatten(value)
+  if len(leaves) == len(masks) and all(tf.TensorShape(v.shape) == tf.TensorShape(m.shape)
+                                       for v, m in zip(leaves, masks)):
+    return tf.nest.pack_sequence_as(value, [v * m for v, m in zip(leaves, masks)])
+  if isinstance(value, collections.abc.Mapping):
+    return type(value)((k, mask_matching(v, masks)) for k, v in value.items())
+  if isinstance(value, (list, tuple)) and len(leaves) > len(masks):
+    return type(value)(mask_matching(v, masks) for v in value)
+  return value
 
 
 def _dir_bytes(path: str) -> tuple[int, int]:

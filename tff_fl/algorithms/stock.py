@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fl.algorithms import definition
+from tff_fl.algorithms import local_training
 from tff_fl.algorithms import model_types
 
 ClientWeighting = tff.learning.ClientWeighting
@@ -21,8 +22,13 @@ ClientWeighting = tff.learning.ClientWeighting
 def build_client_work(algorithm: definition.Algorithm, model_fn: model_types.ModelFn,
                       client_optimizer: tff.learning.optimizers.Optimizer, *,
                       client_weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES,
-                      metrics_aggregator=None) -> tff.learning.templates.ClientWorkProcess:
-  """Stateless `ClientWorkProcess` running `algorithm.client_update`; measurements OrderedDict(train=metrics)."""
+                      metrics_aggregator=None,
+                      options: local_training.LocalOptions = local_training.LocalOptions()
+                      ) -> tff.learning.templates.ClientWorkProcess:
+  """Stateless `ClientWorkProcess` running `algorithm.client_update`; measurements OrderedDict(train=metrics).
+
+  `options`: local-training options every client uses (e.g. `LocalOptions(dp=DPSGD(...))`, sample-level DP-SGD).
+  """
   if not algorithm.stateless:
     raise ValueError(f'{algorithm.name} keeps client state or a server extra; a stock LearningProcess cannot carry '
                      'them (use tff_fl.engine.build_process).')
@@ -39,7 +45,7 @@ def build_client_work(algorithm: definition.Algorithm, model_fn: model_types.Mod
     @tf.function
     def run():
       ctx = definition.ClientContext(model, initial_weights, definition.NO_VALUE, None, dataset, client_optimizer,
-                                     client_weighting)
+                                     client_weighting, options)
       out = algorithm.client_update(ctx)
       return (tff.learning.templates.ClientResult(update=out['update'], update_weight=out['update_weight']),
               model.report_local_unfinalized_metrics())
@@ -86,11 +92,13 @@ def build_learning_process(algorithm: definition.Algorithm, model_fn: model_type
                            client_weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES,
                            model_aggregator: Optional[model_types.AnyFactory] = None,
                            model_distributor: Optional[tff.learning.templates.DistributionProcess] = None,
-                           metrics_aggregator=None) -> tff.learning.templates.LearningProcess:
-  """The stock `LearningProcess` of a stateless `algorithm` (module docstring)."""
+                           metrics_aggregator=None,
+                           options: local_training.LocalOptions = local_training.LocalOptions()
+                           ) -> tff.learning.templates.LearningProcess:
+  """The stock `LearningProcess` of a stateless `algorithm` (module docstring); `options` as in build_client_work."""
   algorithm.validate()
   work = build_client_work(algorithm, model_fn, client_optimizer, client_weighting=client_weighting,
-                           metrics_aggregator=metrics_aggregator)
+                           metrics_aggregator=metrics_aggregator, options=options)
   initial_fn = model_types.initial_weights_computation(model_fn)
   weights_type = initial_fn.type_signature.result
   update_type = work.next.type_signature.result.result.member.update
