@@ -12,6 +12,7 @@ import importlib
 
 # Order still matters where a component reads a part another declared: each entry says what it must follow.
 COMPONENTS = (
+    'algorithms',  # registers fedsgd and fednova
     'real_data',  # registers the real-data tasks at import; adds the central evaluation hook
     'regimes',  # sampler (availability, cross-silo) and, with --straggler_model=per_client, the participation
     'stragglers',  # the participation with --straggler_model=fedprox (reads the regimes' straggler flags)
@@ -19,7 +20,7 @@ COMPONENTS = (
     'privacy',  # after any sampler-setting component (refuses them); DP aggregator, sampler + accounting, DP-SGD
     'stateful',  # registers the stateful algorithms; client-state store and clients.csv
     'hierarchical',
-    'pruning',
+    'pruning',  # an extension (any algorithm): masks in training, aggregate and server step; export hook
     'drift',  # an extension (any algorithm): per-client figures and the aggregate pass
     'preprocessing',  # an extension (any algorithm): example order, augmentation, normalisation; eval_arrays
     'engine',  # --engine / --engine_slots

@@ -6,7 +6,9 @@
   --accountant=rdp|pld  --target_delta  --target_epsilon   epsilon is a metrics.csv column every round; training stops
                                              before the round that would exceed --target_epsilon
   --secure_bits=N                            distributed DP: discrete Gaussian shares summed by TFF secure sum
-  --sample_dp --sample_noise_multiplier --sample_clip_norm   DP-SGD inside local training (example-level DP)
+  --sample_dp --sample_noise_multiplier --sample_clip_norm   DP-SGD inside local training (example-level DP): the
+                                             `SampleDP` extension, so every algorithm's local steps run DP-SGD;
+                                             reported as example_epsilon
 """
 
 from absl import flags
@@ -67,12 +69,13 @@ def configure(exp) -> None:
         exp.loop_cfg.seed, 0, 'dp_noise'))
   sample_level = None
   if FLAGS.sample_dp:
-    if exp.algo_cfg.algorithm not in ('fedavg', 'fedprox') or exp.algo_cfg.mu:
-      raise ValueError(f'--sample_dp runs DP-SGD as the client work of --algorithm=fedavg; got '
-                       f'--algorithm={exp.algo_cfg.algorithm}.')
-    exp.client_work_builder = lambda e: dp_sgd_client.build_dp_sgd_client_work(
-        e.task.model_fn, e.client_optimizer,
-        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-        FLAGS.sample_clip_norm, FLAGS.sample_noise_multiplier)
+    if not FLAGS.sample_clip_norm > 0:
+      raise ValueError(f'--sample_clip_norm must be > 0; got {FLAGS.sample_clip_norm}.')
+    if not FLAGS.sample_noise_multiplier >= 0:
+      raise ValueError(f'--sample_noise_multiplier must be >= 0; got {FLAGS.sample_noise_multiplier}.')
+    # Every task's model is trained on cross-entropy of logits (per example: mean over a sequence's targets).
+    exp.extensions.append(dp_sgd_client.SampleDP(
+        FLAGS.sample_clip_norm, FLAGS.sample_noise_multiplier,
+        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE)))
     sample_level = plan_lib.SampleLevelAccountant(FLAGS.sample_noise_multiplier, exp.loop_cfg.client_epochs_per_round)
   exp.hooks.append(hooks.PrivacyHook(plan, exp.sampler, sample_level))

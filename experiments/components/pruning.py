@@ -3,9 +3,9 @@
   --pruning_schedule=none|constant|polynomial  --initial_sparsity  --final_sparsity  --pruning_begin_round
   --pruning_end_round (-1: constant prunes until the end; polynomial ends at --total_rounds)  --pruning_frequency
 
-With a schedule, --algorithm=fedavg|fedprox runs as `tff_fl.algorithms.pruning.build_pruned_fed_avg` (the
-experiment's `process_builder`; `drift` and `preprocessing` wrap whatever process is built).
-metrics.csv gains `sparsity` and `pruning/*` (target, per-layer sparsity); at the end the model is exported to
+With a schedule, the experiment gains the `tff_fl.algorithms.pruning.Pruning` extension, so every algorithm on the
+engine (fedavg, fedprox, fedsgd, fednova, scaffold, ...) trains under the masks and prunes at the schedule's rounds.
+metrics.csv gains `pruning/*` (sparsity, target, per-layer sparsity); at the end the model is exported to
 <exp_dir>/pruned_model (Keras SavedModel, pruning wrappers stripped) and summary.json gets its measured sparsity
 and raw / gzip sizes (`pruned_*`).
 """
@@ -14,7 +14,6 @@ import dataclasses
 import os
 
 from experiments import flag_groups
-from tff_fl.algorithms import builders
 from tff_fl.algorithms import pruning
 from tff_fl.simulation import training_loop
 
@@ -37,7 +36,6 @@ _HELP = {
     'pruning_end_round': 'last pruning round; -1 = never stop (constant) or --total_rounds (polynomial)',
     'pruning_frequency': 'prune every this many rounds within [begin, end]',
 }
-_ALGORITHMS = ('fedavg', 'fedprox')
 
 
 def define_flags() -> None:
@@ -53,7 +51,7 @@ class PruningHook(training_loop.RoundHook):
 
   def on_train_end(self, process, state, summary) -> None:
     del summary
-    info = pruning.export_pruned_model(self.keras_fn, process.get_model_weights(state), state['masks'],
+    info = pruning.export_pruned_model(self.keras_fn, process.get_model_weights(state), pruning.masks_of(state),
                                        os.path.join(self.exp_dir, 'pruned_model'))
     self.info = {f'pruned_{k}': v for k, v in info.items()}
 
@@ -75,16 +73,9 @@ def configure(exp) -> None:
   schedule = schedule_from_config(cfg, exp.loop_cfg.total_rounds)
   if schedule is None:
     return
-  if exp.algo_cfg.algorithm not in _ALGORITHMS:
-    raise ValueError(f"--pruning_schedule={cfg.pruning_schedule} applies to --algorithm={' or '.join(_ALGORITHMS)}; "
-                     f'got --algorithm={exp.algo_cfg.algorithm}.')
+  try:
+    extension = pruning.Pruning(exp.task.keras_model, schedule)
+  except ValueError as e:
+    raise ValueError(f'--pruning_schedule={cfg.pruning_schedule} with --model={exp.task.model_name}: {e}') from None
+  exp.extensions.append(extension)
   exp.hooks.append(PruningHook(exp.task.keras_model, exp.exp_dir))
-
-  def build_process(e):  # Replaces the registry's fedavg/fedprox builder for this experiment.
-    e.algo_cfg.validate()
-    return pruning.build_pruned_fed_avg(
-        e.task.model_fn, e.task.keras_model, e.client_optimizer, e.server_optimizer, schedule=schedule,
-        client_weighting=builders.WEIGHTINGS[e.algo_cfg.client_weighting], proximal_mu=e.algo_cfg.mu,
-        model_aggregator=e.model_aggregator)
-
-  exp.replace_process_builder(build_process, f'--pruning_schedule={cfg.pruning_schedule}')

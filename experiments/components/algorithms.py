@@ -1,0 +1,39 @@
+"""Component: stateless algorithms beyond the registry's built-in fedavg / fedprox.
+
+  --algorithm=fedsgd     FedSGD (McMahan et al. 2017): one mean gradient per client at the broadcast model, one
+                         server step (`tff_fl.algorithms.fed_sgd.FedSGD`); the client optimizer is not used
+  --algorithm=fednova    FedNova (Wang et al. 2020): normalized averaging; local SGD at --client_learning_rate, with
+                         --client_momentum when --client_optimizer=momentum (`tff_fl.algorithms.fednova.FedNova`)
+
+Both run on the engine with every extension (pruning, DP-SGD, attacks, ...) and as stock TFF with --engine=tff.
+Registered at import; `configure` checks the flags they read.
+"""
+
+from absl import flags
+
+from tff_fl.algorithms import builders
+from tff_fl.algorithms import fed_sgd
+from tff_fl.algorithms import fednova
+
+FLAGS = flags.FLAGS
+FEDNOVA_OPTIMIZERS = ('sgd', 'momentum')
+
+
+def define_flags() -> None:
+  """No flags of its own: FedNova reads the client optimizer flags."""
+
+
+def configure(exp) -> None:
+  if exp.algo_cfg.algorithm == 'fednova' and FLAGS.client_optimizer not in FEDNOVA_OPTIMIZERS:
+    raise ValueError(f'--algorithm=fednova needs --client_optimizer=sgd or momentum (its step normalization is '
+                     f'for SGD with momentum); got --client_optimizer={FLAGS.client_optimizer}.')
+
+
+def _fednova(exp) -> fednova.FedNova:
+  del exp
+  momentum = FLAGS.client_momentum if FLAGS.client_optimizer == 'momentum' else 0.0
+  return fednova.FedNova(FLAGS.client_learning_rate, momentum)
+
+
+builders.register('fedsgd', lambda exp: fed_sgd.FedSGD())
+builders.register('fednova', _fednova)
