@@ -1,15 +1,22 @@
-"""Sample-level DP client work vs stock TFF client work, a numpy per-example reference and the noise law."""
+"""Sample-level DP-SGD: the `SampleDP` extension on the engine and the stock exports, against stock TFF client work,
+a numpy per-example reference, tensorflow-privacy's DP Keras optimizer and the noise law."""
+
+import collections
 
 import numpy as np
 import pytest
 from scipy import stats
 import tensorflow as tf
 import tensorflow_federated as tff
+import tensorflow_privacy as tfp
 
+from tff_fl import engine
 from tff_fl.algorithms import dp_sgd_client
+from tff_fl.algorithms import fed_avg
 
 NUM_FEATURES, NUM_CLASSES = 4, 3
 LOSS = tf.keras.losses.sparse_categorical_crossentropy
+UNIFORM = tff.learning.ClientWeighting.UNIFORM
 
 
 def _keras_model():
@@ -22,7 +29,8 @@ def _keras_model():
 def model_fn():
   return tff.learning.models.from_keras_model(
       _keras_model(), loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-      input_spec=(tf.TensorSpec([None, NUM_FEATURES], tf.float32), tf.TensorSpec([None], tf.int32)),
+      input_spec=collections.OrderedDict(x=tf.TensorSpec([None, NUM_FEATURES], tf.float32),
+                                         y=tf.TensorSpec([None], tf.int32)),
       metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
 
 
@@ -34,7 +42,7 @@ def _client_data(seed, n=12):
 
 
 def _dataset(x, y, batch_size):
-  return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+  return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(batch_size)
 
 
 def _initial_weights(seed=0):
@@ -44,9 +52,28 @@ def _initial_weights(seed=0):
   return tff.learning.models.ModelWeights(trainable=[kernel, bias], non_trainable=[])
 
 
+def _flat(weights):
+  return np.concatenate([np.ravel(np.asarray(w)) for w in weights])
+
+
 def _updates(process, datasets, weights):
   out = process.next(process.initialize(), [weights] * len(datasets), datasets)
-  return [np.concatenate([np.ravel(u) for u in r.update]) for r in out.result], out.measurements
+  return [_flat(r.update) for r in out.result], out.measurements
+
+
+def _engine(arrays, clip, z, lr, batch_size):
+  """FedAvg + SampleDP on the engine, server SGD at 1 and uniform weights: one round's weight change is the mean
+  client update."""
+  return engine.build_process(
+      fed_avg.FedAvg(), model_fn, arrays, lambda cid, r: np.arange(len(arrays[cid][0])), batch_size=batch_size,
+      client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=lr), client_weighting=UNIFORM,
+      extensions=[dp_sgd_client.SampleDP(clip, z, LOSS)])
+
+
+def _engine_update(process, ids, weights, round_num=1):
+  state = process.set_model_weights(process.initialize(), weights)
+  out = process.next(state, engine.Cohort.full(round_num, ids))
+  return _flat(weights.trainable) - _flat(process.get_model_weights(out.state).trainable)
 
 
 def _numpy_clipped_mean_gradient(weights, x, y, clip):
@@ -57,17 +84,27 @@ def _numpy_clipped_mean_gradient(weights, x, y, clip):
   for xi, yi in zip(x, y):
     with tf.GradientTape() as tape:
       loss = LOSS(yi[None], keras_model(xi[None], training=True))[0]
-    g = np.concatenate([np.ravel(t) for t in tape.gradient(loss, keras_model.trainable_variables)])
-    grads.append(g)
+    grads.append(_flat(tape.gradient(loss, keras_model.trainable_variables)))
   grads = np.stack(grads)
   norms = np.linalg.norm(grads, axis=1)
   clipped = grads * np.minimum(1.0, clip / norms)[:, None]
   return clipped.mean(axis=0), norms
 
 
-def test_no_noise_huge_clip_equals_stock_local_sgd():
+def _tensorflow_privacy_step(weights, x, y, clip, lr):
+  """One step of tensorflow-privacy's DP Keras SGD (microbatches of one example, no noise): weight change."""
+  keras_model = _keras_model()
+  keras_model.set_weights(weights.trainable)
+  keras_model.compile(optimizer=tfp.DPKerasSGDOptimizer(l2_norm_clip=clip, noise_multiplier=0.0,
+                                                        num_microbatches=len(x), learning_rate=lr),
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(reduction=tf.keras.losses.Reduction.NONE))
+  keras_model.train_on_batch(x, y)
+  return _flat(weights.trainable) - _flat(keras_model.trainable_weights)
+
+
+def test_stock_client_work_no_noise_huge_clip_equals_stock_local_sgd():
   sgd = tff.learning.optimizers.build_sgdm(learning_rate=0.1)
-  stock = tff.learning.templates.build_model_delta_client_work(model_fn, sgd, tff.learning.ClientWeighting.UNIFORM)
+  stock = tff.learning.templates.build_model_delta_client_work(model_fn, sgd, UNIFORM)
   dp = dp_sgd_client.build_dp_sgd_client_work(model_fn, sgd, LOSS, l2_norm_clip=1e6, noise_multiplier=0.0)
   datasets = [_dataset(*_client_data(s), batch_size=4) for s in (1, 2)]
   weights = _initial_weights()
@@ -80,42 +117,40 @@ def test_no_noise_huge_clip_equals_stock_local_sgd():
   assert dp_metrics['train']['num_examples'] == stock_metrics['train']['num_examples'] == 24
 
 
-def test_per_example_clipping_matches_numpy_reference_and_bounds_contributions():
+def test_engine_per_example_clipping_matches_numpy_and_tensorflow_privacy():
   clip, lr = 0.05, 1.0
   x, y = _client_data(3, n=6)
   weights = _initial_weights(1)
-  dp = dp_sgd_client.build_dp_sgd_client_work(
-      model_fn, tff.learning.optimizers.build_sgdm(learning_rate=lr), LOSS, l2_norm_clip=clip, noise_multiplier=0.0)
-  (update,), _ = _updates(dp, [_dataset(x, y, batch_size=6)], weights)  # One step: update = lr * gradient.
   expected, norms = _numpy_clipped_mean_gradient(weights, x, y, clip)
   assert (norms > 2 * clip).sum() >= 3  # Clipping is active on most examples.
+  i = int(np.argmax(norms))
+  process = _engine({'all': (x, y), 'largest': (x[i:i + 1], y[i:i + 1])}, clip, 0.0, lr, batch_size=6)
+  update = _engine_update(process, ['all'], weights)  # One step: update = lr * clipped mean gradient.
   np.testing.assert_allclose(update / lr, expected, atol=1e-6)
+  np.testing.assert_allclose(update, _tensorflow_privacy_step(weights, x, y, clip, lr), atol=1e-6)
   # Each example contributes at most clip / B, so the step is at most lr * clip.
   assert np.linalg.norm(update) <= lr * clip + 1e-7
   # The example with the largest gradient, alone, moves the weights by exactly lr * clip.
-  i = int(np.argmax(norms))
-  (single,), _ = _updates(dp, [_dataset(x[i:i + 1], y[i:i + 1], batch_size=1)], weights)
-  assert np.linalg.norm(single) == pytest.approx(lr * clip, rel=1e-5)
+  assert np.linalg.norm(_engine_update(process, ['largest'], weights)) == pytest.approx(lr * clip, rel=1e-5)
 
 
-def test_noise_std_is_noise_multiplier_times_clip_over_batch():
-  z, clip, batch, num_clients = 1.5, 0.1, 6, 40
-  x, y = _client_data(4, n=batch)
-  weights = _initial_weights(2)
-  opt = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
-  noisy = dp_sgd_client.build_dp_sgd_client_work(model_fn, opt, LOSS, l2_norm_clip=clip, noise_multiplier=z)
-  updates, _ = _updates(noisy, [_dataset(x, y, batch)] * num_clients, weights)
+def test_engine_noise_is_fresh_per_client_with_std_z_clip_over_batch():
+  """K clients with the same data: the round's mean update is the clean clipped gradient + the mean of K
+  independent N(0, (zC/B)^2) draws, i.e. variance (zC/B)^2 / K (shared noise would give K times that)."""
+  z, clip, batch, num_clients, rounds = 1.5, 0.1, 6, 20, 6
+  x, y = _client_data(5, n=batch)
+  weights = _initial_weights(3)
+  ids = [f'c{k}' for k in range(num_clients)]
+  process = _engine({c: (x, y) for c in ids}, clip, z, 1.0, batch_size=batch)
   clean, _ = _numpy_clipped_mean_gradient(weights, x, y, clip)
-  noise = np.stack(updates) - clean  # [clients, params]; one SGD step, lr 1.
-  assert len({tuple(np.round(n, 6)) for n in noise}) == num_clients  # Fresh noise per client.
-  sigma = z * clip / batch
-  dof = noise.size
-  stat = np.sum(noise**2) / sigma**2  # ~ chi2(dof) when the noise is N(0, sigma^2) iid.
-  assert stats.chi2.ppf(1e-4, dof) < stat < stats.chi2.ppf(1 - 1e-4, dof)
-  assert abs(noise.mean()) < 5 * sigma / np.sqrt(dof)
+  noise = np.stack([_engine_update(process, ids, weights, r) - clean for r in range(1, rounds + 1)])
+  assert len({tuple(np.round(n, 7)) for n in noise}) == rounds  # Fresh noise every round.
+  sigma = z * clip / batch / np.sqrt(num_clients)
+  stat = np.sum(noise**2) / sigma**2
+  assert stats.chi2.ppf(1e-4, noise.size) < stat < stats.chi2.ppf(1 - 1e-4, noise.size)
 
 
-def test_composes_into_learning_process_equal_to_stock_unweighted_fed_avg():
+def test_stock_learning_process_equals_stock_unweighted_fed_avg():
   sgd = tff.learning.optimizers.build_sgdm(learning_rate=0.1)
   dp_process = dp_sgd_client.build_dp_sgd_fed_avg(  # The Keras loss object itself, as the model uses.
       model_fn, sgd, tf.keras.losses.SparseCategoricalCrossentropy(), l2_norm_clip=1e6, noise_multiplier=0.0)
@@ -139,4 +174,5 @@ def test_bad_arguments_raise_value_error(kwargs, match):
   kwargs = dict(dict(per_example_loss=LOSS), **kwargs)
   with pytest.raises(ValueError, match=match):
     dp_sgd_client.build_dp_sgd_client_work(model_fn, tff.learning.optimizers.build_sgdm(0.1), **kwargs)
-
+  with pytest.raises(ValueError, match=match):
+    dp_sgd_client.SampleDP(**kwargs)
