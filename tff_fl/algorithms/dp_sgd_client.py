@@ -17,7 +17,6 @@ per batch is the DP gradient. Example-level epsilon: `tff_fl.privacy.accounting.
   build_dp_sgd_fed_avg(model_fn, sgd, loss, 1.0, 1.1)                                 # stock LearningProcess
 """
 
-from collections.abc import Callable
 from typing import Optional, Union
 
 import tensorflow as tf

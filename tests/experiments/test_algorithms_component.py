@@ -1,0 +1,47 @@
+"""Component `algorithms`: --algorithm=fedsgd / fednova build their definitions from the flags; FedNova's step
+normalization needs SGD(m) clients (one-line refusal otherwise)."""
+
+import types
+
+import pytest
+from absl import flags
+
+from experiments import train  # pylint: disable=unused-import  (defines the binary's flags and components)
+from experiments.components import algorithms
+from tff_fl.algorithms import builders
+from tff_fl.algorithms import fed_sgd
+from tff_fl.algorithms import fednova
+
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture
+def parse():
+  def parse_flags(*args):
+    FLAGS.unparse_flags()
+    FLAGS(['train', *args])
+  yield parse_flags
+  FLAGS.unparse_flags()
+
+
+def _exp(algorithm):
+  return types.SimpleNamespace(algo_cfg=builders.AlgorithmConfig(algorithm=algorithm))
+
+
+@pytest.mark.parametrize('args, want', [
+    (['--algorithm=fedsgd'], fed_sgd.FedSGD()),
+    (['--algorithm=fednova', '--client_learning_rate=0.05'], fednova.FedNova(0.05, 0.0)),
+    (['--algorithm=fednova', '--client_optimizer=momentum', '--client_momentum=0.5'], fednova.FedNova(0.1, 0.5)),
+])
+def test_registry_builds_the_definition_from_flags(parse, args, want):
+  parse(*args)
+  exp = _exp(FLAGS.algorithm)
+  algorithms.configure(exp)
+  assert builders.build_algorithm(exp) == want
+
+
+def test_fednova_refuses_adaptive_client_optimizers(parse):
+  parse('--algorithm=fednova', '--client_optimizer=adam')
+  with pytest.raises(ValueError, match='^--algorithm=fednova needs --client_optimizer=sgd or momentum .*; got '
+                                       '--client_optimizer=adam.$'):
+    algorithms.configure(_exp('fednova'))
