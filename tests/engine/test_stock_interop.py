@@ -10,6 +10,8 @@ import tensorflow_federated as tff
 from tff_fl import engine
 from tff_fl import tasks
 from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import fed_sgd
+from tff_fl.algorithms import fednova
 from tff_fl.algorithms import stock
 from tff_fl.simulation import stock_process
 from tff_fl.simulation import training_loop
@@ -18,6 +20,8 @@ EPOCHS, BATCH, ROUNDS = 2, 5, 3
 ALGORITHMS = {
     'fedavg': fed_avg.FedAvg(),
     'fedprox': fed_avg.FedAvg(proximal_mu=0.3),
+    'fedsgd': fed_sgd.FedSGD(),
+    'fednova': fednova.FedNova(0.05, client_momentum=0.5),
 }
 
 
@@ -40,6 +44,9 @@ def _weights(process, task):
 @pytest.mark.parametrize('chain', [False, True], ids=['mean', 'chain'])
 @pytest.mark.parametrize('name', list(ALGORITHMS))
 def test_packed_equals_stock_export(task, name, chain):
+  if name == 'fednova' and chain:
+    pytest.skip("the chain's norm stages see FedNova's `steps` entry (zeroing at 10 zeroes every update): "
+                'not a meaningful pair (see tff_fl/algorithms/fednova.py)')
   algorithm = ALGORITHMS[name]
   client = tff.learning.optimizers.build_sgdm(learning_rate=0.05)
   server = tff.learning.optimizers.build_sgdm(learning_rate=0.8, momentum=0.5)

@@ -14,6 +14,9 @@ scales the mean d by the mean a (tau_eff) for the server optimizer. No client st
 (`tff_fl.engine.build_process(FedNova(lr), ...)`, where stragglers' partial work gives unequal tau_i) and
 `build_fednova` exports the stock `LearningProcess`. With equal steps on every client this is exactly FedAvg.
 Local steps are SGD at `client_learning_rate` (with `client_momentum`), whatever client optimizer the engine gets.
+Caveat: the aggregator sees the whole update, so norm-based stages (clipping, zeroing, client-level DP) measure and
+scale `steps` together with `normalized` (a_i is in the tens for a few local epochs): clip/zeroing norms must allow
+for it, and a clipped client's a_i shrinks with its d_i.
 """
 
 import collections
