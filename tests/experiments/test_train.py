@@ -36,6 +36,7 @@ def _metrics(path):
     ['--algorithm=fedavg'],
     ['--algorithm=fedprox', '--mu=0.1'],
     ['--algorithm=fedsgd', '--server_learning_rate=0.5'],
+    ['--algorithm=fednova', '--client_optimizer=momentum', '--client_momentum=0.5'],
     ['--algorithm=fedavg', '--server_optimizer=adam', '--server_learning_rate=0.01', '--client_weighting=uniform'],
     ['--algorithm=scaffold', '--client_weighting=uniform'],
     ['--algorithm=feddyn', '--feddyn_alpha=0.01', '--client_weighting=uniform'],
