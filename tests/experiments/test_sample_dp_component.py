@@ -15,7 +15,6 @@ from tff_fl import engine
 from tff_fl import tasks
 from tff_fl.algorithms import builders
 from tff_fl.algorithms import dp_sgd_client
-from tff_fl.algorithms import scaffold
 from tff_fl.privacy import hooks
 from tff_fl.simulation import training_loop
 
@@ -48,21 +47,10 @@ def _experiment(task, tmp_path, algorithm):
   return exp
 
 
-def _process(exp):
-  if exp.algo_cfg.algorithm == 'fedavg':
-    return exp.build_process()  # The binary's path: registry -> Experiment.build_process -> engine.
-  loop = exp.loop_cfg  # SCAFFOLD on the engine with the experiment's extensions, as Experiment.build_process does.
-  return engine.build_task_process(
-      scaffold.Scaffold(0.1, NUM_CLIENTS), exp.task, epochs=loop.client_epochs_per_round,
-      batch_size=loop.client_batch_size, seed=loop.seed, client_optimizer=exp.client_optimizer,
-      server_optimizer=exp.server_optimizer, client_weighting=tff.learning.ClientWeighting.UNIFORM,
-      extensions=exp.extensions)
-
-
 def _trained(task, tmp_path, parse, algorithm, *args):
   parse(*args)
   exp = _experiment(task, tmp_path, algorithm)
-  process = _process(exp)
+  process = exp.build_process()  # The binary's path: registry -> Experiment.build_process -> engine.
   state = process.set_model_weights(process.initialize(), task.initial_weights(0))
   for r in range(1, ROUNDS + 1):
     state = process.next(state, engine.Cohort.full(r, task.client_ids[:COHORT])).state
