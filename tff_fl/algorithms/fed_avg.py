@@ -68,18 +68,3 @@ def build_fed_prox(model_fn: model_types.ModelFn, client_optimizer: tff.learning
   """FedProx (Li et al. 2020): FedAvg whose clients minimise loss + (mu/2)||w - w_server||^2."""
   return build_fed_avg(model_fn, client_optimizer, server_optimizer, proximal_mu=proximal_mu, **kwargs)
 
-
-# TEMPORARY (removed once every caller builds on tff_fl.engine / stock.build_learning_process).
-initial_weights_computation = model_types.initial_weights_computation
-build_model_aggregator = model_types.build_model_aggregator
-
-
-def compose(model_fn, client_work, server_optimizer=None, model_aggregator=None, model_distributor=None):
-  initial_fn = initial_weights_computation(model_fn)
-  weights_type = initial_fn.type_signature.result
-  server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(learning_rate=1.0)
-  model_distributor = model_distributor or tff.learning.templates.build_broadcast_process(weights_type)
-  aggregator = build_model_aggregator(model_aggregator, weights_type.trainable)
-  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
-  return tff.learning.templates.compose_learning_process(initial_fn, model_distributor, client_work, aggregator,
-                                                         finalizer)
