@@ -23,7 +23,6 @@ COMPONENTS = (
     'pruning',  # an extension (any algorithm): masks in training, aggregate and server step; export hook
     'drift',  # an extension (any algorithm): per-client figures and the aggregate pass
     'preprocessing',  # an extension (any algorithm): example order, augmentation, normalisation; eval_arrays
-    'engine',  # --engine / --engine_slots
     'workers',  # installs the multi-worker context; checks the built process splits over the workers
 )
 

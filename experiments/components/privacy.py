@@ -56,6 +56,9 @@ def configure(exp) -> None:
                      'leak the example count).')
   if FLAGS.secure_bits < 0:
     raise ValueError(f'--secure_bits must be >= 0 (0 disables secure aggregation); got {FLAGS.secure_bits}.')
+  if FLAGS.secure_bits and exp.engine != 'tff':
+    # TFF's distributed-DP client encoding imports TF1 control flow that cannot run inside the engine's client loop.
+    raise ValueError(f'--secure_bits (distributed DP) runs on --engine=tff only; got --engine={exp.engine}.')
   plan = plan_lib.build_client_dp_plan(
       FLAGS.dp, len(exp.task.client_ids), exp.loop_cfg.clients_per_round,
       noise_multiplier=FLAGS.noise_multiplier, clip_norm=FLAGS.clip_norm,

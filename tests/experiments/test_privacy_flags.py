@@ -95,7 +95,7 @@ def test_sample_dp_reports_example_level_epsilon(tmp_path):
 
 
 def test_secure_bits_distributed_dp_run_completes(tmp_path):
-  _, rows, summary = _run(tmp_path, 'e', *DP_FIXED, '--secure_bits=16', '--total_rounds=2')
+  _, rows, summary = _run(tmp_path, 'e', *DP_FIXED, '--secure_bits=16', '--total_rounds=2', '--engine=tff')
   assert summary['rounds_completed'] == 2 and 0.0 <= summary['eval_accuracy'] <= 1.0
   assert summary['privacy']['secure_bits'] == 16 and summary['privacy']['epsilon_is_approximate']
   # Fixed-size sampling: accounted as sampling without replacement, replace-one adjacency.
