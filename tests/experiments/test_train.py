@@ -63,6 +63,20 @@ def test_smoke_runs_write_outputs(tmp_path, flags):
     assert ('accuracy_personal' in clients[0]) == (hparams['algorithm'] == 'ditto')
 
 
+def test_components_change_what_every_algorithm_trains(tmp_path):
+  """Regression: FedPer with dropouts used to train exactly like FedAvg with the same dropouts (its personal heads
+  were silently dropped). On the one engine the participation and the algorithm compose: the losses differ from
+  round 2 on, and the dropouts really happen (fewer reporters than sampled)."""
+  common = ['--model=2nn', '--dropout_rate=0.3', '--num_clients=8', '--clients_per_round=8', '--total_rounds=3']
+  _run(tmp_path, '--experiment_name=avg', '--algorithm=fedavg', *common)
+  _run(tmp_path, '--experiment_name=per', '--algorithm=fedper', *common)
+  avg, per = _metrics(tmp_path / 'avg'), _metrics(tmp_path / 'per')
+  assert [r['regime/reported'] for r in avg] == [r['regime/reported'] for r in per]
+  assert any(int(r['regime/reported']) < 8 for r in avg)
+  assert avg[0]['train_loss'] == per[0]['train_loss']  # Round 1: every head starts from the server's.
+  assert any(a['train_loss'] != p['train_loss'] for a, p in zip(avg[1:], per[1:]))
+
+
 def test_same_seed_same_metrics_and_resume_after_kill(tmp_path):
   flags = ['--total_rounds=6', '--rounds_per_checkpoint=1', '--num_clients=10', '--clients_per_round=5']
   _run(tmp_path, '--experiment_name=a', *flags)
