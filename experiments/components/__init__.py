@@ -12,6 +12,7 @@ import importlib
 
 # Order still matters where a component reads a part another declared: each entry says what it must follow.
 COMPONENTS = (
+    'engine',  # --engine / --engine_slots: sets exp.engine, which later components may refuse combinations with
     'algorithms',  # registers fedsgd and fednova
     'real_data',  # registers the real-data tasks at import; adds the central evaluation hook
     'regimes',  # sampler (availability, cross-silo) and, with --straggler_model=per_client, the participation
