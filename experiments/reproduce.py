@@ -25,7 +25,6 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 
-from experiments import flag_groups
 from experiments import reproduce_report
 from experiments import train as train_binary
 from tff_fl.simulation import contexts
@@ -208,18 +207,12 @@ def run_one(run: Run, seed: int, work_dir: str, max_rounds: Optional[int] = None
   if _finished(exp_dir, FLAGS.total_rounds):
     log(f'== {run.name} seed {seed}: already finished in {exp_dir}')
     return load_result(run, seed, work_dir)
-  hparams = flag_groups.hparams()
-  resumable = train_binary._RESUMABLE_FLAGS  # pylint: disable=protected-access  (the binary's own fingerprint)
-  fingerprint = {k: v for k, v in hparams.items() if k not in resumable}
   start = time.time()
   exp = train_binary.build_experiment()
   if run.target is not None:
     exp.hooks.append(TargetStop(run.metric, run.target))
   log(f'== {run.name} seed {seed}: {" ".join(argv[1:])}')
-  training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams, fingerprint=fingerprint,
-                             fingerprint_defaults=flag_groups.defaults(),
-                             sampler=exp.sampler, client_inputs_fn=exp.client_inputs_fn, hooks=exp.hooks,
-                             log=lambda line: log(f'  {line}'))
+  train_binary.train(exp, log=lambda line: log(f'  {line}'))
   previous = _wall_seconds(exp_dir)
   with open(os.path.join(exp_dir, 'reproduce_time.json'), 'w') as f:
     json.dump({'wall_seconds': (0.0 if np.isnan(previous) else previous) + time.time() - start}, f)

@@ -93,21 +93,25 @@ def build_experiment() -> experiment_lib.Experiment:
   return exp
 
 
+def train(exp: experiment_lib.Experiment, log=lambda line: print(line, flush=True)) -> dict:
+  """Runs (or resumes) the one training loop on a built experiment; fingerprint = every flag not resumable."""
+  hparams = flag_groups.hparams()
+  fingerprint = {k: v for k, v in hparams.items() if k not in _RESUMABLE_FLAGS}
+  return training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams,
+                                    fingerprint=fingerprint, fingerprint_defaults=flag_groups.defaults(),
+                                    sampler=exp.sampler, participation=exp.participation, hooks=exp.hooks,
+                                    eval_arrays=exp.eval_arrays, log=log)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
-  hparams = flag_groups.hparams()
-  fingerprint = {k: v for k, v in hparams.items() if k not in _RESUMABLE_FLAGS}
   try:
     exp = build_experiment()
     print(f'Task {exp.task.name}: {len(exp.task.client_ids)} clients, model {exp.task.model_name}; '
           f'algorithm {FLAGS.algorithm}; output {exp.exp_dir}', flush=True)
-    training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams, fingerprint=fingerprint,
-                               fingerprint_defaults=flag_groups.defaults(),
-                               sampler=exp.sampler, participation=exp.participation, hooks=exp.hooks,
-                               eval_arrays=exp.eval_arrays,
-                               log=lambda line: print(line, flush=True))
+    train(exp)
   except ValueError as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(2)
