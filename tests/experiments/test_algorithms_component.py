@@ -15,14 +15,6 @@ from tff_fl.algorithms import fednova
 FLAGS = flags.FLAGS
 
 
-@pytest.fixture
-def parse():
-  def parse_flags(*args):
-    FLAGS.unparse_flags()
-    FLAGS(['train', *args])
-  yield parse_flags
-  FLAGS.unparse_flags()
-
 
 def _exp(algorithm):
   return types.SimpleNamespace(algo_cfg=builders.AlgorithmConfig(algorithm=algorithm))

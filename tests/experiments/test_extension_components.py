@@ -25,14 +25,6 @@ from tff_fl.simulation import training_loop
 FLAGS = flags.FLAGS
 
 
-@pytest.fixture
-def parse():
-  def parse_flags(*args):
-    FLAGS.unparse_flags()
-    FLAGS(['train', *args])
-  yield parse_flags
-  FLAGS.unparse_flags()
-
 
 def _exp(task='digits', algorithm='fedavg'):
   cfg = tasks.TaskConfig(task=task, model='logreg', num_clients=12, seed=0)

@@ -22,14 +22,6 @@ if 'aggregator' not in FLAGS:  # The aggregation component's flag, read by the e
   flags.DEFINE_string('aggregator', 'mean', 'model update aggregator spec')
 
 
-@pytest.fixture
-def parse():
-  def _parse(*argv):
-    FLAGS.unparse_flags()
-    FLAGS(['test', *argv])
-  yield _parse
-  FLAGS.unparse_flags()
-
 
 def _experiment(tmp_path, num_clients=8, clients_per_round=4, rounds=2):
   task = tasks.build_task(tasks.TaskConfig(num_clients=num_clients, model='logreg', partition='dirichlet', seed=1))

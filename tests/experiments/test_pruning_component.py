@@ -25,14 +25,6 @@ def task():
   return tasks.build_task(tasks.TaskConfig(num_clients=4, model='logreg'))
 
 
-@pytest.fixture
-def parse():
-  def parse_flags(*args):
-    FLAGS.unparse_flags()
-    FLAGS(['train', *args])
-  yield parse_flags
-  FLAGS.unparse_flags()
-
 
 def _experiment(task, tmp_path, algorithm):
   sgd = tff.learning.optimizers.build_sgdm
