@@ -8,7 +8,9 @@ compiler, same gRPC options):
 
 * the worker's stdout/stderr go to a log file (or /dev/null), never to the parent's pipes;
 * the worker is started with `PR_SET_PDEATHSIG=SIGKILL`, so the kernel kills it if Python dies, even on `kill -9`;
-* `shutdown()` (also registered with `atexit`) terminates and reaps every worker this module started.
+* `shutdown()` (also registered with `atexit`) terminates and reaps every worker this module started;
+* large numpy arguments (the packed engine's client states) are serialized with one copy of their bytes
+  (`value_transfer`; the proto sent is TFF's own).
 
 Secure-sum intrinsics are lowered to plain sums (as `tff.backends.test` does), so secure aggregators simulate.
 """
@@ -34,8 +36,9 @@ from tensorflow_federated.python.core.impl.context_stack import context_stack_im
 from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
 from tensorflow_federated.python.core.impl.executor_stacks import executor_factory as tff_executor_factory
 from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
-from tensorflow_federated.python.core.impl.executors import remote_executor
 from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
+
+from tff_fl.simulation import value_transfer
 
 WORKER_BINARY = os.path.normpath(
     os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary'))
@@ -151,7 +154,7 @@ def create_local_cpp_context(default_num_clients: int = 0, log_path: Optional[st
   def stack_fn(cardinalities):
     if cardinalities.get(tff.CLIENTS) is None:
       cardinalities[tff.CLIENTS] = default_num_clients
-    ex = remote_executor.RemoteExecutor(worker.get_stub())
+    ex = value_transfer.RemoteExecutor(worker.get_stub())
     ex.set_cardinalities(cardinalities)
     return ex
 
