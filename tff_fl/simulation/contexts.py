@@ -10,7 +10,7 @@ compiler, same gRPC options):
 * the worker is started with `PR_SET_PDEATHSIG=SIGKILL`, so the kernel kills it if Python dies, even on `kill -9`;
 * `shutdown()` (also registered with `atexit`) terminates and reaps every worker this module started;
 * large numpy arguments (the packed engine's client states) are serialized with one copy of their bytes
-  (`value_transfer`; the proto sent is TFF's own).
+  (`value_transfer`; the proto sent is TFF's own), and glibc keeps such buffers for reuse in both processes.
 
 Secure-sum intrinsics are lowered to plain sums (as `tff.backends.test` does), so secure aggregators simulate.
 """
@@ -69,6 +69,7 @@ def start_worker(port: Optional[int] = None, log_path: Optional[str] = None,
   # the default and 5-9% with MALLOC_ARENA_MAX=2 (experiments/results/benchmark.md).
   env = dict(os.environ)
   env.setdefault('MALLOC_ARENA_MAX', '2')
+  value_transfer.worker_env(env)  # Large transfer buffers are reused, not faulted in again every round.
   proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True, env=env,
                           preexec_fn=_die_with_parent)
   if out is not subprocess.DEVNULL:
@@ -149,6 +150,7 @@ def _compile(comp):
 
 def create_local_cpp_context(default_num_clients: int = 0, log_path: Optional[str] = None):
   """Returns (context, close_fn): TFF's sync C++ context backed by a worker that this module manages."""
+  value_transfer.keep_large_blocks()
   worker = _ManagedWorker(log_path)
 
   def stack_fn(cardinalities):

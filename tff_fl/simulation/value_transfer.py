@@ -10,7 +10,15 @@ datasets, scalars, strings) is serialized by TFF itself and copied in. The resul
 field (tests/simulation/test_value_transfer.py).
 
 `RemoteExecutor` is TFF's remote executor with this serialization in `create_value`.
+
+Each 22 MB buffer (the bytes, the message, the gRPC payload, the worker's parsed copy and tensors, and the same on
+the way back) is fresh memory: glibc serves it with mmap and returns it on free, so every round pays the page
+faults again. `keep_large_blocks()` (this process) and `worker_env()` (the worker) raise glibc's mmap and trim
+thresholds to `LARGE_BLOCK_BYTES`, so such buffers are reused from the heap; larger ones keep glibc's default.
 """
+
+import ctypes
+import os
 
 import numpy as np
 from tensorflow_federated.proto.v0 import executor_pb2
@@ -24,6 +32,30 @@ from tensorflow_federated.python.core.impl.types import dtype_utils
 from tensorflow_federated.python.core.impl.types import type_serialization
 
 LARGE_BYTES = 1 << 16  # Arrays at least this large take the in-place path; smaller leaves go through TFF.
+LARGE_BLOCK_BYTES = 1 << 28  # glibc mmap and trim thresholds (256 MB): blocks below are reused, not re-faulted.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h).
+_kept = []
+
+
+def keep_large_blocks() -> None:
+  """Raises this process's glibc mmap / trim thresholds to `LARGE_BLOCK_BYTES` (once; no-op without glibc or when
+  MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ are set by the user)."""
+  if _kept or 'MALLOC_MMAP_THRESHOLD_' in os.environ or 'MALLOC_TRIM_THRESHOLD_' in os.environ:
+    return
+  _kept.append(True)
+  try:
+    libc = ctypes.CDLL('libc.so.6')
+    libc.mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+    libc.mallopt(_M_TRIM_THRESHOLD, LARGE_BLOCK_BYTES)
+  except (OSError, AttributeError):
+    pass
+
+
+def worker_env(env: dict) -> dict:
+  """`env` with the same glibc thresholds for a worker process (values already set are kept)."""
+  env.setdefault('MALLOC_MMAP_THRESHOLD_', str(LARGE_BLOCK_BYTES))
+  env.setdefault('MALLOC_TRIM_THRESHOLD_', str(LARGE_BLOCK_BYTES))
+  return env
 
 
 def _is_large_array(value, type_spec) -> bool:
