@@ -50,9 +50,15 @@ def _stochastic_quantize(x: tf.Tensor, bits: int) -> tf.Tensor:
 
 
 def _top_k_sparsify(vector: tf.Tensor, k: int) -> tf.Tensor:
-  """Keeps the `k` largest-|.| entries of the 1-D `vector` (lower index first on ties), zeroes the rest."""
-  _, indices = tf.math.top_k(tf.abs(vector), k=k, sorted=False)
-  return tf.scatter_nd(indices[:, tf.newaxis], tf.gather(vector, indices), tf.shape(vector))
+  """Keeps the `k` largest-|.| entries of the 1-D `vector` (lower index first on ties), zeroes the rest. A vector
+  with at most `k` nonzeros is returned as is (its top-k; skips the O(d log k) selection, e.g. for the already
+  sparse uploads of error feedback)."""
+  def select():
+    _, indices = tf.math.top_k(tf.abs(vector), k=k, sorted=False)
+    return tf.scatter_nd(indices[:, tf.newaxis], tf.gather(vector, indices), tf.shape(vector))
+
+  sparse = tf.math.count_nonzero(vector, dtype=tf.int32) <= k
+  return tf.cond(sparse, lambda: tf.identity(vector), select)
 
 
 class _ClientEncodingFactory:

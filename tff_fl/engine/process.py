@@ -84,7 +84,7 @@ class EngineProcess:
     if not self.stateful:
       return np.zeros([len(client_ids), 0], np.float32)
     rows = [self._initial_client_state if v is None else v for v in self.store.get_many(list(client_ids))]
-    return np.stack(rows).astype(np.float32) if rows else np.zeros([0, self.state_dim], np.float32)
+    return np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros([0, self.state_dim], np.float32)
 
   def client_state_structure(self, vector: np.ndarray):
     """One flattened client state as the algorithm's structure (numpy)."""
@@ -102,8 +102,8 @@ class EngineProcess:
     ids = list(cohort.client_ids)
     slots = self.packer.pack(cohort, self.client_states(ids) if self.stateful else None)
     new_state, metrics, per_client = self.iterative_process.next(state, slots)
-    merged = collections.OrderedDict(
-        (k, np.concatenate([np.asarray(p[k]) for p in per_client])) for k in per_client[0])
+    join = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # One slot: no copy of [C, S].
+    merged = collections.OrderedDict((k, join([np.asarray(p[k]) for p in per_client])) for k in per_client[0])
     if self.stateful and ids:
       self.store.put_many(ids, list(merged['state']))
     metrics = collections.OrderedDict(metrics)
