@@ -121,9 +121,8 @@ def _pruning_args(s):
 
 
 def _augment_args(s):
-  del s
-  spec = load('tff_fl.data.augment_spec').parse_augment('flip,brightness(0.2)')
-  return (spec,), {'seed': setup.SEED}
+  spec = load('tff_fl.data.preprocess').PreprocessSpec.from_flags('', 'flip,brightness(0.2)')
+  return (spec, s.task.data.train), dict(seed=setup.SEED, epochs=1, batch_size=setup.BATCH_SIZE)
 
 
 # (name, builder); names as in the before measurement. Add an algorithm or component here once it lands.
@@ -151,7 +150,7 @@ ENTRIES = [
         '20% sign-flip attackers, scale 10')),
     ('fedavg_drift_metrics', _extension('tff_fl.algorithms.drift', 'DriftMeasurements', lambda s: ((), {}),
                                         'per-client drift measurements')),
-    ('fedavg_augment', _extension('tff_fl.algorithms.augmentation', 'Augmentation', _augment_args,
+    ('fedavg_augment', _extension('tff_fl.algorithms.preprocessing', 'ClientPreprocessing', _augment_args,
                                   'flip, brightness(0.2)')),
 ]
 
