@@ -68,15 +68,22 @@ class Experiment:
     elif self.engine == 'tff':
       self.process = self._stock_process()
     else:
-      loop = self.loop_cfg
-      self.process = engine_lib.build_task_process(
+      self.process = self._engine_process(self.loop_cfg)
+    for check in self.process_checks:
+      check(self.process)
+    return self.process
+
+  def _engine_process(self, loop):
+    try:
+      return engine_lib.build_task_process(
           self.algorithm, self.task, epochs=loop.client_epochs_per_round, batch_size=loop.client_batch_size,
           seed=loop.seed, client_optimizer=self.client_optimizer, server_optimizer=self.server_optimizer,
           model_aggregator=self.model_aggregator, client_weighting=builders.weighting(self.algo_cfg),
           extensions=self.extensions, num_slots=self.engine_slots, store=self.store)
-    for check in self.process_checks:
-      check(self.process)
-    return self.process
+    except ValueError as e:  # The library names its argument; the binary's user set it with --aggregator / --dp.
+      if str(e).startswith('model_aggregator '):
+        raise ValueError(f'--aggregator / --dp: {e}') from None
+      raise
 
   def _stock_process(self):
     if not self.algorithm.stateless or self.extensions:

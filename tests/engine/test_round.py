@@ -184,6 +184,7 @@ def test_binary_engines_agree(tmp_path, extra):
     (('--engine=bogus',), "^error: --engine must be one of packed, tff; got 'bogus'.$"),
     (('--engine_slots=0',), '^error: --engine_slots must be >= 1; got 0.$'),
     (('--engine=tff', '--algorithm=scaffold'), '^error: --engine=tff runs stateless algorithms'),
+    (('--aggregator=secure(16)>mean',), '^error: --aggregator / --dp: model_aggregator broadcasts an aggregate'),
 ])
 def test_engine_flag_validation(tmp_path, flags, match):
   proc = _train(tmp_path, '--experiment_name=bad', *flags)
