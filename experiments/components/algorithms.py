@@ -17,6 +17,7 @@ from tff_fl.algorithms import fednova
 
 FLAGS = flags.FLAGS
 FEDNOVA_OPTIMIZERS = ('sgd', 'momentum')
+FEDNOVA_AGGREGATORS = ('mean', 'median', 'trimmed_mean', 'krum', 'multi_krum')  # Leave values unchanged.
 
 
 def define_flags() -> None:
@@ -24,9 +25,20 @@ def define_flags() -> None:
 
 
 def configure(exp) -> None:
-  if exp.algo_cfg.algorithm == 'fednova' and FLAGS.client_optimizer not in FEDNOVA_OPTIMIZERS:
+  if exp.algo_cfg.algorithm != 'fednova':
+    return
+  if FLAGS.client_optimizer not in FEDNOVA_OPTIMIZERS:
     raise ValueError(f'--algorithm=fednova needs --client_optimizer=sgd or momentum (its step normalization is '
                      f'for SGD with momentum); got --client_optimizer={FLAGS.client_optimizer}.')
+  # FedNova's update carries its step count next to the normalized update: an aggregator stage that clips, zeroes,
+  # quantizes, sparsifies or noises values would change the step count with it, which is not FedNova.
+  stages = [part.split('(')[0].strip() for part in FLAGS.aggregator.split('>')]
+  changed = [f'--aggregator={FLAGS.aggregator}'] if set(stages) - set(FEDNOVA_AGGREGATORS) else []
+  changed += [f'--dp={FLAGS.dp}'] if FLAGS.dp != 'none' else []
+  changed += [f'--compression={FLAGS.compression}'] if FLAGS.compression else []
+  if changed:
+    raise ValueError(f"--algorithm=fednova cannot be combined with {' '.join(changed)}: its step count travels with "
+                     f"the update and would be changed too; use --aggregator={'|'.join(FEDNOVA_AGGREGATORS)}.")
 
 
 def _fednova(exp) -> fednova.FedNova:

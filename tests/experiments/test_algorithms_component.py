@@ -37,3 +37,23 @@ def test_fednova_refuses_adaptive_client_optimizers(parse):
   with pytest.raises(ValueError, match='^--algorithm=fednova needs --client_optimizer=sgd or momentum .*; got '
                                        '--client_optimizer=adam.$'):
     algorithms.configure(_exp('fednova'))
+
+
+@pytest.mark.parametrize('args, named', [
+    (['--aggregator=clip(1.0)>mean'], '--aggregator=clip(1.0)>mean'),
+    (['--aggregator=zeroing(5.0)>median'], '--aggregator=zeroing(5.0)>median'),
+    (['--aggregator=topk(0.1)>mean'], '--aggregator=topk(0.1)>mean'),
+    (['--dp=fixed', '--client_weighting=uniform'], '--dp=fixed'),
+    (['--compression=topk_ef(0.1)'], '--compression=topk_ef(0.1)'),
+])
+def test_fednova_refuses_aggregation_that_changes_its_step_count(parse, args, named):
+  parse('--algorithm=fednova', *args)
+  with pytest.raises(ValueError, match=f'^--algorithm=fednova cannot be combined with {__import__("re").escape(named)}:'
+                                       ' its step count travels with the update'):
+    algorithms.configure(_exp('fednova'))
+
+
+@pytest.mark.parametrize('aggregator', ['mean', 'median', 'trimmed_mean(0.2)', 'krum(1)', 'multi_krum(1,3)'])
+def test_fednova_accepts_aggregators_that_leave_values_unchanged(parse, aggregator):
+  parse('--algorithm=fednova', f'--aggregator={aggregator}')
+  algorithms.configure(_exp('fednova'))
