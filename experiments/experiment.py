@@ -51,6 +51,7 @@ class Experiment:
   process_checks: list = dataclasses.field(default_factory=list)
   engine: str = 'packed'  # 'packed' or 'tff'.
   engine_slots: int = 1
+  engine_runtime: Optional[str] = None  # 'local' / 'tff' (`tff_fl.engine.build_process`); None = by slots.
   algorithm: Any = None  # The Algorithm definition, set by build_process.
   process: Any = None
 
@@ -79,7 +80,8 @@ class Experiment:
           self.algorithm, self.task, epochs=loop.client_epochs_per_round, batch_size=loop.client_batch_size,
           seed=loop.seed, client_optimizer=self.client_optimizer, server_optimizer=self.server_optimizer,
           model_aggregator=self.model_aggregator, client_weighting=builders.weighting(self.algo_cfg),
-          extensions=self.extensions, num_slots=self.engine_slots, store=self.store)
+          extensions=self.extensions, num_slots=self.engine_slots, store=self.store,
+          runtime=self.engine_runtime)
     except ValueError as e:  # The library names its argument; the binary's user set it with --aggregator / --dp.
       if str(e).startswith('model_aggregator '):
         raise ValueError(f'--aggregator / --dp: {e}') from None

@@ -152,7 +152,7 @@ def build(exp, cfg: HierarchyConfig, clusters: np.ndarray) -> hierarchical_proce
       exp.algorithm, exp.task, epochs=loop.client_epochs_per_round, batch_size=loop.client_batch_size,
       seed=loop.seed, client_optimizer=exp.client_optimizer, model_aggregator=exp.model_aggregator,
       client_weighting=builders.weighting(exp.algo_cfg), extensions=exp.extensions, num_slots=exp.engine_slots,
-      store=exp.store)
+      store=exp.store, runtime=exp.engine_runtime)
   try:
     return hierarchical_process.build_hierarchical_process(
         edge, clusters, exp.task.client_ids, num_clusters=cfg.num_clusters, global_every=cfg.global_every,

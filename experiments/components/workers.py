@@ -48,6 +48,7 @@ def configure(exp) -> None:
   except RuntimeError as e:
     raise _flag_error(e) from None
   atexit.register(close)
+  exp.engine_runtime = 'tff'  # The packed engine's rounds run on these workers, not in this process.
   def check(process):  # The built process must split into mergeable parts.
     try:
       multi_worker.check_process(process)

@@ -11,9 +11,12 @@ from tff_fl.algorithms import ditto
 from tff_fl.algorithms import fed_avg
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
-from test_scaffold import BATCH, IDS, LR, _arrays, _initial_weights, build, run_cohorts
+from logreg_clients import BATCH, IDS, LR, arrays, build, run_cohorts  # tests/logreg_clients.py
+from logreg_clients import initial_weights as _initial_weights
 
 LAM = 0.5
+
+_arrays = lambda seed=0: arrays(seed, shift=2.0)  # The heterogeneous clients of test_scaffold.
 
 
 def _sgd_pass(w, xs, ys, anchor=None, lam=0.0):

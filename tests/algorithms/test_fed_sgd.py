@@ -1,7 +1,5 @@
 """FedSGD: the definition on the engine and its stock export vs stock TFF `build_fed_sgd`, and vs numpy gradients."""
 
-import collections
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,35 +7,10 @@ import tensorflow_federated as tff
 
 from tff_fl import engine
 from tff_fl.algorithms import fed_sgd
-from tff_fl.models import keras_models
 
+from logreg_clients import BATCH, MODEL_FN, NUM_EXAMPLES, SIZES, UNIFORM, arrays as _arrays  # tests/
+from logreg_clients import datasets as _datasets, initial_weights as _initial_weights, sgd as _sgd
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
-
-SPEC = collections.OrderedDict(x=tf.TensorSpec([6], tf.float32), y=tf.TensorSpec([], tf.int32))
-SIZES = (7, 12, 20)
-BATCH = 5
-MODEL_FN = keras_models.build_tff_model_fn(lambda: keras_models.logreg([6], 3), SPEC)
-NUM_EXAMPLES, UNIFORM = tff.learning.ClientWeighting.NUM_EXAMPLES, tff.learning.ClientWeighting.UNIFORM
-
-
-def _arrays(seed=0):
-  rng = np.random.default_rng(seed)
-  return [(rng.normal(size=(n, 6)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)) for n in SIZES]
-
-
-def _datasets(arrays):
-  return [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(BATCH) for x, y in arrays]
-
-
-def _initial_weights():
-  tf.keras.utils.set_random_seed(1)
-  m = keras_models.logreg([6], 3)
-  return tff.learning.models.ModelWeights(trainable=[v.numpy() for v in m.trainable_weights], non_trainable=[])
-
-
-def _sgd(lr):
-  return tff.learning.optimizers.build_sgdm(learning_rate=lr)
-
 
 def _run_stock(process, arrays, rounds=3):
   state = process.set_model_weights(process.initialize(), _initial_weights())

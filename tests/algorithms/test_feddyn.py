@@ -9,10 +9,13 @@ from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import feddyn
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
-from test_scaffold import BATCH, IDS, LR, MODEL_FN, UNIFORM, _arrays, _datasets, _initial_weights, _sgd
+from logreg_clients import BATCH, IDS, LR, arrays, MODEL_FN, UNIFORM  # tests/logreg_clients.py
+from logreg_clients import datasets as _datasets, initial_weights as _initial_weights, sgd as _sgd
 from test_scaffold import build, run_cohorts
 
 ALPHA = 0.05
+
+_arrays = lambda seed=0: arrays(seed, shift=2.0)  # The heterogeneous clients of test_scaffold.
 
 
 def _numpy_feddyn(params, arrays, cohorts, lr, alpha, m):

@@ -10,61 +10,16 @@ import tensorflow_federated as tff
 from tff_fl import engine
 from tff_fl.algorithms import fed_avg
 from tff_fl.algorithms import scaffold
-from tff_fl.models import keras_models
 
+from logreg_clients import BATCH, IDS, LR, MODEL_FN, SIZES, UNIFORM, arrays, build, run_cohorts  # tests/
+from logreg_clients import datasets as _datasets, initial_weights as _initial_weights, sgd as _sgd
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
 
-SPEC = collections.OrderedDict(x=tf.TensorSpec([6], tf.float32), y=tf.TensorSpec([], tf.int32))
-SIZES = (7, 12, 20)
-LR, BATCH = 0.1, 5
-MODEL_FN = keras_models.build_tff_model_fn(lambda: keras_models.logreg([6], 3), SPEC)
-UNIFORM = tff.learning.ClientWeighting.UNIFORM
-IDS = [str(i) for i in range(len(SIZES))]
-
-
-def _arrays(seed=0):
-  rng = np.random.default_rng(seed)
-  # Client-specific feature shift: heterogeneous clients, so control variates matter.
-  return [((rng.normal(size=(n, 6)) + 2.0 * i).astype(np.float32), rng.integers(0, 3, n).astype(np.int32))
-          for i, n in enumerate(SIZES)]
-
-
-def _datasets(arrays):
-  return [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(BATCH) for x, y in arrays]
-
-
-def _initial_weights():
-  tf.keras.utils.set_random_seed(1)
-  m = keras_models.logreg([6], 3)
-  return tff.learning.models.ModelWeights(trainable=[v.numpy() for v in m.trainable_weights], non_trainable=[])
-
-
-def _sgd(lr):
-  return tff.learning.optimizers.build_sgdm(learning_rate=lr)
+_arrays = lambda seed=0: arrays(seed, shift=2.0)  # Heterogeneous clients, so control variates matter.
 
 
 def _zeros_like(structure):
   return tf.nest.map_structure(np.zeros_like, structure)
-
-
-def build(algorithm, arrays, *, model_fn=MODEL_FN, client_lr=LR, server_lr=1.0, weighting=UNIFORM, num_slots=1,
-          batch_size=BATCH, **kwargs):
-  """`engine.build_process` on clients '0', '1', ... with their examples in array order (one epoch)."""
-  train = {str(i): a for i, a in enumerate(arrays)}
-  return engine.build_process(algorithm, model_fn, train, lambda cid, r: np.arange(len(train[cid][0])),
-                              batch_size=batch_size, client_optimizer=_sgd(client_lr),
-                              server_optimizer=_sgd(server_lr), client_weighting=weighting, num_slots=num_slots,
-                              **kwargs)
-
-
-def run_cohorts(process, cohorts, weights=None):
-  """Runs `process` from `weights` (default `_initial_weights()`) over `cohorts` (tuples of client indices);
-  returns (server state, {client index: client state structure (numpy)}) for every client."""
-  state = process.set_model_weights(process.initialize(), weights or _initial_weights())
-  for r, cohort in enumerate(cohorts, start=1):
-    state = process.next(state, engine.Cohort.full(r, [str(i) for i in cohort])).state
-  states = process.client_states([str(i) for i in range(len(SIZES))])
-  return state, {i: process.client_state_structure(v) for i, v in enumerate(states)}
 
 
 def test_zero_control_variates_equal_fed_avg_exactly():

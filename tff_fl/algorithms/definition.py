@@ -64,6 +64,11 @@ def zeros_like_trainable(model: tff.learning.models.VariableModel) -> list:
   return [tf.zeros(v.shape, v.dtype) for v in model.trainable_variables]
 
 
+def own_or_global(initialized, own, glob) -> list:
+  """Per tensor: the client's `own` value once `initialized` > 0 (a client state flag), else the server's `glob`."""
+  return [tf.where(initialized > 0, o, g) for o, g in zip(own, glob)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
   """FedAvg (McMahan et al. 2017); subclasses override the parts they change. Frozen: hyperparameters only."""

@@ -43,8 +43,7 @@ class Ditto(definition.Algorithm):
 
   def personal_weights(self, weights, state):
     """The client's personal model v_k, or the global model if it has none yet (TF)."""
-    trainable = [tf.where(state['initialized'] > 0, own, glob)
-                 for own, glob in zip(state['personal'], weights.trainable)]
+    trainable = definition.own_or_global(state['initialized'], state['personal'], weights.trainable)
     return tff.learning.models.ModelWeights(trainable=trainable, non_trainable=weights.non_trainable)
 
   def client_update(self, ctx):

@@ -60,7 +60,7 @@ class FedPer(definition.Algorithm):
   def personal_weights(self, weights, state):
     """ModelWeights with the server base and the client's head (the server head if it has none yet) (TF)."""
     server_head = weights.trainable[-self.head_size:]
-    head = [tf.where(state['initialized'] > 0, own, glob) for own, glob in zip(state['head'], server_head)]
+    head = definition.own_or_global(state['initialized'], state['head'], server_head)
     return tff.learning.models.ModelWeights(trainable=list(weights.trainable[:-self.head_size]) + head,
                                             non_trainable=weights.non_trainable)
 

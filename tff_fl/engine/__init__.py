@@ -28,7 +28,7 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
                   model_aggregator=None,
                   client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
                   extensions: Sequence[extension_lib.Extension] = (), seed: int = 0, num_slots: int = 1,
-                  store=None) -> process_lib.EngineProcess:
+                  store=None, runtime: Optional[str] = None) -> process_lib.EngineProcess:
   """`EngineProcess` running `algorithm` on `train_arrays` (client id -> (x, y)).
 
   Args:
@@ -45,8 +45,11 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
     seed: seeds the per-client seeds of each round; num_slots: CLIENTS slots a cohort is split into.
     store: client-state store (get_many/put_many), or store_fn(state_dim) -> store (called for stateful
       algorithms only); default in memory.
+    runtime: 'local' (one slot, run in this process; the default for one slot) or 'tff' (the installed TFF
+      execution context; the default for several slots).
   """
   algorithm.validate()
+  runtime = process_lib.resolve_runtime(runtime, num_slots)
   if client_weighting not in (tff.learning.ClientWeighting.NUM_EXAMPLES, tff.learning.ClientWeighting.UNIFORM):
     raise ValueError(f'client_weighting must be NUM_EXAMPLES or UNIFORM; got {client_weighting}.')
   parts = round_lib.RoundParts(algorithm, model_fn, extensions)
@@ -71,10 +74,10 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
   packer = packing.Packer(train_arrays, order_fn, batch_size=batch_size, seed=seed, num_slots=num_slots,
                           state_dim=parts.state_dim, field_specs=round_lib.field_specs(parts.extensions),
                           fields_fn=fields_fn if fields else None)
-  iterative_process, _ = round_lib.build_round(
+  round_ = round_lib.build_round(
       algorithm, model_fn, client_optimizer, server_optimizer, packer.slot_type(), batch_size=batch_size,
       model_aggregator=model_aggregator, client_weighting=client_weighting, parts=parts)
-  return process_lib.EngineProcess(iterative_process, packer, parts, store)
+  return process_lib.EngineProcess(round_, packer, store, runtime)
 
 
 def build_task_process(algorithm: definition.Algorithm, task, *, epochs: int, batch_size: int, seed: int,

@@ -17,29 +17,12 @@ structure, weight = float32.
 """
 
 import collections
-import itertools
 
-import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.test import compiler as test_compiler
 from tensorflow_federated.python.core.impl.computation import computation_impl
-from tensorflow_federated.python.core.impl.types import type_conversions
-from tensorflow_federated.python.core.impl.utils import tensorflow_utils
 
-_suffixes = itertools.count()
-
-
-def call_in_graph(comp: tff.Computation, arg=None):
-  """Calls a `tff.tensorflow.computation` inside the current TF graph, including a `tf.function` or loop body
-  (TFF's own nested invocation imports into the outermost computation graph, which a loop body cannot use)."""
-  proto = computation_impl.ConcreteComputation.get_proto(comp)
-  token = tf.constant('', tf.string)  # TFF's per-session token placeholder; unused by aggregator pieces.
-  init_op, result = tensorflow_utils.deserialize_and_call_tf_computation(
-      proto, arg, tf.compat.v1.get_default_graph(), f'_fast_{next(_suffixes)}', token)
-  if init_op:
-    raise ValueError('the packed engine cannot run aggregator pieces that create variables.')
-  return type_conversions.type_to_py_container(result, comp.type_signature.result)
-
+from tff_fl.engine.graph_calls import call_in_graph
 
 class ClientAxisAggregation:
   """MapReduceForm pieces of `process.next(state, value@CLIENTS, weight@CLIENTS)`.

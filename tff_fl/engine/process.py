@@ -9,8 +9,10 @@
 of `client_ids[i]` (the clients that reported).
 
 `EngineProcess` packs the cohort (`packing.Packer`), reads the reporters' client states from its store (a client
-never seen gets the algorithm's initial state), runs the round's `iterative_process` (a plain
-`tff.templates.IterativeProcess` over packed slots, usable on its own) and writes the new states back.
+never seen gets the algorithm's initial state), runs the round and writes the new states back. The round is a plain
+`tff.templates.IterativeProcess` over packed slots (`iterative_process`, usable on its own); `runtime='local'`
+(default) runs it in this process as one TF graph (`local_round`: no serialization to TFF's worker),
+`runtime='tff'` on the installed TFF execution context (e.g. several workers).
 """
 
 import collections
@@ -18,7 +20,11 @@ from typing import Any, NamedTuple, Optional, Protocol, Sequence
 
 import numpy as np
 
+from tff_fl.engine import graph_calls
+from tff_fl.engine import local_round
 from tff_fl.engine import packing
+
+RUNTIMES = ('local', 'tff')
 
 
 class RoundOutput(NamedTuple):
@@ -57,15 +63,33 @@ class _DictStore:
     self._values.update((c, np.asarray(v, np.float32).copy()) for c, v in zip(client_ids, values))
 
 
-class EngineProcess:
-  """`Process` over the packed engine (module docstring). `store`: get_many/put_many of float32[state_dim], or
-  `store_fn(state_dim) -> store`, called here for a stateful algorithm only (the size depends on the algorithm)."""
+def resolve_runtime(runtime: Optional[str], num_slots: int) -> str:
+  """'local' or 'tff' (module docstring); None = 'local' for one slot, else 'tff'. ValueError if not runnable."""
+  runtime = runtime or ('local' if num_slots == 1 else 'tff')
+  if runtime not in RUNTIMES:
+    raise ValueError(f'runtime must be one of {RUNTIMES}; got {runtime!r}.')
+  if runtime == 'local' and num_slots != 1:
+    raise ValueError(f"runtime='local' runs one slot; got num_slots={num_slots} (use runtime='tff').")
+  return runtime
 
-  def __init__(self, iterative_process, packer: packing.Packer, parts, store=None):
-    self.iterative_process, self.packer, self.parts = iterative_process, packer, parts
+
+class EngineProcess:
+  """`Process` over the packed engine (module docstring). `round_`: `round.build_round`'s result. `store`:
+  get_many/put_many of float32[state_dim], or `store_fn(state_dim) -> store`, called here for a stateful algorithm
+  only (the size depends on the algorithm). `runtime`: 'local' or 'tff'; default 'local' for one slot."""
+
+  def __init__(self, round_, packer: packing.Packer, store=None, runtime: Optional[str] = None):
+    runtime = resolve_runtime(runtime, packer.num_slots)
+    self.iterative_process, self.packer, self.parts = round_.iterative_process, packer, round_.parts
+    self.runtime = runtime
+    self._round = local_round.LocalRound(round_.functions, round_.iterative_process) if runtime == 'local' else (
+        round_.iterative_process)
+    parts = self.parts
     self.extensions = list(parts.extensions)
     self.state_dim = parts.state_dim
-    self._initial_client_state = np.asarray(parts.initial_client_state(), np.float32) if parts.stateful else None
+    self._initial_client_state = None
+    if parts.stateful:  # In this process (no TFF runtime needed for it).
+      self._initial_client_state = np.asarray(graph_calls.SessionComputation(parts.initial_client_state)(), np.float32)
     if callable(store):
       store = store(self.state_dim) if parts.stateful else None
     if parts.stateful and store is not None and getattr(store, 'dim', self.state_dim) != self.state_dim:
@@ -94,14 +118,14 @@ class EngineProcess:
                                                                            self.parts.client_state_type))
 
   def initialize(self):
-    return self.iterative_process.initialize()
+    return self._round.initialize()
 
   def next(self, state, cohort: packing.Cohort) -> RoundOutput:
     if not isinstance(cohort, packing.Cohort):
       raise TypeError(f'next needs a tff_fl.engine.Cohort; got {type(cohort).__name__}.')
     ids = list(cohort.client_ids)
     slots = self.packer.pack(cohort, self.client_states(ids) if self.stateful else None)
-    new_state, metrics, per_client = self.iterative_process.next(state, slots)
+    new_state, metrics, per_client = self._round.next(state, slots)
     join = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # One slot: no copy of [C, S].
     merged = collections.OrderedDict((k, join([np.asarray(p[k]) for p in per_client])) for k in per_client[0])
     if self.stateful and ids:

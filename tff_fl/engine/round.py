@@ -24,7 +24,7 @@ OrderedDict per slot): loss [C], num_examples [C], state float32[C, S] (the clie
 """
 
 import collections
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -95,11 +95,9 @@ class RoundParts:
     self.extension_state_type = initial_extension_states.type_signature.result
     self._trace_client_update()
 
-  def bcast_type(self):
-    @tff.tensorflow.computation(self.extension_state_type)
-    def broadcast(states):
-      return self.extension_broadcast(states)
-    return broadcast
+  def broadcast_computation(self):
+    """TF computation: extension states -> what the extensions broadcast to clients."""
+    return tff.tensorflow.computation(self.extension_broadcast, self.extension_state_type)
 
   def extension_broadcast(self, states):
     if not self.extensions:
@@ -125,118 +123,178 @@ class RoundParts:
     self.upload_type = trace.type_signature.result['upload']
 
 
+class Round(NamedTuple):
+  iterative_process: tff.templates.IterativeProcess  # next(state@SERVER, slots@CLIENTS) (module docstring).
+  parts: RoundParts
+  functions: 'RoundFunctions'  # The same round's pieces as Python functions (`tff_fl.engine.local_round`).
+
+
 def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff.learning.optimizers.Optimizer,
                 server_optimizer: Optional[tff.learning.optimizers.Optimizer], slot_type, *, batch_size: int,
                 model_aggregator=None,
                 client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
                 extensions: Sequence[extension_lib.Extension] = (),
-                parts: Optional[RoundParts] = None) -> tuple[tff.templates.IterativeProcess, RoundParts]:
-  """(IterativeProcess, RoundParts) of the round (module docstring); `slot_type` from `Packer.slot_type()`."""
+                parts: Optional[RoundParts] = None) -> Round:
+  """The round (module docstring); `slot_type` from `Packer.slot_type()`."""
   if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
     raise TypeError(f'client_optimizer must be a tff.learning.optimizers.Optimizer; got {type(client_optimizer)}.')
   parts = parts or RoundParts(algorithm, model_fn, extensions)
-  extensions = parts.extensions
-  server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(
-      learning_rate=algorithm.default_server_learning_rate())
-  aggregator = model_types_lib.build_model_aggregator(model_aggregator, parts.update_type)
-  agg = aggregation_lib.ClientAxisAggregation(aggregator)
-  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, parts.weights_type)
-  metrics_fn = tff.learning.metrics.sum_then_finalize(parts.finalizers)
-  broadcast_ext = parts.bcast_type()
-  measured = [e for e in extensions if e.has('client_measurements')]
-  posted = [e for e in extensions if e.has('server_post')]
-  vectored = [e for e in extensions if e.has('client_vector')]
-  vector_sizes = _vector_sizes(model_fn, vectored, flat.flat_size(parts.update_type))
-  data_keys = ('x', 'y')
+  fns = RoundFunctions(parts, client_optimizer, server_optimizer, batch_size=batch_size,
+                       model_aggregator=model_aggregator, client_weighting=client_weighting)
+  return Round(_federated_round(fns, slot_type), parts, fns)
 
-  @tff.tensorflow.computation(parts.weights_type, parts.extra_type, broadcast_ext.type_signature.result,
-                              agg.client_input_type, slot_type)
-  def train_slot(weights, extra, ext_bcast, client_input, slot):
-    model = model_fn()
+
+class RoundFunctions:
+  """The round's pieces as Python functions called inside a TF graph, with the aggregator's MapReduceForm
+  (`agg`), the finalizer (TFF's apply-optimizer finalizer) and the model's metric finalizers. The federated round
+  wraps each function in a `tff.tensorflow.computation`; `tff_fl.engine.local_round` calls them in one graph."""
+
+  def __init__(self, parts: RoundParts, client_optimizer, server_optimizer, *, batch_size: int, model_aggregator,
+               client_weighting):
+    self.parts, self.client_optimizer, self.batch_size = parts, client_optimizer, batch_size
+    self.client_weighting = client_weighting
+    self.server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(
+        learning_rate=parts.algorithm.default_server_learning_rate())
+    aggregator = model_types_lib.build_model_aggregator(model_aggregator, parts.update_type)
+    self.agg = aggregation_lib.ClientAxisAggregation(aggregator)
+    self.finalizer = tff.learning.templates.build_apply_optimizer_finalizer(self.server_optimizer, parts.weights_type)
+    self.measured = [e for e in parts.extensions if e.has('client_measurements')]
+    self.posted = [e for e in parts.extensions if e.has('server_post')]
+    self.vectored = [e for e in parts.extensions if e.has('client_vector')]
+    self.vector_sizes = _vector_sizes(parts.model_fn, self.vectored, flat.flat_size(parts.update_type))
+
+  def train_slot(self, model, weights, extra, ext_bcast, client_input, slot):
+    """One slot's clients in turn on `model` (a fresh `model_fn()`: its metrics start at zero) -> (accumulator,
+    upload sum, unfinalized metrics, per-client arrays[, vectors])."""
+    parts, agg, extensions = self.parts, self.agg, self.parts.extensions
+    algorithm, measured, vectored = parts.algorithm, self.measured, self.vectored
     num = tf.shape(slot['n'])[0]
 
-    @tf.function(autograph=False)  # Autograph would rewrite TFF's graph import of the aggregator's pieces.
-    def run():
-      def info_of(e, c):
-        fields = collections.OrderedDict((k, slot['info'][field_key(e.name, k)][c]) for k in e.field_specs())
-        fields['seed'] = slot['seed'][c]
-        return fields
+    def info_of(e, c):
+      fields = collections.OrderedDict((k, slot['info'][field_key(e.name, k)][c]) for k in e.field_specs())
+      fields['seed'] = slot['seed'][c]
+      return fields
 
-      def body(c, acc, upload_acc, arrays):
-        infos = {e.name: info_of(e, c) for e in extensions}
-        bcast = {e.name: ext_bcast[e.name] for e in extensions}
+    def body(c, acc, upload_acc, arrays):
+      infos = {e.name: info_of(e, c) for e in extensions}
+      bcast = {e.name: ext_bcast[e.name] for e in extensions}
 
-        def transform(batch, offset):
-          for e in extensions:
-            batch = e.transform_batch(batch, infos[e.name], bcast[e.name], offset)
-          return batch
-
-        options = _local_options(extensions, bcast, infos)
-        rows = collections.OrderedDict((k, slot[k][c]) for k in data_keys)
-        data = packing.TensorBatches(rows, slot['n'][c], batch_size,
-                                     transform if any(e.has('transform_batch') for e in extensions) else None)
-        ctx = definition.ClientContext(model, weights, extra, parts.client_state_struct(slot['state'][c]), data,
-                                       client_optimizer, client_weighting, options)
-        out = algorithm.client_update(ctx)
-        update = out['update']
+      def transform(batch, offset):
         for e in extensions:
-          update = e.transform_update(update, infos[e.name], bcast[e.name])
-        acc = agg.accumulate_client(acc, update, out['update_weight'], client_input)
-        upload_acc = tf.nest.map_structure(tf.add, upload_acc, nonempty(out['upload']))
-        state = flat.flatten_value(out['state']) if parts.stateful else tf.zeros([0], tf.float32)
-        values = collections.OrderedDict(loss=out['loss'], num_examples=out['num_examples'], state=state)
-        for e in measured:
-          for k, v in e.client_measurements(ctx, out, infos[e.name]).items():
-            values[field_key(e.name, k)] = tf.cast(v, tf.float32)
-        for e in vectored:
-          values[_VECTOR + e.name] = tf.ensure_shape(
-              tf.cast(e.client_vector(ctx, out, update, infos[e.name]), tf.float32), [vector_sizes[e.name]])
-        arrays = collections.OrderedDict((k, arrays[k].write(c, values[k])) for k in arrays)
-        return c + 1, acc, upload_acc, arrays
+          batch = e.transform_batch(batch, infos[e.name], bcast[e.name], offset)
+        return batch
 
-      shapes = _per_client_shapes(parts, measured)
-      shapes.update((_VECTOR + e.name, [vector_sizes[e.name]]) for e in vectored)
-      arrays = collections.OrderedDict(
-          (k, tf.TensorArray(tf.float32, size=num, element_shape=s)) for k, s in shapes.items())
-      zero_upload = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
-                                          tff.types.type_to_tf_tensor_specs(parts.upload_type))
-      # Accumulators of robust aggregators grow with the clients: they start as [0, d] and gain a row per client.
-      zero_acc = agg.zero()
-      acc_shapes = tf.nest.map_structure(
-          lambda t: tf.TensorShape([None if d == 0 else d for d in t.shape.as_list()]), zero_acc)
-      invariants = (tf.TensorShape([]), acc_shapes, tf.nest.map_structure(lambda t: t.shape, zero_upload),
-                    collections.OrderedDict((k, tf.TensorShape([])) for k in arrays))
-      _, acc, upload, arrays = tf.while_loop(lambda c, *_: c < num, body,
-                                             (tf.constant(0), zero_acc, zero_upload, arrays),
-                                             shape_invariants=invariants)
-      per_client = collections.OrderedDict((k, a.stack()) for k, a in arrays.items() if not k.startswith(_VECTOR))
-      metrics = model.report_local_unfinalized_metrics()
-      if not vectored:
-        return acc, upload, metrics, per_client
-      vectors = collections.OrderedDict((e.name, arrays[_VECTOR + e.name].stack()) for e in vectored)
-      return acc, upload, metrics, per_client, vectors
+      options = _local_options(extensions, bcast, infos)
+      rows = collections.OrderedDict((k, slot[k][c]) for k in ('x', 'y'))
+      data = packing.TensorBatches(rows, slot['n'][c], self.batch_size,
+                                   transform if any(e.has('transform_batch') for e in extensions) else None)
+      ctx = definition.ClientContext(model, weights, extra, parts.client_state_struct(slot['state'][c]), data,
+                                     self.client_optimizer, self.client_weighting, options)
+      out = algorithm.client_update(ctx)
+      update = out['update']
+      for e in extensions:
+        update = e.transform_update(update, infos[e.name], bcast[e.name])
+      acc = agg.accumulate_client(acc, update, out['update_weight'], client_input)
+      upload_acc = tf.nest.map_structure(tf.add, upload_acc, nonempty(out['upload']))
+      state = flat.flatten_value(out['state']) if parts.stateful else tf.zeros([0], tf.float32)
+      values = collections.OrderedDict(loss=out['loss'], num_examples=out['num_examples'], state=state)
+      for e in measured:
+        for k, v in e.client_measurements(ctx, out, infos[e.name]).items():
+          values[field_key(e.name, k)] = tf.cast(v, tf.float32)
+      for e in vectored:
+        values[_VECTOR + e.name] = tf.ensure_shape(
+            tf.cast(e.client_vector(ctx, out, update, infos[e.name]), tf.float32), [self.vector_sizes[e.name]])
+      arrays = collections.OrderedDict((k, arrays[k].write(c, values[k])) for k in arrays)
+      return c + 1, acc, upload_acc, arrays
 
-    return run()
+    shapes = _per_client_shapes(parts, measured)
+    shapes.update((_VECTOR + e.name, [self.vector_sizes[e.name]]) for e in vectored)
+    arrays = collections.OrderedDict(
+        (k, tf.TensorArray(tf.float32, size=num, element_shape=s)) for k, s in shapes.items())
+    zero_upload = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
+                                        tff.types.type_to_tf_tensor_specs(parts.upload_type))
+    # Accumulators of robust aggregators grow with the clients: they start as [0, d] and gain a row per client.
+    zero_acc = agg.zero()
+    acc_shapes = tf.nest.map_structure(
+        lambda t: tf.TensorShape([None if d == 0 else d for d in t.shape.as_list()]), zero_acc)
+    invariants = (tf.TensorShape([]), acc_shapes, tf.nest.map_structure(lambda t: t.shape, zero_upload),
+                  collections.OrderedDict((k, tf.TensorShape([])) for k in arrays))
+    _, acc, upload, arrays = tf.while_loop(lambda c, *_: c < num, body,
+                                           (tf.constant(0), zero_acc, zero_upload, arrays),
+                                           shape_invariants=invariants)
+    per_client = collections.OrderedDict((k, a.stack()) for k, a in arrays.items() if not k.startswith(_VECTOR))
+    metrics = model.report_local_unfinalized_metrics()
+    if not vectored:
+      return acc, upload, metrics, per_client
+    vectors = collections.OrderedDict((e.name, arrays[_VECTOR + e.name].stack()) for e in vectored)
+    return acc, upload, metrics, per_client, vectors
 
-  @tff.tensorflow.computation(parts.update_type, parts.extension_state_type)
-  def server_delta(aggregate, ext_states):
-    for e in extensions:
+  def server_delta(self, aggregate, ext_states):
+    for e in self.parts.extensions:
       aggregate = e.transform_aggregate(aggregate, ext_states[e.name])
-    return algorithm.to_server_delta(aggregate)
+    return self.parts.algorithm.to_server_delta(aggregate)
 
-  @tff.tensorflow.computation(parts.weights_type, parts.extra_type, parts.upload_type, parts.extension_state_type)
-  def server_update(weights, extra, upload_sum, ext_states):
-    trainable, extra = algorithm.server_update(weights.trainable, extra, upload_sum)
+  def server_update(self, weights, extra, upload_sum, ext_states):
+    """-> (weights, extra, extension states, server measurements of the extensions' `server_post`)."""
+    trainable, extra = self.parts.algorithm.server_update(weights.trainable, extra, upload_sum)
     weights = tff.learning.models.ModelWeights(trainable, weights.non_trainable)
-    states = collections.OrderedDict((e.name, ext_states[e.name]) for e in extensions)
+    states = collections.OrderedDict((e.name, ext_states[e.name]) for e in self.parts.extensions)
     measurements = collections.OrderedDict()
-    for e in posted:
+    for e in self.posted:
       weights, states[e.name], measurements[e.name] = e.server_post(weights, ext_states[e.name])
       states[e.name] = nonempty(states[e.name])
     return weights, nonempty(extra), states or tf.constant(PLACEHOLDER), measurements or tf.constant(PLACEHOLDER)
 
-  if vectored:
-    aggregate_pass = _build_aggregate_pass(vectored, train_slot.type_signature.result, parts.update_type)
+  def finalize_metrics(self, sums, finalizers=None):
+    """`finalizers` (default: the model's) on summed unfinalized metrics (as `sum_then_finalize`)."""
+    finalizers = finalizers or self.parts.finalizers
+    if callable(finalizers):
+      return finalizers(sums)
+    return collections.OrderedDict((k, f(sums[k])) for k, f in finalizers.items())
+
+  # The aggregate pass (extensions with `client_vector`; module docstring).
+  def vector_sums(self, vectors):
+    count = tf.cast(tf.shape(vectors[self.vectored[0].name])[0], tf.float32)
+    return collections.OrderedDict(sum=collections.OrderedDict(
+        (k, tf.reduce_sum(v, axis=0)) for k, v in vectors.items()), count=count)
+
+  def vector_means(self, total):
+    return collections.OrderedDict((k, v / tf.maximum(total['count'], 1.0)) for k, v in total['sum'].items())
+
+  def aggregate_measurements(self, per_client, vectors, means, aggregate):
+    """`per_client` with every vectored extension's `aggregate_measurements` of each client added."""
+    out = collections.OrderedDict(per_client)
+    for e in self.vectored:
+      names = list(e.aggregate_measurement_names())
+
+      def one(vector, e=e, names=names):
+        values = e.aggregate_measurements(vector, means[e.name], aggregate)
+        return collections.OrderedDict((k, tf.cast(values[k], tf.float32)) for k in names)
+
+      signature = collections.OrderedDict((k, tf.TensorSpec([], tf.float32)) for k in names)
+      values = tf.map_fn(one, vectors[e.name], fn_output_signature=signature)
+      out.update((field_key(e.name, k), v) for k, v in values.items())
+    return out
+
+
+def _federated_round(fns: RoundFunctions, slot_type) -> tff.templates.IterativeProcess:
+  parts, agg, finalizer = fns.parts, fns.agg, fns.finalizer
+  metrics_fn = tff.learning.metrics.sum_then_finalize(parts.finalizers)
+  broadcast_ext = parts.broadcast_computation()
+
+  @tff.tensorflow.computation(parts.weights_type, parts.extra_type, broadcast_ext.type_signature.result,
+                              agg.client_input_type, slot_type)
+  def train_slot(weights, extra, ext_bcast, client_input, slot):
+    model = parts.model_fn()
+    # Autograph would rewrite TFF's graph import of the aggregator's pieces.
+    return tf.function(lambda: fns.train_slot(model, weights, extra, ext_bcast, client_input, slot),
+                       autograph=False)()
+
+  server_delta = tff.tensorflow.computation(fns.server_delta, parts.update_type, parts.extension_state_type)
+  server_update = tff.tensorflow.computation(fns.server_update, parts.weights_type, parts.extra_type,
+                                             parts.upload_type, parts.extension_state_type)
+  if fns.vectored:
+    aggregate_pass = _federated_aggregate_pass(fns, train_slot.type_signature.result)
 
   @tff.federated_computation()
   def init_fn():
@@ -254,7 +312,7 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
                                              agg.broadcast_input(state.aggregator), slots))
     accumulators, uploads, metric_sums, per_client = outputs[0], outputs[1], outputs[2], outputs[3]
     agg_state, aggregate, agg_measurements = agg.finish(state.aggregator, accumulators)
-    if vectored:
+    if fns.vectored:
       per_client = aggregate_pass(per_client, outputs[4], aggregate)
     delta = tff.federated_map(server_delta, (aggregate, state.extensions))
     fin = finalizer.next(state.finalizer, state.model, delta)
@@ -264,11 +322,11 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
     metrics = collections.OrderedDict(
         client_work=tff.federated_zip(collections.OrderedDict(train=metrics_fn(metric_sums))),
         aggregator=agg_measurements, finalizer=fin.measurements)
-    if posted:
+    if fns.posted:
       metrics['extensions'] = new[3]
     return new_state, tff.federated_zip(metrics), per_client
 
-  return tff.templates.IterativeProcess(init_fn, next_fn), parts
+  return tff.templates.IterativeProcess(init_fn, next_fn)
 
 
 _VECTOR = '__vector__'  # Prefix of the aggregate-pass vectors among a slot's per-client arrays.
@@ -282,46 +340,19 @@ def _vector_sizes(model_fn, vectored, update_size: int) -> dict:
     return {e.name: int(e.vector_size(model, update_size)) for e in vectored}
 
 
-def _build_aggregate_pass(vectored, slot_result_type, update_type):
+def _federated_aggregate_pass(fns: RoundFunctions, slot_result_type):
   """(per_client@CLIENTS, vectors@CLIENTS, aggregate@SERVER) -> per_client@CLIENTS with the extensions'
   `aggregate_measurements` added (see module docstring)."""
   per_client_type, vectors_type = slot_result_type[3], slot_result_type[4]
-
-  @tff.tensorflow.computation(vectors_type)
-  def sums(vectors):
-    count = tf.cast(tf.shape(vectors[vectored[0].name])[0], tf.float32)
-    return collections.OrderedDict(sum=collections.OrderedDict(
-        (k, tf.reduce_sum(v, axis=0)) for k, v in vectors.items()), count=count)
-
-  @tff.tensorflow.computation(sums.type_signature.result)
-  def mean(total):
-    return collections.OrderedDict((k, v / tf.maximum(total['count'], 1.0)) for k, v in total['sum'].items())
-
-  @tff.tensorflow.computation(vectors_type, mean.type_signature.result, update_type)
-  def measure(vectors, means, aggregate):
-    out = collections.OrderedDict()
-    for e in vectored:
-      names = list(e.aggregate_measurement_names())
-
-      def one(vector, e=e, names=names):
-        values = e.aggregate_measurements(vector, means[e.name], aggregate)
-        return collections.OrderedDict((k, tf.cast(values[k], tf.float32)) for k in names)
-
-      signature = collections.OrderedDict((k, tf.TensorSpec([], tf.float32)) for k in names)
-      values = tf.map_fn(one, vectors[e.name], fn_output_signature=signature)
-      out.update((field_key(e.name, k), v) for k, v in values.items())
-    return out
-
-  @tff.tensorflow.computation(per_client_type, measure.type_signature.result)
-  def merge(per_client, measured):
-    merged = collections.OrderedDict(per_client)
-    merged.update(measured)
-    return merged
+  sums = tff.tensorflow.computation(fns.vector_sums, vectors_type)
+  mean = tff.tensorflow.computation(fns.vector_means, sums.type_signature.result)
+  measure = tff.tensorflow.computation(
+      lambda per_client, vectors, means, aggregate: fns.aggregate_measurements(per_client, vectors, means, aggregate),
+      per_client_type, vectors_type, mean.type_signature.result, fns.parts.update_type)
 
   def run(per_client, vectors, aggregate):
     means = tff.federated_broadcast(tff.federated_map(mean, tff.federated_sum(tff.federated_map(sums, vectors))))
-    measured = tff.federated_map(measure, (vectors, means, tff.federated_broadcast(aggregate)))
-    return tff.federated_map(merge, (per_client, measured))
+    return tff.federated_map(measure, (per_client, vectors, means, tff.federated_broadcast(aggregate)))
 
   return run
 

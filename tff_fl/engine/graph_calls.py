@@ -1,0 +1,62 @@
+"""Running a `tff.tensorflow.computation`'s serialized graph in this process, without TFF's runtime.
+
+  call_in_graph(comp, arg)   imports the computation into the current TF graph (a tf.function or loop body) and
+                             returns its result tensors; refuses computations with an initializer (variables).
+  SessionComputation(comp)   imports it once into its own TF1 graph and session, runs its initializer once, and
+                             is then called with numpy values (e.g. Keras metric finalizers, which create variables).
+"""
+
+import itertools
+
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.computation import computation_impl
+from tensorflow_federated.python.core.impl.types import type_conversions
+from tensorflow_federated.python.core.impl.utils import tensorflow_utils
+
+_suffixes = itertools.count()
+
+
+def call_in_graph(comp: tff.Computation, arg=None):
+  """Calls a `tff.tensorflow.computation` inside the current TF graph, including a `tf.function` or loop body
+  (TFF's own nested invocation imports into the outermost computation graph, which a loop body cannot use)."""
+  proto = computation_impl.ConcreteComputation.get_proto(comp)
+  token = tf.constant('', tf.string)  # TFF's per-session token placeholder; unused by these pieces.
+  init_op, result = tensorflow_utils.deserialize_and_call_tf_computation(
+      proto, arg, tf.compat.v1.get_default_graph(), f'_fast_{next(_suffixes)}', token)
+  if init_op:
+    raise ValueError('the packed engine cannot run aggregator pieces that create variables.')
+  return type_conversions.type_to_py_container(result, comp.type_signature.result)
+
+
+class SessionComputation:
+  """`comp(arg)` on numpy values in a TF1 session of this process (module docstring); the result is in the
+  Python containers of `comp`'s result type."""
+
+  def __init__(self, comp: tff.Computation):
+    self._comp = comp
+    proto = computation_impl.ConcreteComputation.get_proto(comp)
+    parameter = comp.type_signature.parameter
+    with tf.Graph().as_default() as graph:
+      if parameter is None:
+        self._placeholders = None
+      else:
+        specs = tff.types.type_to_tf_tensor_specs(parameter)
+        self._placeholders = tf.nest.map_structure(lambda s: tf.compat.v1.placeholder(s.dtype, s.shape), specs)
+      token = tf.constant('', tf.string)
+      init_op, self._result = tensorflow_utils.deserialize_and_call_tf_computation(
+          proto, self._placeholders, graph, '_session', token)
+    self._is_struct = isinstance(self._result, tff.structure.Struct)
+    self._fetches = tff.structure.flatten(self._result) if self._is_struct else self._result
+    self._session = tf.compat.v1.Session(graph=graph)
+    if init_op:
+      self._session.run(init_op)
+
+  def __call__(self, arg=None):
+    feed = None
+    if self._placeholders is not None:
+      feed = dict(zip(tf.nest.flatten(self._placeholders), tf.nest.flatten(arg)))
+    values = self._session.run(self._fetches, feed_dict=feed)
+    if self._is_struct:
+      values = tff.structure.pack_sequence_as(self._result, values)
+    return type_conversions.type_to_py_container(values, self._comp.type_signature.result)
