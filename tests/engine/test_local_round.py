@@ -1,6 +1,6 @@
 """The in-process round (`runtime='local'`) equals the same federated round run by TFF's runtime (`runtime='tff'`):
 model, algorithm extra, aggregator/finalizer/extension states, metrics, per-client metrics and client states, over
-rounds with different cohorts; for a robust aggregator chain, a stateful algorithm, a server-side extension
+rounds with different cohorts; for a robust aggregator chain, Krum, a stateful algorithm, a server-side extension
 (pruning) and an extension with an aggregate pass (drift)."""
 
 import numpy as np
@@ -19,7 +19,7 @@ from tff_fl.algorithms import pruning
 from tff_fl.algorithms import scaffold
 from tff_fl.engine import local_round
 
-COHORTS = [(0, 3, 5, 6), (1, 3, 4), (2, 5, 6, 7, 0)]  # Client indices.
+COHORTS = [(0, 3, 5, 6, 7), (1, 3, 4, 2, 6), (2, 5, 6, 7, 0, 1)]  # Client indices.
 
 
 @pytest.fixture(scope='module')
@@ -44,12 +44,14 @@ def _leaves(structure):
   return [np.asarray(v, np.float64) for v in tf.nest.flatten(structure)]
 
 
-@pytest.mark.parametrize('case', ['robust_chain', 'scaffold', 'ditto', 'pruning', 'drift_attack'])
+@pytest.mark.parametrize('case', ['robust_chain', 'krum', 'scaffold', 'ditto', 'pruning', 'drift_attack'])
 def test_local_round_equals_tff_runtime(task, case):
   kwargs = {}
   algorithm = fed_avg.FedAvg()
   if case == 'robust_chain':
     kwargs['model_aggregator'] = aggregators.build_aggregator('clip(0.5)>median', cohort_size=5)
+  elif case == 'krum':  # Its server part runs TF1 control flow (tf.map_fn) next to asserts.
+    kwargs['model_aggregator'] = aggregators.build_aggregator('krum(1)', cohort_size=5)
   elif case == 'scaffold':
     algorithm = scaffold.Scaffold(0.5, 8)
   elif case == 'ditto':

@@ -2,6 +2,7 @@
 
   call_in_graph(comp, arg)   imports the computation into the current TF graph (a tf.function or loop body) and
                              returns its result tensors; refuses computations with an initializer (variables).
+  call_as_function(comp, arg)  the same behind a function-call boundary (isolates its TF1 control flow).
   SessionComputation(comp)   imports it once into its own TF1 graph and session, runs its initializer once, and
                              is then called with numpy values (e.g. Keras metric finalizers, which create variables).
 """
@@ -27,6 +28,22 @@ def call_in_graph(comp: tff.Computation, arg=None):
   if init_op:
     raise ValueError('the packed engine cannot run aggregator pieces that create variables.')
   return type_conversions.type_to_py_container(result, comp.type_signature.result)
+
+
+def call_as_function(comp: tff.Computation, arg=None):
+  """`call_in_graph` behind a function-call boundary, in a TF1-style function (`tf.compat.v1.wrap_function`: no
+  automatic control dependencies), as TFF's runtime runs it: TF1 control flow in the imported graph (e.g. `tf.map_fn`
+  in a robust aggregator's `report`, next to an assert) then stays valid inside the caller's `tf.function`."""
+  flat_arg = [] if arg is None else tf.nest.flatten(arg)
+  structures = []  # The result's Python structure, seen while tracing.
+
+  def call(*leaves):
+    out = call_in_graph(comp, None if arg is None else tf.nest.pack_sequence_as(arg, list(leaves)))
+    structures.append(out)
+    return tf.nest.flatten(out)
+
+  wrapped = tf.compat.v1.wrap_function(call, [tf.TensorSpec(t.shape, t.dtype) for t in flat_arg])
+  return tf.nest.pack_sequence_as(structures[0], wrapped(*flat_arg))
 
 
 class SessionComputation:

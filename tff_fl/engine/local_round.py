@@ -91,12 +91,12 @@ class LocalRound:
       model = models[0]
       model.reset_metrics()
       ext_bcast = parts.extension_broadcast(state['extensions'])
-      client_input = graph_calls.call_in_graph(agg.form.prepare, state['aggregator'])
+      client_input = graph_calls.call_as_function(agg.form.prepare, state['aggregator'])
       outputs = fns.train_slot(model, state['model'], state['extra'], ext_bcast, client_input, slot)
       acc, upload_sum, metric_sums, per_client = outputs[:4]
-      merged = graph_calls.call_in_graph(agg.form.merge, (graph_calls.call_in_graph(agg.form.zero), acc))
-      report = graph_calls.call_in_graph(agg.form.report, merged)
-      agg_state, agg_out = graph_calls.call_in_graph(agg.form.update, (state['aggregator'], (report, (), (), ())))
+      merged = graph_calls.call_as_function(agg.form.merge, (graph_calls.call_as_function(agg.form.zero), acc))
+      report = graph_calls.call_as_function(agg.form.report, merged)
+      agg_state, agg_out = graph_calls.call_as_function(agg.form.update, (state['aggregator'], (report, (), (), ())))
       agg_state = conform(agg_state, self._state_spec['aggregator'])
       aggregate = agg_out['result']
       if fns.vectored:
@@ -104,7 +104,7 @@ class LocalRound:
         means = fns.vector_means(fns.vector_sums(vectors))
         per_client = fns.aggregate_measurements(per_client, vectors, means, aggregate)
       delta = fns.server_delta(aggregate, state['extensions'])
-      fin = graph_calls.call_in_graph(self._finalizer_next, (state['finalizer'], state['model'], delta))
+      fin = graph_calls.call_as_function(self._finalizer_next, (state['finalizer'], state['model'], delta))
       fin_result, fin_state = conform(fin['result'], spec['model']), conform(fin['state'], spec['finalizer'])
       weights, extra, ext_states, ext_measurements = fns.server_update(fin_result, state['extra'], upload_sum,
                                                                        state['extensions'])
