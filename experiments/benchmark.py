@@ -72,6 +72,7 @@ _MEMORY_STOCK_ROUNDS = flags.DEFINE_integer('memory_stock_rounds', 2000, 'memory
 _MEMORY_CHILD = flags.DEFINE_string('memory_child', '', 'internal: run one memory run (stock_tff or ours) and print it')
 _MEMORY_RUNS = flags.DEFINE_list('memory_runs', ['stock_tff', 'ours', 'ours_malloc_arena_max_2'],
                                  f"memory runs: {', '.join(benchmark_memory.RUNS)} (others are kept from the old json)")
+_REWRITE_MARKDOWN = flags.DEFINE_bool('rewrite_markdown', False, 'only rewrite benchmark.md from benchmark.json')
 _BEFORE_JSON = flags.DEFINE_string('before_json', 'experiments/results/benchmark_before.json',
                                    'algorithms extra: s/round of each algorithm before the redesign (json)')
 
@@ -213,9 +214,30 @@ def markdown(results: list) -> str:
   return '\n'.join(rows) + '\n'
 
 
+def write_markdown(out: dict) -> str:
+  """Writes benchmark.md (output_dir) from the results `out`; returns its text."""
+  meta = out['meta']
+  parts = [f"Seconds per round (median of {meta.get('rounds')} after {meta.get('warmup')} warm-up), "
+           f"{meta.get('cpu_count')} cores (process pinned to {meta.get('cpu_affinity', 'any')}), "
+           f"TFF {meta.get('tff_version')}.\n\n{markdown(out['scenarios'])}"]
+  if out.get('algorithms'):
+    parts.append(benchmark_algorithms.markdown(out))
+  if out.get('scaling'):
+    parts.append(markdown_scaling(out['scaling']))
+  if out.get('memory'):
+    parts.append(benchmark_memory.markdown(out['memory']))
+  with open(os.path.join(_OUTPUT_DIR.value, 'benchmark.md'), 'w') as f:
+    f.write('\n'.join(parts))
+  return '\n'.join(parts)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if _REWRITE_MARKDOWN.value:
+    with open(os.path.join(_OUTPUT_DIR.value, 'benchmark.json')) as f:
+      print(write_markdown(json.load(f)))
+    return
   if _MEMORY_CHILD.value:
     try:
       run = benchmark_memory.memory_run(_MEMORY_CHILD.value, _MEMORY_ROUNDS.value)
@@ -273,19 +295,7 @@ def main(argv):
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   with open(json_path, 'w') as f:
     json.dump(out, f, indent=2)
-  meta = out['meta']
-  parts = [f"Seconds per round (median of {meta.get('rounds')} after {meta.get('warmup')} warm-up), "
-           f"{meta.get('cpu_count')} cores (process pinned to {meta.get('cpu_affinity', 'any')}), "
-           f"TFF {meta.get('tff_version')}.\n\n{markdown(out['scenarios'])}"]
-  if out.get('algorithms'):
-    parts.append(benchmark_algorithms.markdown(out))
-  if out.get('scaling'):
-    parts.append(markdown_scaling(out['scaling']))
-  if out.get('memory'):
-    parts.append(benchmark_memory.markdown(out['memory']))
-  with open(os.path.join(_OUTPUT_DIR.value, 'benchmark.md'), 'w') as f:
-    f.write('\n'.join(parts))
-  print('\n'.join(parts))
+  print(write_markdown(out))
 
 
 if __name__ == '__main__':
