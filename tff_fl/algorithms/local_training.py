@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
-import tensorflow_privacy as tfp
 from tensorflow_federated.python.learning import tensor_utils
 
 ClientWeighting = tff.learning.ClientWeighting
@@ -74,8 +73,10 @@ def _labels(batch):
 
 
 def _dp_gradient(model, weights, batch, dp: DPSGD):
-  """Clipped, summed, noised per-example gradients / B (tensorflow-privacy's GaussianSumQuery), and the output."""
-  query = tfp.GaussianSumQuery(l2_norm_clip=dp.l2_norm_clip, stddev=dp.l2_norm_clip * dp.noise_multiplier)
+  """Clipped, summed, noised per-example gradients / B, and the output. The law of tensorflow-privacy's
+  GaussianSumQuery: each example's gradient scaled by C / max(||g||, C) (NaN if ||g|| is not finite, as
+  `tf.clip_by_global_norm`), summed, plus N(0, (z C)^2) per coordinate. The clip is one weighted sum over the
+  per-example axis (`tensordot`) rather than a per-example `vectorized_map` (30% of a DP-SGD round on the benchmark)."""
   trainable = tuple(tf.nest.flatten(weights.trainable))
   with tf.GradientTape() as tape:
     output = model.forward_pass(batch, training=True)
@@ -83,15 +84,20 @@ def _dp_gradient(model, weights, batch, dp: DPSGD):
     losses = tf.reshape(losses, [tf.shape(losses)[0], -1])
     losses = tf.reduce_mean(losses, axis=1)  # [B]: a sequence example's loss is the mean over its targets.
   jacobians = tape.jacobian(losses, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO,
-                            experimental_use_pfor=True)
-  state = query.initial_global_state()
-  params = query.derive_sample_params(state)
-  clipped = tf.vectorized_map(lambda g: query.preprocess_record(params, g), jacobians)
-  summed = tf.nest.map_structure(lambda c: tf.reduce_sum(c, axis=0), clipped)
-  noised, _, _ = query.get_noised_result(summed, state)
+                            experimental_use_pfor=True)  # Leaves [B, *shape].
+  squares = [tf.reduce_sum(tf.reshape(tf.square(j), [tf.shape(j)[0], -1]), axis=1) for j in jacobians]
+  norms = tf.sqrt(tf.add_n(squares))  # [B]
+  clip = tf.constant(dp.l2_norm_clip, tf.float32)
+  scale = tf.where(tf.math.is_finite(norms), clip / tf.maximum(norms, clip), tf.fill(tf.shape(norms), float('nan')))
+  stddev = dp.l2_norm_clip * dp.noise_multiplier
   denominator = tf.cast(tf.maximum(tf.shape(losses)[0], 1), tf.float32)
-  grads = tf.nest.map_structure(lambda g: g / denominator, noised)
-  return tf.nest.pack_sequence_as(weights.trainable, list(grads)), output
+  grads = []
+  for j in jacobians:
+    summed = tf.tensordot(scale, j, axes=1)
+    if stddev > 0:
+      summed += tf.random.normal(tf.shape(summed), stddev=stddev, dtype=summed.dtype)
+    grads.append(summed / denominator)
+  return tf.nest.pack_sequence_as(weights.trainable, grads), output
 
 
 def batch_gradient(model, weights, batch, dp: Optional[DPSGD] = None):
