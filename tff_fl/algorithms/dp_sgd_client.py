@@ -4,11 +4,11 @@ Every local step of the package's one local-training loop (`local_training.train
 then uses, for a batch of B examples:
 
   per-example gradients g_i  = d loss_i / d w              (`tape.jacobian`, vectorized with pfor)
-  clipped, summed and noised = GaussianSumQuery(l2_norm_clip=C, stddev=z * C) applied to {g_i}
+  clipped, summed and noised = sum_i g_i * C / max(||g_i||, C)  +  N(0, (z C)^2 I)
   gradient fed to optimizer  = noised sum / B
 
-The clipping and the noise are tensorflow-privacy's `GaussianSumQuery` (the query behind its DP Keras optimizers),
-so every example moves the summed gradient by at most C in L2 norm; the noise is drawn fresh for every batch of
+That is the law of tensorflow-privacy's `GaussianSumQuery(l2_norm_clip=C, stddev=z * C)` (the query behind its DP
+Keras optimizers; tests/algorithms/test_dp_sgd_client.py checks a step against its DP Keras SGD), so every example moves the summed gradient by at most C in L2 norm; the noise is drawn fresh for every batch of
 every client. Regularization losses of the model are not used; a sequence example's loss is the mean over its
 targets. Algorithms add their terms (proximal, SCAFFOLD's correction) after the DP gradient; FedSGD's one gradient
 per batch is the DP gradient. Example-level epsilon: `tff_fl.privacy.accounting.example_level_epsilon`.
