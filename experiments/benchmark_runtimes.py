@@ -12,6 +12,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from experiments import benchmark_setup as setup
 from tff_fl import engine
@@ -24,6 +25,7 @@ _ROUNDS = flags.DEFINE_integer('rounds', 8, 'timed rounds per (algorithm, runtim
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   contexts.set_local_cpp_context()
   try:
     task = setup.build_task(100, 9)
