@@ -12,11 +12,10 @@ Shapes: `coeffs` int64[S, t] (column 0 the secrets), `xs` int64[H] holder points
 import tensorflow as tf
 
 PRIME = 2**31 - 1  # Mersenne prime; 7 generates its multiplicative group (see masking.GENERATOR).
-_P = tf.constant(PRIME, tf.int64)
 
 
 def mod(x):
-  return tf.math.floormod(x, _P)
+  return tf.math.floormod(x, tf.constant(PRIME, tf.int64))
 
 
 def mul(a, b):
@@ -24,16 +23,18 @@ def mul(a, b):
 
 
 def power(base, exponent):
-  """base^exponent mod p elementwise (square and multiply; exponent >= 0, < 2^31)."""
+  """base^exponent mod p elementwise (square and multiply, unrolled over the 31 exponent bits; 0 <= exponent < 2^31).
+
+  Unrolled rather than a `tf.while_loop` with a constant bound, which TFF's runtime returned unexecuted (all ones).
+  """
   base = mod(tf.cast(base, tf.int64))
   exponent = tf.cast(exponent, tf.int64) + tf.zeros_like(base)
   result = tf.ones_like(base)
-
-  def body(i, result, base, exponent):
-    result = tf.where(tf.math.floormod(exponent, 2) == 1, mul(result, base), result)
-    return i + 1, result, mul(base, base), exponent // 2
-
-  return tf.while_loop(lambda i, *_: i < 31, body, (tf.constant(0), result, base, exponent))[1]
+  for bit in range(31):
+    result = tf.where(tf.equal(tf.bitwise.bitwise_and(tf.bitwise.right_shift(exponent, bit), 1), 1),
+                      mul(result, base), result)
+    base = mul(base, base)
+  return result
 
 
 def inverse(a):
