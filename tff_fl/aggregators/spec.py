@@ -2,10 +2,14 @@
 
     mean | median | trimmed_mean(0.1) | krum(2) | multi_krum(2,5) | clip(1.0)>trimmed_mean(0.1)
     quantize(8)>mean | topk(0.01)>mean | secure(16)>mean | adaptive_clip(0.5)>mean | clip(1.0)>secure(16,0.5)>mean
+    secagg(16,0.6)>mean | secagg_plus(24,0.5,8)>mean | clip(1.0)>secagg(16,0.6,0.5)>mean
 
 The last stage is the server-side aggregate; every earlier stage wraps the ones after it, so `a>b>c` builds
 `a(inner=b(inner=c))`: the client value passes a first. `secure(bits[,range])` must come directly before `mean`
-(secure aggregation hides individual values, which robust aggregates need). The result is always a
+(secure aggregation hides individual values, which robust aggregates need); so must the protocol simulations
+`secagg(bits,threshold[,range])` and `secagg_plus(bits,threshold,k[,range])` (`tff_fl.aggregators.secagg`:
+masks in Z_{2^bits}, dropout recovery from t = ceil(threshold * holders) Shamir shares), which need the cohort
+size and the engine's `SecAggInput` extension (`tff_fl.algorithms.secagg_input`). The result is always a
 `tff.aggregators.WeightedAggregationFactory`. Every error is a one-line ValueError naming `--aggregator`.
 """
 
@@ -19,6 +23,7 @@ from tff_fl.aggregators import clipping
 from tff_fl.aggregators import compression
 from tff_fl.aggregators import robust
 from tff_fl.aggregators import secure
+from tff_fl.aggregators.secagg import factory as secagg
 from tff_fl.aggregators import weighting
 
 
@@ -63,7 +68,16 @@ _STAGES = {
     'secure': _wrapper((('bits', int), ('range', float)), None,
                        f'secure sum with bits in [1,{secure.MAX_BITS}], per-coordinate clip range (default 1.0); '
                        'only directly before mean', required=1),
+    'secagg': _wrapper((('bits', int), ('threshold', float), ('range', float)), None,
+                       f'SecAgg protocol: masks mod 2^bits (bits <= {secagg.masking.MAX_BITS}), threshold fraction '
+                       'in (0,1] of the cohort for Shamir recovery, per-coordinate clip range (default 1.0); only '
+                       'directly before mean', required=2),
+    'secagg_plus': _wrapper((('bits', int), ('threshold', float), ('k', int), ('range', float)), None,
+                            'SecAgg+: as secagg, masks and shares with k graph neighbours; only directly before mean',
+                            required=3),
 }
+
+_BEFORE_MEAN = ('secure', 'secagg', 'secagg_plus')
 
 
 def _spelling(name: str) -> str:
@@ -79,7 +93,7 @@ ALLOWED_SPELLINGS = tuple(_spelling(n) for n in _STAGES)
 _ALLOWED = ('allowed: stages chained with ">" from client to server, ending in one of '
             + ', '.join(_spelling(n) for n, s in _STAGES.items() if s.terminal)
             + '; earlier stages: ' + ', '.join(_spelling(n) for n, s in _STAGES.items() if not s.terminal)
-            + ' (secure only directly before mean)')
+            + ' (secure, secagg, secagg_plus only directly before mean)')
 _STAGE_RE = re.compile(r'^([a-z_]+)\s*(?:\((.*)\))?$')
 
 
@@ -120,12 +134,20 @@ def _parse_stage(spec: str, text: str):
   return name, stage, values
 
 
-def build_aggregator(spec: str, cohort_size: Optional[int] = None) -> tff.aggregators.WeightedAggregationFactory:
+def stage_names(spec: str) -> list[str]:
+  """The stage names of a valid `spec`, client to server (e.g. to see whether it runs SecAgg)."""
+  return [_parse_stage(spec, part)[0] for part in spec.split('>')]
+
+
+def build_aggregator(spec: str, cohort_size: Optional[int] = None,
+                     seed: int = 0) -> tff.aggregators.WeightedAggregationFactory:
   """Builds the weighted aggregation factory described by `spec` (see module docstring).
 
   Args:
     spec: The `--aggregator` flag value.
-    cohort_size: Clients per round, if known: robust stages then check it is large enough (ValueError).
+    cohort_size: Clients per round, if known: robust stages then check it is large enough (ValueError); secagg
+      stages need it (the most clients a round samples).
+    seed: Seeds the secagg protocol's per-round secrets.
   """
   if not isinstance(spec, str) or not spec.strip():
     raise _error(str(spec), 'empty spec')
@@ -134,13 +156,28 @@ def build_aggregator(spec: str, cohort_size: Optional[int] = None) -> tff.aggreg
     last = position == len(parsed) - 1
     if stage.terminal != last:
       raise _error(spec, f'{name} must be {"the last" if stage.terminal else "followed by another"} stage')
-    if name == 'secure' and parsed[position + 1][0] != 'mean':
-      raise _error(spec, f'secure must be directly followed by mean, not {parsed[position + 1][0]}')
+    if name in _BEFORE_MEAN and parsed[position + 1][0] != 'mean':
+      raise _error(spec, f'{name} must be directly followed by mean, not {parsed[position + 1][0]}')
+    if name in ('secagg', 'secagg_plus') and cohort_size is None:
+      raise _error(spec, f'{name} needs the cohort size (--clients_per_round)')
   try:
     name, stage, values = parsed[-1]
     factory = stage.build(*values, cohort_size=cohort_size)
     for name, stage, values in reversed(parsed[:-1]):
-      factory = secure.secure_mean(*values) if name == 'secure' else stage.build(*values, inner=factory)
+      if name == 'secure':
+        factory = secure.secure_mean(*values)
+      elif name in ('secagg', 'secagg_plus'):
+        factory = _secagg(name, values, cohort_size, seed)
+      else:
+        factory = stage.build(*values, inner=factory)
   except (ValueError, TypeError) as e:
     raise _error(spec, str(e).splitlines()[0]) from None
   return factory
+
+
+def _secagg(name, values, cohort_size, seed):
+  bits, threshold = values[0], values[1]
+  k = values[2] if name == 'secagg_plus' else None
+  rest = values[3:] if name == 'secagg_plus' else values[2:]
+  clip_range = rest[0] if rest else 1.0
+  return secagg.SecAggMeanFactory(bits, threshold, k=k, max_clients=cohort_size, clip_range=clip_range, seed=seed)
