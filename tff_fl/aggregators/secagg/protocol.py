@@ -75,14 +75,13 @@ def _polynomials(seed, round_num, secrets, t, which: int):
   return shamir.random_coefficients(secrets, t, _key(seed, round_num, _POLY_TAG + 16 * which))
 
 
-def client_upload(q, index, n, alive, *, bits: int, threshold: float, k: Optional[int], seed, round_num,
-                  max_clients: int):
-  """(y int64[d], shares int64[N]) of the client at `index` (steps 3 and 4); `alive` int32[N] announces U."""
+def client_mask(q, index, n, *, bits: int, threshold: float, k: Optional[int], seed, round_num, max_clients: int):
+  """y int64[d]: step 3 of the client at `index` (self mask and pairwise masks with its graph neighbours)."""
+  del threshold
   index = tf.cast(index, tf.int32)
   d = tf.size(q)
   sk, b = round_secrets(seed, round_num, max_clients)
   adjacency = round_graph(seed, round_num, n, k, max_clients)
-  t = thresholds(adjacency, n, threshold)
   y = masking.mod_bits(tf.cast(q, tf.int64) + masking.expand(b[index], masking.SELF_TAG, d, bits), bits)
   neighbours = tf.reshape(tf.where(adjacency[index]), [-1])
   pair_seeds = masking.agree(sk[index], masking.public_key(tf.gather(sk, neighbours)))
@@ -91,15 +90,30 @@ def client_upload(q, index, n, alive, *, bits: int, threshold: float, k: Optiona
     mask = masking.expand(pair_seeds[j], masking.PAIR_TAG, d, bits)
     return j + 1, masking.mod_bits(y + masking.sign(index, neighbours[j]) * mask, bits)
 
-  y = tf.while_loop(lambda j, _: j < tf.size(neighbours), add_pair, (tf.constant(0), y))[1]
-  # Step 4: for each owner v this client holds shares of, the share of b_v (v survived) or sk_v (v dropped).
+  return tf.while_loop(lambda j, _: j < tf.size(neighbours), add_pair, (tf.constant(0), y))[1]
+
+
+def client_shares(index, n, alive, *, threshold: float, k: Optional[int], seed, round_num, max_clients: int,
+                  bits: Optional[int] = None):
+  """int64[N]: step 4 of the client at `index`: for each owner v it holds shares of, its share of b_v (v in U,
+  `alive`) or of sk_v (v dropped); 0 for owners it holds none of."""
+  del bits
+  index = tf.cast(index, tf.int32)
+  sk, b = round_secrets(seed, round_num, max_clients)
+  adjacency = round_graph(seed, round_num, n, k, max_clients)
+  t = thresholds(adjacency, n, threshold)
   x = tf.cast(index, tf.int64)[tf.newaxis] + 1
   share_b = shamir.evaluate(_polynomials(seed, round_num, b, t, 0), x)[0]
   share_sk = shamir.evaluate(_polynomials(seed, round_num, sk, t, 1), x)[0]
   holds = tf.logical_or(adjacency[:, index], tf.equal(tf.range(max_clients), index))
   holds = tf.logical_and(holds, tf.range(max_clients) < tf.cast(n, tf.int32))
   shares = tf.where(tf.cast(alive, tf.bool), share_b, share_sk)
-  return y, tf.where(holds, shares, tf.zeros_like(shares))
+  return tf.where(holds, shares, tf.zeros_like(shares))
+
+
+def client_upload(q, index, n, alive, **kwargs):
+  """(y int64[d], shares int64[N]) of the client at `index` (steps 3 and 4); `alive` int32[N] announces U."""
+  return client_mask(q, index, n, **kwargs), client_shares(index, n, alive, **kwargs)
 
 
 def server_recover(masked_sum, shares, alive, n, *, bits: int, threshold: float, k: Optional[int], seed,
