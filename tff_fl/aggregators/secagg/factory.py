@@ -2,7 +2,8 @@
 
 Per client i (at CLIENTS): y_i = w_i * x_i (flattened, float32[d]) is clipped per coordinate to [-r, r] and
 stochastically rounded onto L + 1 levels, L = floor((2^b - 1) / n) for a cohort of n sampled clients (so the sum
-of any survivors' integers never wraps mod 2^b), q_i = round((y_i + r) * L / 2r) in {0..L}; the client masks q_i
+of any survivors' integers never wraps mod 2^b), q_i = floor((y_i + r) * L / 2r + u), u ~ U[0, 1) seeded by
+(seed, round, position) (unbiased, and runs are bit-reproducible), in {0..L}; the client masks q_i
 (`protocol.client_upload`). The server sums the masked vectors mod 2^b and recovers sum_{i in U} q_i
 (`protocol.server_recover`), decodes sum_U y_i = S * 2r / L - |U| r and divides by sum_U w_i (the weights go by a
 plain sum, as in TFF's MeanFactory with a secure value sum). With uniform client weighting y_i = x_i, so r bounds
@@ -98,7 +99,10 @@ class SecAggMeanFactory(tff.aggregators.WeightedAggregationFactory):
       y = flat.flatten_value(value) * w
       num_levels = tf.cast(levels(info['n']), tf.float32)
       scaled = (tf.clip_by_value(y, -r, r) + r) * num_levels / (2.0 * r)
-      q = tf.cast(tf.clip_by_value(compression.stochastic_round(scaled), 0.0, num_levels), tf.int64)
+      # Stochastic rounding seeded by (seed, round, position): runs are bit-reproducible, also across a resume.
+      key = tf.stack([tf.constant(self.seed, tf.int64) * 7919 + 17,
+                      tf.cast(info['round'], tf.int64) * big_n + tf.cast(info['index'], tf.int64)])
+      q = tf.cast(tf.clip_by_value(compression.stochastic_round(scaled, key), 0.0, num_levels), tf.int64)
       masked, shares = protocol.client_upload(q, info['index'], info['n'], info['alive'],
                                               **self._protocol_args(info['round']))
       return collections.OrderedDict(

@@ -116,6 +116,23 @@ def client_upload(q, index, n, alive, **kwargs):
   return client_mask(q, index, n, **kwargs), client_shares(index, n, alive, **kwargs)
 
 
+def recoverable(alive, n, *, threshold: float, k: Optional[int], seed, round_num, max_clients: int, **unused):
+  """(aborted bool, survivors int32, t int32, candidates bool[N holder, N owner]): the server's abort rule of
+  step 5: abort unless every sampled owner has >= t surviving holders (and at least t clients survive)."""
+  del unused
+  n = tf.cast(n, tf.int32)
+  alive = tf.cast(alive, tf.bool)
+  sampled = tf.range(max_clients) < n
+  adjacency = round_graph(seed, round_num, n, k, max_clients)
+  t = thresholds(adjacency, n, threshold)
+  holders = tf.logical_and(tf.logical_or(adjacency, tf.eye(max_clients, dtype=tf.bool)), sampled[:, tf.newaxis])
+  candidates = tf.logical_and(holders, alive[:, tf.newaxis])  # [holder, owner]
+  counts = tf.reduce_sum(tf.cast(candidates, tf.int32), axis=0)
+  survivors = tf.reduce_sum(tf.cast(tf.logical_and(alive, sampled), tf.int32))
+  aborted = tf.logical_or(tf.reduce_any(tf.logical_and(sampled, counts < t)), survivors < t)
+  return aborted, survivors, t, candidates
+
+
 def server_recover(masked_sum, shares, alive, n, *, bits: int, threshold: float, k: Optional[int], seed,
                    round_num, max_clients: int):
   """(sum_{u in U} q_u mod 2^b int64[d] (zeros if aborted), aborted bool, survivors int32, t int32) (step 5)."""
@@ -125,19 +142,19 @@ def server_recover(masked_sum, shares, alive, n, *, bits: int, threshold: float,
   positions = tf.range(max_clients)
   sampled = positions < n
   adjacency = round_graph(seed, round_num, n, k, max_clients)
-  t = thresholds(adjacency, n, threshold)
-  holders = tf.logical_and(tf.logical_or(adjacency, tf.eye(max_clients, dtype=tf.bool)), sampled[:, tf.newaxis])
-  candidates = tf.logical_and(holders, alive[:, tf.newaxis])  # [holder, owner]
-  counts = tf.reduce_sum(tf.cast(candidates, tf.int32), axis=0)
-  survivors = tf.reduce_sum(tf.cast(tf.logical_and(alive, sampled), tf.int32))
-  aborted = tf.logical_or(tf.reduce_any(tf.logical_and(sampled, counts < t)), survivors < t)
+  aborted, survivors, t, candidates = recoverable(alive, n, threshold=threshold, k=k, seed=seed, round_num=round_num,
+                                                  max_clients=max_clients)
 
   def recover():
     # The t lowest-position surviving holders of each owner (stable sort puts candidates first).
     chosen = tf.argsort(tf.cast(tf.logical_not(tf.transpose(candidates)), tf.int32), axis=1, stable=True)[:, :t]
     owner = tf.broadcast_to(positions[:, tf.newaxis], tf.shape(chosen))
     values = tf.gather_nd(shares, tf.stack([chosen, owner], axis=-1))
-    secrets = shamir.reconstruct(values, tf.cast(chosen, tf.int64) + 1)  # b_v (v alive) or sk_v (v dropped)
+    if k is None:  # SecAgg: every owner has the same surviving holders, so one set of Lagrange coefficients.
+      lam = shamir.lagrange_at_zero(tf.cast(chosen[0], tf.int64) + 1)[tf.newaxis, :]
+    else:
+      lam = shamir.lagrange_at_zero(tf.cast(chosen, tf.int64) + 1)
+    secrets = shamir.mod(tf.reduce_sum(shamir.mul(lam, values), axis=-1))  # b_v (v alive) or sk_v (v dropped)
     sk_all, _ = round_secrets(seed, round_num, max_clients)
     public = masking.public_key(sk_all)  # The keys advertised in step 1 (the server's only use of the draw).
     total = masking.mod_bits(tf.cast(masked_sum, tf.int64), bits)
@@ -151,10 +168,12 @@ def server_recover(masked_sum, shares, alive, n, *, bits: int, threshold: float,
     pairs = tf.cast(tf.where(tf.logical_and(tf.logical_and(adjacency, alive[:, tf.newaxis]),
                                             dropped[tf.newaxis, :])), tf.int32)  # rows (u alive, v dropped)
 
+    pair_seeds = masking.agree(tf.gather(secrets, pairs[:, 1]), tf.gather(public, pairs[:, 0]))  # pk_u^sk_v
+    signs = masking.sign(pairs[:, 0], pairs[:, 1])
+
     def remove_pair(j, total):
-      u, v = pairs[j, 0], pairs[j, 1]
-      mask = masking.expand(masking.agree(secrets[v], public[u]), masking.PAIR_TAG, d, bits)
-      return j + 1, masking.mod_bits(total - masking.sign(u, v) * mask, bits)
+      mask = masking.expand(pair_seeds[j], masking.PAIR_TAG, d, bits)
+      return j + 1, masking.mod_bits(total - signs[j] * mask, bits)
 
     return tf.while_loop(lambda j, _: j < tf.shape(pairs)[0], remove_pair, (tf.constant(0), total))[1]
 
