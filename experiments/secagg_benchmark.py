@@ -273,7 +273,9 @@ def main() -> None:
   if 'engine' in parts:
     results['engine'] = engine_part(ints(args.engine_cohorts), [0.0, 0.3], args.bits, args.threshold)
   if 'accuracy' in parts:
-    results['accuracy'] = accuracy_part(args.accuracy_specs.split(';'), args.accuracy_rounds)
+    rows = accuracy_part(args.accuracy_specs.split(';'), args.accuracy_rounds)  # Replaces rows of the same specs.
+    results['accuracy'] = [r for r in results.get('accuracy', []) if r['aggregator'] not in
+                           {row['aggregator'] for row in rows}] + rows
   if 'abort' in parts:
     results['abort'] = abort_part(ints(args.abort_cohorts), floats(args.abort_rates), args.abort_threshold,
                                   args.abort_rounds)
