@@ -1,5 +1,6 @@
 """SecAgg on the packed engine: clients that drop after masking are recovered (the round's update equals the plain
-mean of the reporting clients within the quantization error, over two slots), and a round with fewer than t
+mean of the reporting clients within the quantization error, on the default one-slot local round), and a round
+with fewer than t
 survivors leaves the whole server state (model, momentum) and the clients' states unchanged."""
 
 import numpy as np
@@ -21,9 +22,9 @@ def task():
   return tasks.build_task(tasks.TaskConfig(task='digits', model='logreg', num_clients=20, seed=1))
 
 
-def _process(task, aggregator, extensions=(), algorithm=None):
+def _process(task, aggregator, extensions=(), algorithm=None, slots=1):
   return engine.build_task_process(
-      algorithm or fed_avg.FedAvg(), task, epochs=1, batch_size=10, seed=0, num_slots=2,
+      algorithm or fed_avg.FedAvg(), task, epochs=1, batch_size=10, seed=0, num_slots=slots,
       client_optimizer=tff.learning.optimizers.build_sgdm(0.1),
       server_optimizer=tff.learning.optimizers.build_sgdm(1.0, momentum=0.9), model_aggregator=aggregator,
       extensions=extensions, client_weighting=tff.learning.ClientWeighting.UNIFORM)
