@@ -1,7 +1,6 @@
 """SecAgg on the packed engine: clients that drop after masking are recovered (the round's update equals the plain
 mean of the reporting clients within the quantization error, on the default one-slot local round), and a round
-with fewer than t
-survivors leaves the whole server state (model, momentum) and the clients' states unchanged."""
+with fewer than t survivors leaves the whole server state (model, momentum) unchanged."""
 
 import numpy as np
 import pytest
