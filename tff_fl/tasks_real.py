@@ -31,7 +31,7 @@ from tff_fl.data import sources
 from tff_fl.data import tff_datasets
 from tff_fl.models import char_lstm
 
-IMAGE_MODELS = ('logreg', '2nn', 'cnn')
+IMAGE_MODELS = ('logreg', '2nn', 'cnn', 'simple_cnn')
 
 
 class MissingTaskDataError(paths.MissingDataError, ValueError):
@@ -97,9 +97,11 @@ def federated_images(train: sources.ArrayData, test: sources.ArrayData,
                      cfg: tasks_lib.TaskConfig) -> client_data_lib.FederatedArrays:
   """Partitions `train` by `cfg.partition` and deals `test` to the same clients by label share."""
   if cfg.partition == 'natural':
-    raise ValueError(f'--task={cfg.task} has no natural clients; --partition must be iid, dirichlet or shards.')
+    allowed = ', '.join(p for p in partition_lib.PARTITIONS if p != 'natural')
+    raise ValueError(f'--task={cfg.task} has no natural clients; --partition must be one of {allowed}.')
   ids, parts = partition_lib.partition(cfg.partition, train, cfg.num_clients, cfg.seed,
-                                       dirichlet_alpha=cfg.dirichlet_alpha, shards_per_client=cfg.shards_per_client)
+                                       dirichlet_alpha=cfg.dirichlet_alpha, shards_per_client=cfg.shards_per_client,
+                                       labels_per_client=cfg.labels_per_client)
   test_parts = split_by_label_share([train.y[p] for p in parts], test.y, cfg.seed)
   return client_data_lib.FederatedArrays(
       client_ids=ids, num_classes=train.num_classes,
