@@ -179,7 +179,19 @@ def _niid_bench() -> Suite:
                'Test accuracy = the global model on the official 10k test set (clean, also in the noise setting) '
                'after every round (central_test_accuracy). Best round = max over the rounds run; final = last round '
                'run. Runs that have not reached 50 rounds are marked partial: their numbers are at the rounds shown, '
-               'not comparable with the paper\'s 50.')
+               'not comparable with the paper\'s 50.\n\n'
+               'Where we differ from NIID-Bench\'s code, or it is ambiguous (details in the module docstrings of '
+               '`tff_fl/data/partition.py`, `feature_noise.py`, `models/keras_models.py`, `algorithms/fednova.py`, '
+               '`scaffold.py`): (1) draws come from numpy Generators seeded by --seed, not NIID-Bench\'s global '
+               'np.random / random / torch seeds, so partitions and initial weights have the same distributions but '
+               'not the same values; (2) a client\'s E epochs are E seeded permutations batched as one stream, so a '
+               'batch may span an epoch boundary: ceil(E n / 64) steps per round instead of NIID-Bench\'s '
+               'E ceil(n / 64) (FedNova\'s tau and SCAFFOLD\'s step count are those steps); (3) feature noise is '
+               'drawn once per training example (NIID-Bench redraws it every time an example is loaded) and the '
+               'test set stays clean (NIID-Bench tests on every party\'s noisy copy of it); (4) the redraw loops of '
+               'the Dirichlet partitions stop after 100 draws with an error; (5) FedProx uses mu=0.01 for every '
+               'cell (NIID-Bench reports the best of {0.001, 0.01, 0.1, 1}); (6) SimpleCNNMNIST flattens NHWC '
+               'instead of NCHW, a fixed permutation of its first dense layer.')
 
 
 SUITES = {'mcmahan2017': _mcmahan, 'mcmahan2017_lr': _mcmahan_lr, 'fedprox2020': _fedprox,
