@@ -1,7 +1,8 @@
 """Tasks on real data: `mnist`, `fashion_mnist`, `shakespeare`, `emnist` (registered in `tasks.TASK_BUILDERS`).
 
 * mnist / fashion_mnist: the 60k training images are split over `--num_clients` clients by `--partition` (`iid`:
-  McMahan et al.'s 100 x 600; `shards`: sort by label, 2 shards of 300 per client; `dirichlet`). The official 10k
+  McMahan et al.'s 100 x 600; `shards`: sort by label, 2 shards of 300 per client; `dirichlet`; NIID-Bench's
+  `label_dirichlet`, `label_quantity`, `quantity_skew`, and `--feature_noise` on the training inputs). The official 10k
   test images are dealt to the clients by label share (`split_by_label_share`): each test image goes to exactly one
   client, in proportion to how many training images of its label each client holds. So the loop's global
   `eval_accuracy` is the accuracy on the official test set, and each client's held-out accuracy is measured on its

@@ -14,7 +14,11 @@ feature-noise setting (`homo` + `--noise`) is `tff_fl.data.feature_noise`. Where
   * `quantity_skew` checks `min(p) * N >= 10` on the proportions as NIID-Bench does, not on the integer cut sizes
     (flooring the cumulative cuts can leave a party one example short of 10);
   * NIID-Bench's `label_dirichlet` hard-codes its minimum of 10 examples and K = 10 classes (100 for CIFAR-100);
-    here the classes are those present in `labels` and the minimum is the `min_examples` argument (default 10).
+    here the classes are those present in `labels` and the minimum is the `min_examples` argument (default 10);
+  * a draw of `label_dirichlet` whose class proportions all fall on capped parties (possible only when a tiny beta
+    underflows to exact zeros, where NIID-Bench divides by zero) counts as a failed draw;
+  * each party's indices are returned sorted (NIID-Bench shuffles them; the training order is a fresh seeded
+    permutation every epoch either way).
 """
 
 import numpy as np
