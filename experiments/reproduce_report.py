@@ -275,8 +275,9 @@ def niid_bench_section(suite, results, out_dir: str) -> str:
                  f"{mean_spread([b for b, _ in stats])} / {mean_spread([f for _, f in stats])} "
                  f"({'partial, ' if partial else ''}rounds {rounds})")
       for r in cells[lab]:
+        wall = _fmt(r.wall_seconds / 60, 1, ' min') if np.isfinite(r.wall_seconds) else '- (first invocation running)'
         status.append([r.run.name, r.seed, r.rounds_used, 'partial' if r.rounds_used < (r.run.paper_rounds or 0)
-                       else 'complete', _fmt(r.wall_seconds / 60, 1, ' min')])
+                       else 'complete', wall])
     table.append(row)
     panels.append((group, [(f'_{lab}' if i else lab, *curve(r.rows, metric), {'color': f'C{j}'})
                            for j, lab in enumerate(labels) for i, r in enumerate(cells[lab])], None))
