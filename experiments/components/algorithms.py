@@ -3,7 +3,8 @@
   --algorithm=fedsgd     FedSGD (McMahan et al. 2017): one mean gradient per client at the broadcast model, one
                          server step (`tff_fl.algorithms.fed_sgd.FedSGD`); the client optimizer is not used
   --algorithm=fednova    FedNova (Wang et al. 2020): normalized averaging; local SGD at --client_learning_rate, with
-                         --client_momentum when --client_optimizer=momentum (`tff_fl.algorithms.fednova.FedNova`)
+                         --client_momentum when --client_optimizer=momentum and --client_weight_decay
+                         (`tff_fl.algorithms.fednova.FedNova`; NIID-Bench's a_i with rho = the momentum)
 
 Both run on the engine with every extension (pruning, DP-SGD, attacks, ...) and as stock TFF with --engine=tff.
 Registered at import; `configure` checks the flags they read.
@@ -44,7 +45,7 @@ def configure(exp) -> None:
 def _fednova(exp) -> fednova.FedNova:
   del exp
   momentum = FLAGS.client_momentum if FLAGS.client_optimizer == 'momentum' else 0.0
-  return fednova.FedNova(FLAGS.client_learning_rate, momentum)
+  return fednova.FedNova(FLAGS.client_learning_rate, momentum, FLAGS.client_weight_decay)
 
 
 builders.register('fedsgd', lambda exp: fed_sgd.FedSGD())

@@ -189,7 +189,8 @@ class RoundFunctions:
       options = _local_options(extensions, bcast, infos)
       rows = collections.OrderedDict((k, slot[k][c]) for k in ('x', 'y'))
       data = packing.TensorBatches(rows, slot['n'][c], self.batch_size,
-                                   transform if any(e.has('transform_batch') for e in extensions) else None)
+                                   transform if any(e.has('transform_batch') for e in extensions) else None,
+                                   order=slot['order'][c])
       ctx = definition.ClientContext(model, weights, extra, parts.client_state_struct(slot['state'][c]), data,
                                      self.client_optimizer, self.client_weighting, options)
       out = algorithm.client_update(ctx)
