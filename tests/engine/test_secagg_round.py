@@ -11,6 +11,7 @@ from tff_fl import engine
 from tff_fl import tasks
 from tff_fl.aggregators.secagg import factory
 from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import scaffold
 from tff_fl.algorithms import secagg_input
 
 COHORT = 8
@@ -83,3 +84,21 @@ def test_secagg_input_fields_place_reporters_among_the_sampled():
   np.testing.assert_array_equal(fields['alive'], [[1, 0, 1, 0, 0, 0]] * 2)
   with pytest.raises(ValueError, match='at most 6 sampled'):
     ext.fields(4, ['a'], list('abcdefg'))
+
+
+def test_aborted_round_keeps_the_clients_states(task):
+  """SCAFFOLD under SecAgg: an aborted round writes no client state (the survivors' control variates stay as the
+  previous round left them), while a completed round does change them."""
+  process = _process(task, factory.secagg_mean(24, 0.6, max_clients=COHORT, clip_range=1.0),
+                     [secagg_input.SecAggInput(COHORT)], algorithm=scaffold.Scaffold(0.1, 20))
+  sampled = tuple(task.client_ids[:COHORT])
+  state = process.set_model_weights(process.initialize(), task.initial_weights(1))
+  state = process.next(state, engine.Cohort.full(1, sampled)).state
+  before = process.client_states(sampled).copy()
+  assert np.abs(before).max() > 0  # Round 1 completed: the clients' control variates moved.
+  out = process.next(state, engine.Cohort(2, sampled[:4], (), sampled))  # 4 survivors < t = 5.
+  assert out.metrics['aggregator']['secagg']['aborted'] == 1
+  np.testing.assert_array_equal(process.client_states(sampled), before)
+  done = process.next(out.state, engine.Cohort(3, sampled[:6], (), sampled))
+  assert done.metrics['aggregator']['secagg']['aborted'] == 0
+  assert np.abs(process.client_states(sampled[:6]) - before[:6]).max() > 0
