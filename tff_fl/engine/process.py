@@ -140,11 +140,12 @@ class EngineProcess:
     ids = list(cohort.client_ids)
     slots = self.packer.pack(cohort, self.client_states(ids) if self.stateful else None)
     new_state, metrics, per_client = self._round.next(state, slots)
-    if aborted(metrics):  # The aggregator gave up on this round: nothing of it reaches the server or the clients.
+    round_aborted = aborted(metrics)
+    if round_aborted:  # The aggregator gave up on this round: nothing of it reaches the server or the clients.
       new_state = state
     join = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # One slot: no copy of [C, S].
     merged = collections.OrderedDict((k, join([np.asarray(p[k]) for p in per_client])) for k in per_client[0])
-    if self.stateful and ids and not aborted(metrics):
+    if self.stateful and ids and not round_aborted:
       self.store.put_many(ids, list(merged['state']))
     metrics = collections.OrderedDict(metrics)
     server_ext = metrics.pop('extensions', {})
