@@ -10,7 +10,7 @@ finalizer's and initializer's own TFF computations reduced to TF (`server_comput
 federated round's (tests/engine/test_local_round.py); `EngineProcess(runtime='tff')` keeps the federated path
 (several workers, or a TFF runtime of the user's choice).
 
-  round = LocalRound(functions, iterative_process)   # both from round.build_round
+  round = LocalRound(round.build_round(...))
   state = round.initialize();  new_state, metrics, per_client = round.next(state, slots)   # numpy in and out
 """
 
@@ -70,14 +70,13 @@ def _numpy(structure):
 class LocalRound:
   """`initialize()` and `next(state, [slot])` of a `round.build_round` round, for a cohort packed in one slot."""
 
-  def __init__(self, functions: round_lib.RoundFunctions, process: tff.templates.IterativeProcess):
-    self.functions = functions
+  def __init__(self, round_: round_lib.Round):
+    self.functions = functions = round_.functions
     fns, agg = functions, functions.agg
-    self._init = form_utils.get_state_initialization_computation(process.initialize)
+    self._init = form_utils.get_state_initialization_computation(round_.initialize)
     self._finalizer_next = server_computation(fns.finalizer.next)
-    state_type, slots_type = process.next.type_signature.parameter
-    self._state_spec = tff.types.type_to_tf_tensor_specs(state_type.member)
-    self._slot_spec = tff.types.type_to_tf_tensor_specs(slots_type.member)
+    self._state_spec = tff.types.type_to_tf_tensor_specs(round_.initialize.type_signature.result.member)
+    self._slot_spec = tff.types.type_to_tf_tensor_specs(round_.slot_type)
     posted = bool(fns.posted)
     models = []
 

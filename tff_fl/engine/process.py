@@ -94,10 +94,8 @@ class EngineProcess:
 
   def __init__(self, round_, packer: packing.Packer, store=None, runtime: Optional[str] = None):
     runtime = resolve_runtime(runtime, packer.num_slots)
-    self.iterative_process, self.packer, self.parts = round_.iterative_process, packer, round_.parts
-    self.runtime = runtime
-    self._round = local_round.LocalRound(round_.functions, round_.iterative_process) if runtime == 'local' else (
-        round_.iterative_process)
+    self.round, self.packer, self.parts, self.runtime = round_, packer, round_.parts, runtime
+    self._round = local_round.LocalRound(round_) if runtime == 'local' else round_.iterative_process
     parts = self.parts
     self.extensions = list(parts.extensions)
     self.state_dim = parts.state_dim
@@ -109,6 +107,11 @@ class EngineProcess:
     if parts.stateful and store is not None and getattr(store, 'dim', self.state_dim) != self.state_dim:
       raise ValueError(f'store dim {store.dim} does not match the client state size {self.state_dim}.')
     self.store = store if store is not None or not parts.stateful else _DictStore(self.state_dim)
+
+  @property
+  def iterative_process(self):
+    """The federated round (`round.Round.iterative_process`), e.g. for TFF's runtime or a multi-worker split."""
+    return self.round.iterative_process
 
   @property
   def stateful(self) -> bool:

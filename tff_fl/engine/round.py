@@ -24,7 +24,7 @@ OrderedDict per slot): loss [C], num_examples [C], state float32[C, S] (the clie
 """
 
 import collections
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -123,10 +123,21 @@ class RoundParts:
     self.upload_type = trace.type_signature.result['upload']
 
 
-class Round(NamedTuple):
-  iterative_process: tff.templates.IterativeProcess  # next(state@SERVER, slots@CLIENTS) (module docstring).
-  parts: RoundParts
-  functions: 'RoundFunctions'  # The same round's pieces as Python functions (`tff_fl.engine.local_round`).
+class Round:
+  """The round of `build_round`: `initialize` (federated computation -> state@SERVER), `functions` (its pieces as
+  Python functions, run in one graph by `tff_fl.engine.local_round`) and `iterative_process`, the federated
+  round (module docstring), built on first use: a round run in this process never needs it."""
+
+  def __init__(self, functions: 'RoundFunctions', slot_type):
+    self.functions, self.parts, self.slot_type = functions, functions.parts, slot_type
+    self.initialize = _federated_init(functions)
+    self._iterative_process = None
+
+  @property
+  def iterative_process(self) -> tff.templates.IterativeProcess:
+    if self._iterative_process is None:
+      self._iterative_process = _federated_round(self.functions, self.slot_type, self.initialize)
+    return self._iterative_process
 
 
 def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff.learning.optimizers.Optimizer,
@@ -141,7 +152,7 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
   parts = parts or RoundParts(algorithm, model_fn, extensions)
   fns = RoundFunctions(parts, client_optimizer, server_optimizer, batch_size=batch_size,
                        model_aggregator=model_aggregator, client_weighting=client_weighting)
-  return Round(_federated_round(fns, slot_type), parts, fns)
+  return Round(fns, slot_type)
 
 
 class RoundFunctions:
@@ -285,7 +296,21 @@ class RoundFunctions:
     return out
 
 
-def _federated_round(fns: RoundFunctions, slot_type) -> tff.templates.IterativeProcess:
+def _federated_init(fns: RoundFunctions) -> tff.Computation:
+  parts = fns.parts
+
+  @tff.federated_computation()
+  def init_fn():
+    return tff.federated_zip(collections.OrderedDict(
+        model=tff.federated_eval(parts.initial_weights, tff.SERVER),
+        extra=tff.federated_eval(parts.initial_extra, tff.SERVER),
+        extensions=tff.federated_eval(parts.initial_extension_states, tff.SERVER),
+        aggregator=fns.agg.initialize(), finalizer=fns.finalizer.initialize()))
+
+  return init_fn
+
+
+def _federated_round(fns: RoundFunctions, slot_type, init_fn: tff.Computation) -> tff.templates.IterativeProcess:
   parts, agg, finalizer = fns.parts, fns.agg, fns.finalizer
   metrics_fn = tff.learning.metrics.sum_then_finalize(parts.finalizers)
   broadcast_ext = parts.broadcast_computation()
@@ -303,14 +328,6 @@ def _federated_round(fns: RoundFunctions, slot_type) -> tff.templates.IterativeP
                                              parts.upload_type, parts.extension_state_type)
   if fns.vectored:
     aggregate_pass = _federated_aggregate_pass(fns, train_slot.type_signature.result)
-
-  @tff.federated_computation()
-  def init_fn():
-    return tff.federated_zip(collections.OrderedDict(
-        model=tff.federated_eval(parts.initial_weights, tff.SERVER),
-        extra=tff.federated_eval(parts.initial_extra, tff.SERVER),
-        extensions=tff.federated_eval(parts.initial_extension_states, tff.SERVER),
-        aggregator=agg.initialize(), finalizer=finalizer.initialize()))
 
   @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(slot_type, tff.CLIENTS))
   def next_fn(state, slots):
