@@ -234,6 +234,7 @@ def write_markdown(out: dict) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this binary does.
   if _REWRITE_MARKDOWN.value:
     with open(os.path.join(_OUTPUT_DIR.value, 'benchmark.json')) as f:
       print(write_markdown(json.load(f)))

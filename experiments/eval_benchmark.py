@@ -24,10 +24,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-import tff_fl  # pylint: disable=unused-import  (installs the managed TFF context)
 from tff_fl.data import sources
 from tff_fl.engine import evaluation
 from tff_fl.models import keras_models
+from tff_fl.simulation import contexts
 
 _POPULATION = flags.DEFINE_enum('population', 'mnist', ['mnist', 'digits'], 'population (module docstring)')
 _MODEL = flags.DEFINE_enum('model', '2nn', ['logreg', '2nn', 'cnn'], 'model')
@@ -50,6 +50,7 @@ def population(name: str, num_clients: int) -> tuple[dict, tuple]:
 
 def main(argv):
   del argv
+  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this binary does.
   arrays, shape = population(_POPULATION.value, _CLIENTS.value)
   x0, y0 = next(iter(arrays.values()))
   spec = collections.OrderedDict(x=tf.TensorSpec(shape, tf.as_dtype(x0.dtype)), y=tf.TensorSpec([], tf.int32))

@@ -6,6 +6,7 @@ config and its flags cannot drift apart. Optimizer flags are generated per prefi
 """
 
 import dataclasses
+import re
 from typing import Any
 
 from absl import flags
@@ -69,3 +70,20 @@ def hparams() -> dict[str, Any]:
 def defaults() -> dict[str, Any]:
   """Every experiment flag's default value (a checkpoint written before a flag existed matches its default)."""
   return {name: FLAGS[name].default for name in _GROUP_FLAGS}
+
+
+_ARGUMENT_RE = re.compile(r'(?<![\w\-.`\'"/])([a-z][a-z0-9_]*)(?==|\s(?:must|needs|applies|allows|>=?|<=?)\s)')
+_PROSE_BEFORE = ('the ', 'a ', 'an ', 'each ', 'every ', 'this ', 'its ', 'whose ')
+
+
+def flag_message(message: str) -> str:
+  """A library error naming Python arguments (`algorithm=scaffold`, `mu must be >= 0`) reworded with the flags of
+  the same names (`--algorithm=scaffold`, `--mu must be >= 0`); words that are not flags, or follow an article
+  ('the model must ...'), are left alone."""
+  def flagged(match):
+    name = match.group(1)
+    before = message[max(0, match.start() - 8):match.start()]
+    if name not in FLAGS or before.endswith(_PROSE_BEFORE):
+      return name
+    return f'--{name}'
+  return _ARGUMENT_RE.sub(flagged, message)

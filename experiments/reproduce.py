@@ -296,6 +296,7 @@ def run_suite(suite: Suite, work_dir: str, output_dir: str, seeds: Optional[Sequ
 
 def main(argv):
   del argv
+  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this binary does.
   suite_name, seeds_text, max_rounds = FLAGS.suite, FLAGS.seeds, FLAGS.max_rounds
   work_dir, output_dir, patterns = FLAGS.work_dir, FLAGS.output_dir, [p for p in FLAGS.runs.split(',') if p]
   train = not FLAGS.report_only  # Captured now: training re-parses FLAGS for each run.

@@ -134,9 +134,19 @@ def test_topk_ef_on_the_stock_engine_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('values,match', [
-    (dict(algorithm='scaffold', client_optimizer='adam'), '--algorithm=scaffold needs --client_optimizer=sgd'),
-    (dict(algorithm='feddyn', feddyn_alpha=0.0), '--feddyn_alpha must be > 0'),
-    (dict(algorithm='ditto', ditto_lambda=-1.0), '--ditto_lambda must be >= 0'),
+    (dict(algorithm='scaffold', client_optimizer='adam'), '^algorithm=scaffold needs client_optimizer=sgd'),
+    (dict(algorithm='scaffold', client_optimizer='momentum'), '^algorithm=scaffold needs client_optimizer=sgd'),
+    (dict(algorithm='feddyn', feddyn_alpha=0.0), '^feddyn_alpha must be > 0'),
+    (dict(algorithm='ditto', ditto_lambda=-1.0), '^ditto_lambda must be >= 0'),
+])
+def test_bad_algorithm_hyperparameters_are_one_line_library_errors(tmp_path, values, match):
+  """The library's registry checks them and names its arguments (the binary rewords them as flags)."""
+  with flagsaver.flagsaver(**SMALL, **values):
+    with pytest.raises(ValueError, match=match):
+      builders.build_algorithm(_experiment(tmp_path))
+
+
+@pytest.mark.parametrize('values,match', [
     (dict(compression='topk_ef(1.5)'), r"--compression must be '' or topk_ef\(fraction\)"),
     (dict(finetune_epochs=-1), '--finetune_epochs must be >= 0'),
 ])

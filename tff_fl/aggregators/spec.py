@@ -6,7 +6,9 @@
 The last stage is the server-side aggregate; every earlier stage wraps the ones after it, so `a>b>c` builds
 `a(inner=b(inner=c))`: the client value passes a first. `secure(bits[,range])` must come directly before `mean`
 (secure aggregation hides individual values, which robust aggregates need). The result is always a
-`tff.aggregators.WeightedAggregationFactory`. Every error is a one-line ValueError naming `--aggregator`.
+`tff.aggregators.WeightedAggregationFactory`. Every error is a one-line ValueError starting `aggregator=<spec>:` and
+listing the allowed stages. Stages live in the `STAGES` registry; `register_stage` adds one (e.g. from a user module
+loaded with the binary's `--plugin`).
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ from typing import Callable, Optional
 
 import tensorflow_federated as tff
 
+from tff_fl import registry
 from tff_fl.aggregators import clipping
 from tff_fl.aggregators import compression
 from tff_fl.aggregators import robust
@@ -23,51 +26,66 @@ from tff_fl.aggregators import weighting
 
 
 @dataclasses.dataclass(frozen=True)
-class _Stage:
-  params: tuple[tuple[str, type], ...]  # (name, int|float); trailing ones past `required` are optional.
+class Stage:
+  """One spelling of the spec. A terminal stage builds `build(*values, cohort_size=...)` (the server aggregate; it
+  must come last); a wrapper builds `build(*values, inner=factory)` around the stages after it. `params` are
+  (name, int|float); those past `required` are optional. `only_before` names the one stage that must follow it."""
+  params: tuple[tuple[str, type], ...]
   required: int
-  build: Callable  # (*args, inner=..., cohort_size=...) -> factory
+  build: Callable
   terminal: bool
   help: str
+  only_before: Optional[str] = None
 
 
-def _terminal(params, build, help_text, required=None):
-  return _Stage(params, len(params) if required is None else required, build, True, help_text)
+STAGES = registry.Registry('aggregator stage')  # name -> Stage
 
 
-def _wrapper(params, build, help_text, required=None):
-  return _Stage(params, len(params) if required is None else required, build, False, help_text)
+def register_stage(name: str, build: Callable, *, terminal: bool, params: tuple = (), required: Optional[int] = None,
+                   help_text: str = '', only_before: Optional[str] = None) -> Stage:
+  """Adds stage `name` to the spec grammar (a name taken is a ValueError); see `Stage`. `build` returns a
+  `tff.aggregators.WeightedAggregationFactory` (or an unweighted one for a wrapper's value path)."""
+  for param in params:
+    if len(param) != 2 or param[1] not in (int, float):
+      raise ValueError(f'params of stage {name!r} are (name, int|float) pairs; got {param!r}.')
+  stage = Stage(tuple(params), len(params) if required is None else required, build, terminal, help_text,
+                only_before)
+  return STAGES.register(name, stage)
 
 
-_STAGES = {
-    'mean': _terminal((), lambda cohort_size: weighting.mean(), 'weighted mean (weights from client work)'),
-    'uniform_mean': _terminal((), lambda cohort_size: weighting.uniform_mean(), 'unweighted mean'),
-    'median': _terminal((), lambda cohort_size: robust.median(cohort_size), 'coordinate-wise median'),
-    'trimmed_mean': _terminal((('beta', float),), lambda b, cohort_size: robust.trimmed_mean(b, cohort_size),
-                              'coordinate-wise trimmed mean, 0<=beta<0.5'),
-    'krum': _terminal((('f', int),), lambda f, cohort_size: robust.krum(f, cohort_size),
-                      'Krum tolerating f Byzantine clients (n > 2f+2)'),
-    'multi_krum': _terminal((('f', int), ('m', int)), lambda f, m, cohort_size: robust.multi_krum(f, m, cohort_size),
-                            'Multi-Krum: mean of the m best-scored clients'),
-    'clip': _wrapper((('norm', float),), lambda n, inner: clipping.clip(n, inner), 'L2 clip to norm'),
-    'adaptive_clip': _wrapper((('quantile', float),), lambda q, inner: clipping.adaptive_clip(q, inner),
-                              'L2 clip at the estimated quantile of client norms'),
-    'zeroing': _wrapper((('norm', float),), lambda n, inner: clipping.zeroing(n, inner),
-                        'zero values with L2 norm > norm'),
-    'adaptive_zeroing': _wrapper((('quantile', float),), lambda q, inner: clipping.adaptive_zeroing(q, inner),
-                                 'zero values above 2*quantile+1'),
-    'quantize': _wrapper((('bits', int),), lambda b, inner: compression.quantize(b, inner),
-                         'stochastic b-bit quantization, 1<=bits<=16'),
-    'topk': _wrapper((('fraction', float),), lambda f, inner: compression.topk(f, inner),
-                     'keep the top fraction of coordinates by magnitude'),
-    'secure': _wrapper((('bits', int), ('range', float)), None,
-                       f'secure sum with bits in [1,{secure.MAX_BITS}], per-coordinate clip range (default 1.0); '
-                       'only directly before mean', required=1),
-}
+register_stage('mean', lambda cohort_size: weighting.mean(), terminal=True,
+               help_text='weighted mean (weights from client work)')
+register_stage('uniform_mean', lambda cohort_size: weighting.uniform_mean(), terminal=True,
+               help_text='unweighted mean')
+register_stage('median', lambda cohort_size: robust.median(cohort_size), terminal=True,
+               help_text='coordinate-wise median')
+register_stage('trimmed_mean', lambda b, cohort_size: robust.trimmed_mean(b, cohort_size), terminal=True,
+               params=(('beta', float),), help_text='coordinate-wise trimmed mean, 0<=beta<0.5')
+register_stage('krum', lambda f, cohort_size: robust.krum(f, cohort_size), terminal=True, params=(('f', int),),
+               help_text='Krum tolerating f Byzantine clients (n > 2f+2)')
+register_stage('multi_krum', lambda f, m, cohort_size: robust.multi_krum(f, m, cohort_size), terminal=True,
+               params=(('f', int), ('m', int)), help_text='Multi-Krum: mean of the m best-scored clients')
+register_stage('clip', lambda n, inner: clipping.clip(n, inner), terminal=False, params=(('norm', float),),
+               help_text='L2 clip to norm')
+register_stage('adaptive_clip', lambda q, inner: clipping.adaptive_clip(q, inner), terminal=False,
+               params=(('quantile', float),), help_text='L2 clip at the estimated quantile of client norms')
+register_stage('zeroing', lambda n, inner: clipping.zeroing(n, inner), terminal=False, params=(('norm', float),),
+               help_text='zero values with L2 norm > norm')
+register_stage('adaptive_zeroing', lambda q, inner: clipping.adaptive_zeroing(q, inner), terminal=False,
+               params=(('quantile', float),), help_text='zero values above 2*quantile+1')
+register_stage('quantize', lambda b, inner: compression.quantize(b, inner), terminal=False, params=(('bits', int),),
+               help_text='stochastic b-bit quantization, 1<=bits<=16')
+register_stage('topk', lambda f, inner: compression.topk(f, inner), terminal=False, params=(('fraction', float),),
+               help_text='keep the top fraction of coordinates by magnitude')
+# The secure sum replaces the mean after it (it hides individual values, which robust aggregates need).
+register_stage('secure', lambda *values, inner: secure.secure_mean(*values), terminal=False,
+               params=(('bits', int), ('range', float)), required=1, only_before='mean',
+               help_text=f'secure sum with bits in [1,{secure.MAX_BITS}], per-coordinate clip range (default 1.0); '
+               'only directly before mean')
 
 
 def _spelling(name: str) -> str:
-  stage = _STAGES[name]
+  stage = STAGES.get(name)
   names = [p for p, _ in stage.params]
   if not names:
     return name
@@ -75,23 +93,31 @@ def _spelling(name: str) -> str:
   return f'{name}({",".join(required)}{"".join(f"[,{o}]" for o in optional)})'
 
 
-ALLOWED_SPELLINGS = tuple(_spelling(n) for n in _STAGES)
-_ALLOWED = ('allowed: stages chained with ">" from client to server, ending in one of '
-            + ', '.join(_spelling(n) for n, s in _STAGES.items() if s.terminal)
-            + '; earlier stages: ' + ', '.join(_spelling(n) for n, s in _STAGES.items() if not s.terminal)
-            + ' (secure only directly before mean)')
+def allowed_spellings() -> tuple[str, ...]:
+  """Every registered stage's spelling, e.g. 'trimmed_mean(beta)', 'secure(bits[,range])'."""
+  return tuple(_spelling(n) for n in STAGES)
+
+
+def _allowed() -> str:
+  only = [f'{n} only directly before {s.only_before}' for n, s in STAGES.items() if s.only_before]
+  return ('allowed: stages chained with ">" from client to server, ending in one of '
+          + ', '.join(_spelling(n) for n, s in STAGES.items() if s.terminal)
+          + '; earlier stages: ' + ', '.join(_spelling(n) for n, s in STAGES.items() if not s.terminal)
+          + (f" ({'; '.join(only)})" if only else ''))
+
+
 _STAGE_RE = re.compile(r'^([a-z_]+)\s*(?:\((.*)\))?$')
 
 
 def describe() -> str:
-  """Multi-line help text for --aggregator: every stage spelling and what it does."""
+  """Multi-line help text for the spec: every registered stage's spelling and what it does."""
   lines = ['Aggregator spec: stages chained with ">" from client to server, e.g. clip(1.0)>trimmed_mean(0.1).']
-  lines += [f'  {_spelling(n):28s} {s.help}{"" if s.terminal else " (wrapper)"}' for n, s in _STAGES.items()]
+  lines += [f'  {_spelling(n):28s} {s.help}{"" if s.terminal else " (wrapper)"}' for n, s in STAGES.items()]
   return '\n'.join(lines)
 
 
 def _error(spec: str, problem: str) -> ValueError:
-  return ValueError(f'--aggregator={spec!r}: {problem}; {_ALLOWED}')
+  return ValueError(f'aggregator={spec!r}: {problem}; {_allowed()}')
 
 
 def _parse_number(spec, name, param, kind, text):
@@ -109,10 +135,10 @@ def _parse_number(spec, name, param, kind, text):
 
 def _parse_stage(spec: str, text: str):
   match = _STAGE_RE.match(text.strip())
-  if not match or match.group(1) not in _STAGES:
+  if not match or match.group(1) not in STAGES:
     raise _error(spec, f'unknown stage {text.strip()!r}')
   name, arg_text = match.group(1), match.group(2)
-  stage = _STAGES[name]
+  stage = STAGES.get(name)
   args = [a for a in arg_text.split(',')] if arg_text not in (None, '') else []
   if not stage.required <= len(args) <= len(stage.params):
     raise _error(spec, f'{name} takes {_spelling(name)}, got {text.strip()!r}')
@@ -124,7 +150,7 @@ def build_aggregator(spec: str, cohort_size: Optional[int] = None) -> tff.aggreg
   """Builds the weighted aggregation factory described by `spec` (see module docstring).
 
   Args:
-    spec: The `--aggregator` flag value.
+    spec: The spec (the binary's `--aggregator` flag value).
     cohort_size: Clients per round, if known: robust stages then check it is large enough (ValueError).
   """
   if not isinstance(spec, str) or not spec.strip():
@@ -134,13 +160,13 @@ def build_aggregator(spec: str, cohort_size: Optional[int] = None) -> tff.aggreg
     last = position == len(parsed) - 1
     if stage.terminal != last:
       raise _error(spec, f'{name} must be {"the last" if stage.terminal else "followed by another"} stage')
-    if name == 'secure' and parsed[position + 1][0] != 'mean':
-      raise _error(spec, f'secure must be directly followed by mean, not {parsed[position + 1][0]}')
+    if stage.only_before and parsed[position + 1][0] != stage.only_before:
+      raise _error(spec, f'{name} must be directly followed by {stage.only_before}, not {parsed[position + 1][0]}')
   try:
     name, stage, values = parsed[-1]
     factory = stage.build(*values, cohort_size=cohort_size)
     for name, stage, values in reversed(parsed[:-1]):
-      factory = secure.secure_mean(*values) if name == 'secure' else stage.build(*values, inner=factory)
+      factory = stage.build(*values, inner=factory)
   except (ValueError, TypeError) as e:
     raise _error(spec, str(e).splitlines()[0]) from None
   return factory

@@ -35,3 +35,16 @@ def build_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9, b
     raise ValueError(f'--{flag_prefix}_beta_1 and --{flag_prefix}_beta_2 must be in [0, 1); got {beta_1}, {beta_2}.')
   builder = tff.learning.optimizers.build_adam if name == 'adam' else tff.learning.optimizers.build_yogi
   return builder(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+
+
+def sgd_hparams(optimizer: tff.learning.optimizers.Optimizer):
+  """(learning_rate, momentum) of an SGD / heavy-ball optimizer (`sgd`: momentum 0.0); None for any other optimizer.
+
+  Read through the public `initialize` / `get_hparams` of `tff.learning.optimizers` (no weights needed)."""
+  try:
+    hparams = optimizer.get_hparams(optimizer.initialize(()))
+  except (AttributeError, TypeError, ValueError):
+    return None
+  if 'learning_rate' not in hparams or not set(hparams) <= {'learning_rate', 'momentum'}:
+    return None
+  return float(hparams['learning_rate']), float(hparams.get('momentum', 0.0))
