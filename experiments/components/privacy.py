@@ -18,8 +18,8 @@ import tensorflow as tf
 from experiments import flag_groups
 from tff_fl import tasks as tasks_lib
 from tff_fl.algorithms import dp_sgd_client
-from tff_fl.privacy import hooks
 from tff_fl.privacy import plan as plan_lib
+from tff_fl.simulation import privacy_hooks as hooks
 
 FLAGS = flags.FLAGS
 
