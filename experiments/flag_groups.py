@@ -53,7 +53,7 @@ def optimizer_from_flags(prefix: str):
   get = lambda n: FLAGS[f'{prefix}_{n}'].value
   return optimizers.build_optimizer(get('optimizer'), get('learning_rate'), momentum=get('momentum'),
                                     beta_1=get('beta_1'), beta_2=get('beta_2'), epsilon=get('epsilon'),
-                                    flag_prefix=prefix)
+                                    name_prefix=prefix)
 
 
 def define_flag(kind: str, name: str, default, text: str) -> None:
@@ -72,7 +72,7 @@ def defaults() -> dict[str, Any]:
   return {name: FLAGS[name].default for name in _GROUP_FLAGS}
 
 
-_ARGUMENT_RE = re.compile(r'(?<![\w\-.`\'"/])([a-z][a-z0-9_]*)(?==|\s(?:must|needs|applies|allows|>=?|<=?)\s)')
+_ARGUMENT_RE = re.compile(r'(?<![\w\-.`\'"/])([a-z][a-z0-9_]*)(?==|\s(?:must|needs|applies|allows|and|>=?|<=?)\s)')
 _PROSE_BEFORE = ('the ', 'a ', 'an ', 'each ', 'every ', 'this ', 'its ', 'whose ')
 
 
