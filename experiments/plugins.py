@@ -36,5 +36,6 @@ def load(names: Sequence[str]) -> list:
     try:
       modules.append(importlib.import_module(name))
     except Exception as e:  # pylint: disable=broad-except  (any failure of a user module is reported in one line)
-      raise ValueError(f'--{FLAG}={name}: cannot import it: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
+      first_line = str(e).splitlines()[0] if str(e) else ''
+      raise ValueError(f'--{FLAG}={name}: cannot import it: {type(e).__name__}: {first_line}') from None
   return modules

@@ -147,7 +147,8 @@ def _tiny_sequence_model(input_shape, num_classes):
 
 @pytest.fixture
 def small_shakespeare(play_dir, monkeypatch):
-  monkeypatch.setitem(keras_models.MODELS._entries, 'tiny_seq', _tiny_sequence_model)  # pylint: disable=protected-access
+  models = keras_models.MODELS._entries  # pylint: disable=protected-access
+  monkeypatch.setitem(models, 'tiny_seq', _tiny_sequence_model)
   task = tasks.build_task(_shakespeare_cfg(test_fraction=0.34))
   return task, dataclasses.replace(task, model_name='tiny_seq')
 

@@ -5,7 +5,8 @@
                                 and client loss spread at the broadcast model, and drift/loss_change
   --drift_warning_threshold=X   a train-loss rise above X logs a warning naming the likely cause
 
-Adds `tff_fl.algorithms.drift.DriftMeasurements` to `exp.extensions` and the `tff_fl.simulation.drift_hook.DriftHook`. Its figures compare each
+Adds `tff_fl.algorithms.drift.DriftMeasurements` to `exp.extensions` and `tff_fl.simulation.drift_hook.DriftHook`
+to the hooks. Its figures compare each
 update with the round's aggregate (the engine's aggregate pass: a second map over the clients, which `--workers`
 still splits).
 """

@@ -13,9 +13,9 @@ cluster/<k>/accuracy (the model cluster k's clients receive) and cluster/<k>/glo
 comm/edge_global/bytes_{up,down}, comm/long_haul/{bytes,cumulative_bytes}. Refused before training: a hierarchy flag without --hierarchical,
 --engine=tff, and a robust --aggregator that a cluster's share of the cohort can be too small for.
 
-`regional_digits` (registered by `tff_fl.tasks_regional`): digits in 4 regions with different label mixes (a class c prefers region c mod 4 with probability
-0.7) and a feature shift (region r's images are rotated by r x 90 degrees); --num_clients are split evenly over the
-regions and named 'region<r>/client_<i>', so --cluster_by=natural --num_clusters=4 recovers the regions.
+`regional_digits` (the library's `tff_fl.tasks_regional`): digits in 4 regions with different label mixes (a class c
+prefers region c mod 4 with probability 0.7) and a feature shift (region r's images are rotated by r x 90 degrees);
+--num_clients are split evenly over the regions and named 'region<r>/client_<i>', so --cluster_by=natural --num_clusters=4 recovers the regions.
 """
 
 import collections
