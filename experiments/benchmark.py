@@ -234,7 +234,6 @@ def write_markdown(out: dict) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this binary does.
   if _REWRITE_MARKDOWN.value:
     with open(os.path.join(_OUTPUT_DIR.value, 'benchmark.json')) as f:
       print(write_markdown(json.load(f)))
@@ -300,4 +299,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  contexts.set_local_cpp_context()  # Before flag parsing: even a usage error exits on this context.
   app.run(main)

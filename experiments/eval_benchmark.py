@@ -50,7 +50,6 @@ def population(name: str, num_clients: int) -> tuple[dict, tuple]:
 
 def main(argv):
   del argv
-  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this binary does.
   arrays, shape = population(_POPULATION.value, _CLIENTS.value)
   x0, y0 = next(iter(arrays.values()))
   spec = collections.OrderedDict(x=tf.TensorSpec(shape, tf.as_dtype(x0.dtype)), y=tf.TensorSpec([], tf.int32))
@@ -77,4 +76,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  contexts.set_local_cpp_context()  # Before flag parsing: even a usage error exits on this context.
   app.run(main)

@@ -296,7 +296,6 @@ def run_suite(suite: Suite, work_dir: str, output_dir: str, seeds: Optional[Sequ
 
 def main(argv):
   del argv
-  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this binary does.
   suite_name, seeds_text, max_rounds = FLAGS.suite, FLAGS.seeds, FLAGS.max_rounds
   work_dir, output_dir, patterns = FLAGS.work_dir, FLAGS.output_dir, [p for p in FLAGS.runs.split(',') if p]
   train = not FLAGS.report_only  # Captured now: training re-parses FLAGS for each run.
@@ -327,4 +326,5 @@ if __name__ == '__main__':
   flags.DEFINE_string('work_dir', '/tmp/tff_fl_reproduce', 'root of the runs\' experiment directories (checkpoints)')
   flags.DEFINE_string('output_dir', 'experiments/results', 'where the markdown tables and PNGs go')
   flags.DEFINE_bool('report_only', False, 'only rewrite the report from the runs recorded in --work_dir')
+  contexts.set_local_cpp_context()  # Before flag parsing: even a usage error exits on this context.
   app.run(main)

@@ -153,7 +153,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
-  contexts.set_local_cpp_context()  # The binary installs TFF's execution context; importing tff_fl does not.
   try:
     exp = build_experiment()
     print(f'Task {exp.task.name}: {len(exp.task.client_ids)} clients, model {exp.task.model_name}; '
@@ -167,6 +166,9 @@ def main(argv):
 
 
 def run_main():
+  # The binary installs TFF's execution context (importing tff_fl does not), before flag parsing: even --helpfull
+  # or a usage error then exits on it.
+  contexts.set_local_cpp_context()
   app.run(main)
 
 
