@@ -75,6 +75,9 @@ def test_dp_alone_weights_clients_uniformly(parse, no_process, tmp_path):
      '--client_beta_1 and --client_beta_2 must be in [0, 1); got 1.0, 0.9.'),
     ("aggregator='krum(2)': krum needs n > 2f+2 = 6; got cohort_size=6",
      "--aggregator='krum(2)': krum needs n > 2f+2 = 6; got cohort_size=6"),
+    ('root_output_dir: cannot create /x: Permission denied.', '--root_output_dir: cannot create /x: Permission denied.'),
+    ('clients_per_round must be between 1 and num_clients=8; got 9.',
+     '--clients_per_round must be between 1 and --num_clients=8; got 9.'),
     # Left alone: flags already spelled, words that are not flags, and a flag name used as a noun after an article.
     ('--dp needs --client_weighting=uniform.', '--dp needs --client_weighting=uniform.'),
     ('the model must have >= 2 layers; widget=3', 'the model must have >= 2 layers; widget=3'),

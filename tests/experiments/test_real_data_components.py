@@ -38,7 +38,7 @@ def _exp(epochs=2):
 
 
 @pytest.mark.parametrize('args, match', [
-    (['--central_eval=test,valid'], "--central_eval must be a comma-separated subset of test, train; got 'valid'"),
+    (['--central_eval=test,valid'], "central_eval must be a comma-separated subset of test, train; got 'valid'"),
     (['--central_eval=test', '--rounds_per_central_eval=-1'], '--rounds_per_central_eval must be >= 0'),
 ])
 def test_central_eval_flag_errors(parse, args, match):

@@ -161,5 +161,5 @@ def test_fedper_head_layers_from_the_model(tmp_path):
     exp = _experiment(tmp_path)
     assert builders.build_algorithm(exp).head_size == 4  # The last two Dense layers: kernel + bias each.
   with flagsaver.flagsaver(**SMALL, algorithm='fedper'):  # logreg has one layer with weights.
-    with pytest.raises(ValueError, match='--algorithm=fedper needs a model with >= 2 layers'):
+    with pytest.raises(ValueError, match='^algorithm=fedper needs a model with >= 2 layers'):
       builders.build_algorithm(_experiment(tmp_path))
