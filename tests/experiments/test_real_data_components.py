@@ -58,7 +58,7 @@ def test_central_eval_hook_added(parse):
 
 @pytest.mark.parametrize('args, epochs, match', [
     (['--straggler_model=sometimes'], 2, "--straggler_model must be one of per_client, fedprox; got 'sometimes'"),
-    (['--straggler_model=fedprox', '--straggler_fraction=0.5'], 1, '--client_epochs_per_round >= 2'),
+    (['--straggler_model=fedprox', '--straggler_fraction=0.5'], 1, 'client_epochs_per_round >= 2'),
     (['--straggler_model=fedprox', '--straggler_fraction=0.5', '--dropout_rate=0.1'], 2, '--dropout_rate=0'),
 ])
 def test_straggler_flag_errors(parse, args, epochs, match):
