@@ -72,7 +72,7 @@ def defaults() -> dict[str, Any]:
   return {name: FLAGS[name].default for name in _GROUP_FLAGS}
 
 
-_ARGUMENT_RE = re.compile(r'(?<![\w\-.`\'"/])([a-z][a-z0-9_]*)(?==|:\s|\s(?:must|needs|applies|allows|and|>=?|<=?)\s)')
+_ARGUMENT_RE = re.compile(r'(?<![\w\-.`\'"/])([a-z][a-z0-9_]*)(?==|:\s|$|\s(?:must|needs|applies|allows|and|or|>=?|<=?)\s)')
 _PROSE_BEFORE = ('the ', 'a ', 'an ', 'each ', 'every ', 'this ', 'its ', 'whose ')
 
 

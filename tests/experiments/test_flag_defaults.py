@@ -78,6 +78,9 @@ def test_dp_alone_weights_clients_uniformly(parse, no_process, tmp_path):
     ('root_output_dir: cannot create /x: Permission denied.', '--root_output_dir: cannot create /x: Permission denied.'),
     ('clients_per_round must be between 1 and num_clients=8; got 9.',
      '--clients_per_round must be between 1 and --num_clients=8; got 9.'),
+    ('dirichlet_alpha=0.1 with num_clients=9 left some client with fewer than 2 examples; raise dirichlet_alpha or '
+     'lower num_clients', '--dirichlet_alpha=0.1 with --num_clients=9 left some client with fewer than 2 examples; '
+     'raise --dirichlet_alpha or lower --num_clients'),
     # Left alone: flags already spelled, words that are not flags, and a flag name used as a noun after an article.
     ('--dp needs --client_weighting=uniform.', '--dp needs --client_weighting=uniform.'),
     ('the model must have >= 2 layers; widget=3', 'the model must have >= 2 layers; widget=3'),

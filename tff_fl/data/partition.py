@@ -21,10 +21,10 @@ def client_id(index: int, num_clients: int) -> str:
 
 def _check_num_clients(num_clients: int, num_examples: int) -> None:
   if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
-    raise ValueError(f'--num_clients must be a positive integer; got {num_clients!r}')
+    raise ValueError(f'num_clients must be a positive integer; got {num_clients!r}')
   if num_clients > num_examples:
     raise ValueError(
-        f'--num_clients={num_clients} exceeds the number of examples ({num_examples}); some client would get no data'
+        f'num_clients={num_clients} exceeds the number of examples ({num_examples}); some client would get no data'
     )
 
 
@@ -64,10 +64,10 @@ def dirichlet(
   labels = _check_labels(labels)
   _check_num_clients(num_clients, labels.size)
   if not np.isfinite(alpha) or alpha <= 0:
-    raise ValueError(f'--dirichlet_alpha must be a positive finite number; got {alpha!r}')
+    raise ValueError(f'dirichlet_alpha must be a positive finite number; got {alpha!r}')
   if min_examples < 1 or min_examples * num_clients > labels.size:
     raise ValueError(
-        f'min_examples={min_examples} with --num_clients={num_clients} needs more than the {labels.size} examples'
+        f'min_examples={min_examples} with num_clients={num_clients} needs more than the {labels.size} examples'
     )
   rng = np.random.default_rng(seed)
   for _ in range(_DIRICHLET_ATTEMPTS):
@@ -75,8 +75,8 @@ def dirichlet(
     if min(p.size for p in parts) >= min_examples:
       return parts
   raise ValueError(
-      f'--dirichlet_alpha={alpha} with --num_clients={num_clients} left some client with fewer than {min_examples} '
-      f'examples in {_DIRICHLET_ATTEMPTS} draws; raise --dirichlet_alpha or lower --num_clients'
+      f'dirichlet_alpha={alpha} with num_clients={num_clients} left some client with fewer than {min_examples} '
+      f'examples in {_DIRICHLET_ATTEMPTS} draws; raise dirichlet_alpha or lower num_clients'
   )
 
 
@@ -89,12 +89,12 @@ def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, seed: i
   """
   labels = _check_labels(labels)
   if not isinstance(shards_per_client, (int, np.integer)) or shards_per_client < 1:
-    raise ValueError(f'--shards_per_client must be a positive integer; got {shards_per_client!r}')
+    raise ValueError(f'shards_per_client must be a positive integer; got {shards_per_client!r}')
   _check_num_clients(num_clients, labels.size)
   num_shards = num_clients * shards_per_client
   if num_shards > labels.size:
     raise ValueError(
-        f'--num_clients={num_clients} x --shards_per_client={shards_per_client} = {num_shards} shards exceeds the '
+        f'num_clients={num_clients} x shards_per_client={shards_per_client} = {num_shards} shards exceeds the '
         f'{labels.size} examples; some shard would be empty'
     )
   rng = np.random.default_rng(seed)
@@ -130,10 +130,10 @@ def partition(
   `num_clients` is ignored by 'natural' (one client per distinct `data.groups` value).
   """
   if name not in PARTITIONS:
-    raise ValueError(f'--partition must be one of {", ".join(PARTITIONS)}; got {name!r}')
+    raise ValueError(f'partition must be one of {", ".join(PARTITIONS)}; got {name!r}')
   if name == 'natural':
     if data.groups is None:
-      raise ValueError('--partition=natural: this task has no natural client ids (ArrayData.groups is None)')
+      raise ValueError('partition=natural: this task has no natural client ids (ArrayData.groups is None)')
     return natural(data.groups)
   if name == 'iid':
     parts = iid(len(data), num_clients, seed)
