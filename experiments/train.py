@@ -43,14 +43,25 @@ from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
 
+
+def _task_defaults(field: str) -> str:
+  """'logreg; shakespeare: char_lstm': the registered tasks' defaults of `field`, the most common one first."""
+  values = [getattr(spec, field) for _, spec in tasks_lib.TASKS.items()]
+  common = max(set(values), key=values.count)
+  others = {}
+  for name, spec in tasks_lib.TASKS.items():
+    if getattr(spec, field) != common:
+      others.setdefault(getattr(spec, field), []).append(name)
+  return '; '.join([common] + [f"{', '.join(names)}: {value}" for value, names in others.items()])
+
+
 _TASK_HELP = {
     'task': f"task: {', '.join(tasks_lib.TASKS.names())}",
     'model': (f"model: {', '.join(keras_models.MODELS.names())} (cnn needs image data, char_lstm token sequences); "
-              "'' = the task's default (" + ', '.join(f'{n}: {t.default_model}' for n, t in tasks_lib.TASKS.items())
-              + ')'),
+              f"'' = the task's default ({_task_defaults('default_model')})"),
     'num_clients': 'number of simulated clients (synthetic: devices)',
-    'partition': ("how examples are split over clients: iid, dirichlet, shards, natural; '' = the task's default ("
-                  + ', '.join(f'{n}: {t.default_partition}' for n, t in tasks_lib.TASKS.items()) + ')'),
+    'partition': ("how examples are split over clients: iid, dirichlet, shards, natural; '' = the task's default "
+                  f"({_task_defaults('default_partition')})"),
     'dirichlet_alpha': 'Dirichlet concentration for --partition=dirichlet (smaller = more label skew)',
     'shards_per_client': 'shards per client for --partition=shards (McMahan et al.)',
     'test_fraction': "fraction of each client's examples held out for per-client evaluation (mnist/fashion_mnist "
