@@ -81,6 +81,9 @@ def test_dp_alone_weights_clients_uniformly(parse, no_process, tmp_path):
     ('dirichlet_alpha=0.1 with num_clients=9 left some client with fewer than 2 examples; raise dirichlet_alpha or '
      'lower num_clients', '--dirichlet_alpha=0.1 with --num_clients=9 left some client with fewer than 2 examples; '
      'raise --dirichlet_alpha or lower --num_clients'),
+    ('accountant=pld supports only client_sampling=poisson (dp-accounting 0.4.3 has no PLD for uniform sampling); '
+     'use accountant=rdp.', '--accountant=pld supports only --client_sampling=poisson (dp-accounting 0.4.3 has no PLD '
+     'for uniform sampling); use --accountant=rdp.'),
     # Left alone: flags already spelled, words that are not flags, and a flag name used as a noun after an article.
     ('--dp needs --client_weighting=uniform.', '--dp needs --client_weighting=uniform.'),
     ('the model must have >= 2 layers; widget=3', 'the model must have >= 2 layers; widget=3'),
