@@ -72,7 +72,7 @@ def test_dirichlet_respects_min_examples(digits):
   assert min(p.size for p in parts) >= 5
 
 
-def test_dirichlet_gives_up_with_flag_names(digits):
+def test_dirichlet_gives_up_naming_its_arguments(digits):
   with pytest.raises(ValueError, match='^dirichlet_alpha=0.001 with num_clients=500'):
     partition.dirichlet(digits.y, 500, 0.001, seed=0)
 
