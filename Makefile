@@ -34,7 +34,7 @@ data: venv
 benchmark: venv  # Pinned to one core (the TFF worker inherits it): stock TFF and ours compete for the same core.
 	taskset -c 0 $(PY) -m experiments.benchmark
 
-# Paper baselines: make reproduce SUITE=fedprox2020 (mcmahan2017, mcmahan2017_lr, fedprox2020, shakespeare).
+# Paper baselines: make reproduce SUITE=fedprox2020 (mcmahan2017, mcmahan2017_lr, fedprox2020, shakespeare, niid_bench).
 SUITE ?= mcmahan2017
 reproduce: venv
 	$(PY) -m experiments.reproduce --suite=$(SUITE)

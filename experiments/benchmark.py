@@ -140,7 +140,8 @@ def run_scenario(name: str, rounds: int, warmup: int) -> dict:
 
   def floor_round(r):
     group = packer.pack(engine.Cohort.full(r, cohort))[0]
-    floor_state['w'] = floor_fn(floor_state['w'], group['x'], group['y'], group['n'])
+    rows = lambda k: np.stack([group[k][c][group['order'][c]] for c in range(len(group['n']))])  # stream order
+    floor_state['w'] = floor_fn(floor_state['w'], rows('x'), rows('y'), group['n'])
 
   result['floor_s_per_round'], result['floor_round_times'] = setup.timed(floor_round, rounds, warmup)
   final['floor'] = [w.numpy() for w in floor_state['w']]

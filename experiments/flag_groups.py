@@ -39,21 +39,24 @@ def from_flags(cls):
 
 
 def define_optimizer_flags(prefix: str, default_optimizer: str, default_lr: float) -> None:
-  """--{prefix}_optimizer, _learning_rate, _momentum, _beta_1, _beta_2, _epsilon."""
+  """--{prefix}_optimizer, _learning_rate, _momentum, _beta_1, _beta_2, _epsilon, _weight_decay."""
   flags.DEFINE_string(f'{prefix}_optimizer', default_optimizer, f"{prefix} optimizer: {', '.join(optimizers.OPTIMIZERS)}")
   flags.DEFINE_float(f'{prefix}_learning_rate', default_lr, f'{prefix} learning rate (> 0)')
   flags.DEFINE_float(f'{prefix}_momentum', 0.9, f'{prefix} momentum, for --{prefix}_optimizer=momentum')
   flags.DEFINE_float(f'{prefix}_beta_1', 0.9, f'{prefix} first-moment decay (adam, yogi)')
   flags.DEFINE_float(f'{prefix}_beta_2', 0.99, f'{prefix} second-moment decay (adam, yogi)')
   flags.DEFINE_float(f'{prefix}_epsilon', 1e-3, f'{prefix} adaptivity tau (adam, yogi, adagrad)')
-  _GROUP_FLAGS.extend(f'{prefix}_{n}' for n in ('optimizer', 'learning_rate', 'momentum', 'beta_1', 'beta_2', 'epsilon'))
+  flags.DEFINE_float(f'{prefix}_weight_decay', 0.0, f'{prefix} L2 weight decay added to the gradient before any '
+                     "optimizer's step (PyTorch SGD's weight_decay; >= 0)")
+  _GROUP_FLAGS.extend(f'{prefix}_{n}' for n in ('optimizer', 'learning_rate', 'momentum', 'beta_1', 'beta_2', 'epsilon',
+                                                'weight_decay'))
 
 
 def optimizer_from_flags(prefix: str):
   get = lambda n: FLAGS[f'{prefix}_{n}'].value
   return optimizers.build_optimizer(get('optimizer'), get('learning_rate'), momentum=get('momentum'),
                                     beta_1=get('beta_1'), beta_2=get('beta_2'), epsilon=get('epsilon'),
-                                    name_prefix=prefix)
+                                    weight_decay=get('weight_decay'), name_prefix=prefix)
 
 
 def define_flag(kind: str, name: str, default, text: str) -> None:

@@ -246,5 +246,46 @@ def final_accuracy_section(suite, results, out_dir: str) -> str:
                           [f'ours: {run_metric(suite)}', 'ours: eval_accuracy (all targets)'])
 
 
+def _best_and_final(rows: Sequence[dict], column: str) -> tuple[Optional[float], Optional[float]]:
+  _, values = curve(rows, column)
+  return (float(values.max()), float(values[-1])) if values.size else (None, None)
+
+
+def niid_bench_section(suite, results, out_dir: str) -> str:
+  """NIID-Bench table: per (dataset, partition) row and algorithm, best-round and final-round test accuracy (mean ±
+  std over the seeds run), with the rounds each seed completed (partial when fewer than the paper's); one PNG panel
+  per (dataset, partition) with a curve per algorithm and seed."""
+  metric = run_metric(suite)
+  labels = list(dict.fromkeys(r.label for r in suite.runs))
+  groups = list(dict.fromkeys(r.group for r in suite.runs))
+  by_cell = collections.defaultdict(list)
+  for res in results:
+    by_cell[(res.run.group, res.run.label)].append(res)
+  table, panels, status = [], [], []
+  for group in groups:
+    cells = {lab: sorted(by_cell.get((group, lab), []), key=lambda r: r.seed) for lab in labels}
+    if not any(cells.values()):
+      continue
+    row = [group]
+    for lab in labels:
+      stats = [_best_and_final(r.rows, metric) for r in cells[lab]]
+      rounds = ','.join(f'{r.rounds_used}' for r in cells[lab])
+      partial = any(r.rounds_used < (r.run.paper_rounds or 0) for r in cells[lab])
+      row.append('-' if not cells[lab] else
+                 f"{mean_spread([b for b, _ in stats])} / {mean_spread([f for _, f in stats])} "
+                 f"({'partial, ' if partial else ''}rounds {rounds})")
+      for r in cells[lab]:
+        wall = _fmt(r.wall_seconds / 60, 1, ' min') if np.isfinite(r.wall_seconds) else '- (first invocation running)'
+        status.append([r.run.name, r.seed, r.rounds_used, 'partial' if r.rounds_used < (r.run.paper_rounds or 0)
+                       else 'complete', wall])
+    table.append(row)
+    panels.append((group, [(f'_{lab}' if i else lab, *curve(r.rows, metric), {'color': f'C{j}'})
+                           for j, lab in enumerate(labels) for i, r in enumerate(cells[lab])], None))
+  png = plot_panels(os.path.join(out_dir, f'{suite.name}_accuracy.png'), panels, metric, ncols=2)
+  header = ['dataset, partition'] + [f'{lab}: best / final' for lab in labels]
+  return (markdown_table(header, table) + f'\n\n![curves]({os.path.basename(png)})\n\n' +
+          markdown_table(['run', 'seed', 'rounds', 'status', 'wall (all invocations)'], status) + '\n')
+
+
 SECTIONS = {'rounds_to_target': rounds_to_target_section, 'fedprox': fedprox_section,
-            'final_accuracy': final_accuracy_section}
+            'final_accuracy': final_accuracy_section, 'niid_bench': niid_bench_section}

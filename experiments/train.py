@@ -35,6 +35,7 @@ from experiments import experiment as experiment_lib
 from experiments import flag_groups
 from tff_fl import tasks as tasks_lib
 from tff_fl.algorithms import builders
+from tff_fl.data import partition as partition_lib
 from tff_fl.models import keras_models
 from tff_fl.simulation import contexts
 from tff_fl.simulation import outputs as outputs_lib
@@ -57,13 +58,18 @@ def _task_defaults(field: str) -> str:
 
 _TASK_HELP = {
     'task': f"task: {', '.join(tasks_lib.TASKS.names())}",
-    'model': (f"model: {', '.join(keras_models.MODELS.names())} (cnn needs image data, char_lstm token sequences); "
+    'model': (f"model: {', '.join(keras_models.MODELS.names())} (cnn needs image data, simple_cnn 28x28x1 images, "
+              "char_lstm token sequences); "
               f"'' = the task's default ({_task_defaults('default_model')})"),
     'num_clients': 'number of simulated clients (synthetic: devices)',
-    'partition': ("how examples are split over clients: iid, dirichlet, shards, natural; '' = the task's default "
-                  f"({_task_defaults('default_partition')})"),
-    'dirichlet_alpha': 'Dirichlet concentration for --partition=dirichlet (smaller = more label skew)',
+    'partition': (f"how examples are split over clients: {', '.join(partition_lib.PARTITIONS)}; '' = the task's "
+                  f"default ({_task_defaults('default_partition')})"),
+    'dirichlet_alpha': ('Dirichlet concentration for --partition=dirichlet (smaller = more label skew); NIID-Bench\'s '
+                        'beta for label_dirichlet and quantity_skew'),
     'shards_per_client': 'shards per client for --partition=shards (McMahan et al.)',
+    'labels_per_client': "labels per client for --partition=label_quantity (NIID-Bench's #C=k)",
+    'feature_noise': ("NIID-Bench's feature skew: client i of n gets Gaussian noise of std feature_noise * i / (n - 1) "
+                      'on its training inputs (0 = off)'),
     'test_fraction': "fraction of each client's examples held out for per-client evaluation (mnist/fashion_mnist "
                      'deal the official test set instead)',
     'synthetic_alpha': 'FedProx Synthetic(alpha, beta): model heterogeneity',
@@ -78,6 +84,8 @@ _ALGO_HELP = {
     'feddyn_alpha': 'FedDyn: weight alpha of the dynamic regulariser (> 0)',
     'ditto_lambda': "Ditto: weight lambda of the personal models' proximal term towards the global model (>= 0)",
     'fedper_head_layers': 'FedPer: number of final layers kept per client',
+    'scaffold_correction': ("SCAFFOLD: gradient (Karimireddy et al.: plain SGD on g - c_i + c) or after_step "
+                            "(NIID-Bench: the client optimizer's step, then w -= lr * (c - c_i))"),
 }
 _LOOP_HELP = {
     'total_rounds': 'rounds to train (re-running with more rounds continues from the checkpoint)',

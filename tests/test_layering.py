@@ -39,7 +39,7 @@ def test_import_installs_no_context_and_fills_the_registries():
   task_names, algorithms, models, stages = [line.split(',') for line in proc.stdout.split()]
   assert {'shakespeare', 'emnist', 'mnist', 'regional_digits'} <= set(task_names)
   assert {'scaffold', 'feddyn', 'fedper', 'ditto', 'fedsgd', 'fednova'} <= set(algorithms)
-  assert 'char_lstm' in models and {'secure', 'krum', 'clip'} <= set(stages)
+  assert {'char_lstm', 'simple_cnn'} <= set(models) and {'secure', 'krum', 'clip', 'secagg', 'secagg_plus'} <= set(stages)
 
 
 def _package_imports():

@@ -46,8 +46,11 @@ def test_built_in_contents():
                                       'regional_digits'}
   assert builders.ALGORITHMS.names() == ('fedavg', 'fedprox', 'fedsgd', 'fednova', 'scaffold', 'feddyn', 'fedper',
                                          'ditto')
-  assert keras_models.MODELS.names() == ('logreg', '2nn', 'cnn', 'char_lstm')
-  assert spec.allowed_spellings()[:2] == ('mean', 'uniform_mean') and 'secure(bits[,range])' in spec.allowed_spellings()
+  assert keras_models.MODELS.names() == ('logreg', '2nn', 'cnn', 'simple_cnn', 'char_lstm')
+  assert spec.allowed_spellings()[:2] == ('mean', 'uniform_mean')
+  assert {'secure(bits[,range])', 'secagg(bits,threshold[,range])',
+          'secagg_plus(bits,threshold,k[,range])'} <= set(spec.allowed_spellings())
+  assert [n for n, s in spec.STAGES.items() if s.only_before == 'mean'] == ['secure', 'secagg', 'secagg_plus']
 
 
 def test_task_defaults_resolve_model_and_partition():

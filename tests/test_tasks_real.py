@@ -94,7 +94,8 @@ def test_mnist_iid_sizes(mnist_files):
 def test_bad_flags_and_missing_data(mnist_files, tmp_path, monkeypatch):
   with pytest.raises(ValueError, match='task=mnist allows model=logreg or 2nn or cnn'):
     tasks.build_task(_cfg(model='char_lstm'))
-  with pytest.raises(ValueError, match='partition must be iid, dirichlet or shards'):
+  with pytest.raises(ValueError, match='^task=mnist has no natural clients; partition must be one of iid, dirichlet, '
+                                       'shards, label_dirichlet'):
     tasks.build_task(_cfg(partition='natural'))
   monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / 'empty'))
   with pytest.raises(ValueError) as err:  # The binary turns ValueErrors into its one-line error.

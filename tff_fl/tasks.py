@@ -17,6 +17,7 @@ import tensorflow_federated as tff
 
 from tff_fl import registry
 from tff_fl.data import client_data as client_data_lib
+from tff_fl.data import feature_noise
 from tff_fl.data import partition as partition_lib
 from tff_fl.data import sources
 from tff_fl.data import synthetic
@@ -88,7 +89,8 @@ def derived_seed(seed: int, round_num: int, client_id: str) -> int:
 def _digits(cfg) -> Task:
   data = sources.load_digits()
   ids, parts = partition_lib.partition(cfg.partition, data, cfg.num_clients, cfg.seed,
-                                       dirichlet_alpha=cfg.dirichlet_alpha, shards_per_client=cfg.shards_per_client)
+                                       dirichlet_alpha=cfg.dirichlet_alpha, shards_per_client=cfg.shards_per_client,
+                                       labels_per_client=cfg.labels_per_client)
   fed = client_data_lib.from_partition(data, ids, parts, test_fraction=cfg.test_fraction, seed=cfg.seed)
   return Task('digits', fed, cfg.model, tuple(data.x.shape[1:]), data.num_classes)
 
@@ -110,6 +112,8 @@ class TaskConfig:
   partition: str = ''
   dirichlet_alpha: float = 0.5
   shards_per_client: int = 2
+  labels_per_client: int = 2
+  feature_noise: float = 0.0
   test_fraction: float = 0.2
   synthetic_alpha: float = 1.0
   synthetic_beta: float = 1.0
@@ -149,7 +153,21 @@ def build_task(cfg: TaskConfig) -> Task:
     raise ValueError(f'num_clients must be >= 1; got {cfg.num_clients}.')
   if not 0.0 <= cfg.test_fraction < 1.0:
     raise ValueError(f'test_fraction must be in [0, 1); got {cfg.test_fraction}.')
-  return TASKS.get(cfg.task).build(cfg)
+  noise_levels = feature_noise.noise_levels(cfg.num_clients, cfg.feature_noise)  # Validates before loading.
+  task = TASKS.get(cfg.task).build(cfg)
+  if cfg.feature_noise > 0:
+    _add_feature_noise(task, cfg.feature_noise, cfg.seed, len(noise_levels))
+  return task
+
+
+def _add_feature_noise(task: Task, sigma: float, seed: int, num_clients: int) -> None:
+  """NIID-Bench's feature skew on the task's training inputs (`tff_fl.data.feature_noise`); test data stay clean."""
+  ids = task.client_ids
+  if len(ids) != num_clients or not all(np.issubdtype(task.data.train[c][0].dtype, np.floating) for c in ids):
+    raise ValueError(f'feature_noise applies to tasks with float inputs and num_clients clients (mnist, '
+                     f'fashion_mnist, digits); got task={task.name}')
+  noisy = feature_noise.add_feature_noise([task.data.train[c][0] for c in ids], sigma, seed)
+  task.data.train = {c: (x, task.data.train[c][1]) for c, x in zip(ids, noisy)}
 
 
 register('digits', _digits)

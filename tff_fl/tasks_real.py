@@ -1,7 +1,8 @@
 """Tasks on real data: `mnist`, `fashion_mnist`, `shakespeare`, `emnist` (registered in `tasks.TASKS`).
 
 * mnist / fashion_mnist: the 60k training images are split over `--num_clients` clients by `--partition` (`iid`:
-  McMahan et al.'s 100 x 600; `shards`: sort by label, 2 shards of 300 per client; `dirichlet`). The official 10k
+  McMahan et al.'s 100 x 600; `shards`: sort by label, 2 shards of 300 per client; `dirichlet`; NIID-Bench's
+  `label_dirichlet`, `label_quantity`, `quantity_skew`, and `--feature_noise` on the training inputs). The official 10k
   test images are dealt to the clients by label share (`split_by_label_share`): each test image goes to exactly one
   client, in proportion to how many training images of its label each client holds. So the loop's global
   `eval_accuracy` is the accuracy on the official test set, and each client's held-out accuracy is measured on its
@@ -32,7 +33,7 @@ from tff_fl.data import sources
 from tff_fl.data import tff_datasets
 from tff_fl.models import char_lstm
 
-IMAGE_MODELS = ('logreg', '2nn', 'cnn')
+IMAGE_MODELS = ('logreg', '2nn', 'cnn', 'simple_cnn')
 
 
 class MissingTaskDataError(paths.MissingDataError, ValueError):
@@ -98,9 +99,11 @@ def federated_images(train: sources.ArrayData, test: sources.ArrayData,
                      cfg: tasks_lib.TaskConfig) -> client_data_lib.FederatedArrays:
   """Partitions `train` by `cfg.partition` and deals `test` to the same clients by label share."""
   if cfg.partition == 'natural':
-    raise ValueError(f'task={cfg.task} has no natural clients; partition must be iid, dirichlet or shards.')
+    allowed = ', '.join(p for p in partition_lib.PARTITIONS if p != 'natural')
+    raise ValueError(f'task={cfg.task} has no natural clients; partition must be one of {allowed}.')
   ids, parts = partition_lib.partition(cfg.partition, train, cfg.num_clients, cfg.seed,
-                                       dirichlet_alpha=cfg.dirichlet_alpha, shards_per_client=cfg.shards_per_client)
+                                       dirichlet_alpha=cfg.dirichlet_alpha, shards_per_client=cfg.shards_per_client,
+                                       labels_per_client=cfg.labels_per_client)
   test_parts = split_by_label_share([train.y[p] for p in parts], test.y, cfg.seed)
   return client_data_lib.FederatedArrays(
       client_ids=ids, num_classes=train.num_classes,

@@ -4,16 +4,23 @@
   --byzantine_fraction=0.2 --attack=sign_flip  that fraction of each round's cohort is malicious
   --attack_scale, --attack_noise_std           strength of sign_flip/scaled and gaussian_noise attacks
 
-Robust aggregators are told the cohort size so a too-small cohort is refused before training starts. Attacks are
+Robust aggregators are told the cohort size so a too-small cohort is refused before training starts. The SecAgg
+stages (`secagg(bits,threshold)>mean`, `secagg_plus(bits,threshold,k)>mean`) get the cohort size and --seed, add
+the `SecAggInput` extension (each client's place among the sampled clients, so dropouts from --dropout_rate hit
+after masking) and the columns secagg/aborted, secagg/survivors, secagg/threshold, secagg/bits_per_client; an
+aborted round (fewer than t survivors) leaves the model as it was and the run goes on. Attacks are
 an extension of the round (`tff_fl.algorithms.attacks.ByzantineAttack`), so they apply to every algorithm: the
 malicious clients are chosen among each round's sampled clients and only those that report attack.
 """
 
 from absl import flags
+import numpy as np
 
 from experiments import flag_groups
 from tff_fl import aggregators
+from tff_fl.aggregators import spec as spec_lib
 from tff_fl.algorithms import attacks
+from tff_fl.algorithms import secagg_input
 from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
@@ -32,7 +39,11 @@ def define_flags() -> None:
 
 def configure(exp) -> None:
   if FLAGS.aggregator.strip() != 'mean':
-    exp.model_aggregator = aggregators.build_aggregator(FLAGS.aggregator, cohort_size=exp.loop_cfg.clients_per_round)
+    exp.model_aggregator = aggregators.build_aggregator(FLAGS.aggregator, cohort_size=exp.loop_cfg.clients_per_round,
+                                                        seed=exp.loop_cfg.seed)
+    if {'secagg', 'secagg_plus'} & set(spec_lib.stage_names(FLAGS.aggregator)):
+      exp.extensions.append(secagg_input.SecAggInput(exp.loop_cfg.clients_per_round))
+      exp.hooks.append(SecAggHook())
   if FLAGS.attack not in attacks.ATTACKS:
     raise ValueError(f"--attack must be one of {', '.join(attacks.ATTACKS)}; got '{FLAGS.attack}'.")
   if not 0.0 <= FLAGS.byzantine_fraction < 1.0:
@@ -69,3 +80,32 @@ class AttackHook(training_loop.RoundHook):
     selected = [int(v) for k, v in row.items() if '/selected_indices/' in k]
     if selected:
       row['attack/malicious_selected'] = sum(malicious[i] for i in selected if 0 <= i < len(malicious))
+
+
+class SecAggHook(training_loop.RoundHook):
+  """metrics.csv columns secagg/aborted (1 if the round aborted: fewer than t surviving holders), secagg/survivors,
+  secagg/threshold (t) and secagg/bits_per_client, from the aggregator's `.../secagg/...` measurements; summary
+  secagg_aborted_rounds."""
+  name = 'secagg'
+  COLUMNS = ('aborted', 'survivors', 'threshold', 'bits_per_client')
+
+  def __init__(self):
+    self.aborted_rounds = 0
+
+  def after_round(self, round_num, output, row) -> None:
+    del round_num, output
+    for column in self.COLUMNS:
+      values = [v for k, v in row.items() if k.startswith('aggregator/') and k.endswith(f'secagg/{column}')]
+      if values:
+        row[f'secagg/{column}'] = values[0]
+    self.aborted_rounds += int(row.get('secagg/aborted', 0) or 0)
+
+  def checkpoint_arrays(self):
+    return {'aborted_rounds': np.array(self.aborted_rounds, np.int64)}
+
+  def restore_arrays(self, arrays) -> None:
+    if 'aborted_rounds' in arrays:
+      self.aborted_rounds = int(arrays['aborted_rounds'])
+
+  def summary(self):
+    return {'secagg_aborted_rounds': self.aborted_rounds}

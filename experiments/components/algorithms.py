@@ -3,7 +3,8 @@
   --algorithm=fedsgd     FedSGD (McMahan et al. 2017): one mean gradient per client at the broadcast model, one
                          server step (`tff_fl.algorithms.fed_sgd.FedSGD`); the client optimizer is not used
   --algorithm=fednova    FedNova (Wang et al. 2020): normalized averaging; local SGD at --client_learning_rate, with
-                         --client_momentum when --client_optimizer=momentum (`tff_fl.algorithms.fednova.FedNova`)
+                         --client_momentum when --client_optimizer=momentum and --client_weight_decay
+                         (`tff_fl.algorithms.fednova.FedNova`; NIID-Bench's a_i with rho = the momentum)
 
 Both run on the engine with every extension (pruning, DP-SGD, attacks, ...) and as stock TFF with --engine=tff.
 Both are in `tff_fl.algorithms.builders.ALGORITHMS`; `configure` refuses flag combinations FedNova cannot honour.

@@ -1,7 +1,9 @@
 """Stateful clients component: SCAFFOLD, FedDyn, FedPer, Ditto, top-k with error feedback, per-client evaluation.
 
   --algorithm=scaffold|feddyn|fedper|ditto     (in the library's registry, `tff_fl.algorithms.builders`, with their
-                                          flags --feddyn_alpha, --ditto_lambda, --fedper_head_layers)
+                                          flags --scaffold_correction, --feddyn_alpha, --ditto_lambda,
+                                          --fedper_head_layers; --scaffold_correction=after_step is NIID-Bench's
+                                          SCAFFOLD with --client_optimizer=sgd|momentum and --client_weight_decay)
   --compression=topk_ef(fraction)         top-k uploads with per-client error feedback around ANY --algorithm
                                           (a registry wrapper: `TopKErrorFeedback(algorithm, fraction)`, plus the
                                           `compression.topk` stage in front of the model aggregator for the bits)

@@ -86,3 +86,31 @@ def test_describe_lists_every_spelling():
   assert set(agg.allowed_spellings()) >= {'mean', 'median', 'trimmed_mean(beta)', 'krum(f)', 'multi_krum(f,m)',
                                         'clip(norm)', 'quantize(bits)', 'topk(fraction)', 'secure(bits[,range])',
                                         'adaptive_clip(quantile)'}
+
+
+def test_secagg_spellings_build_the_python_factories():
+  built = agg.build_aggregator('secagg(16,0.6)>mean', cohort_size=10, seed=3)
+  assert (built.bits, built.threshold, built.k, built.max_clients, built.clip_range, built.seed) == (
+      16, 0.6, None, 10, 1.0, 3)
+  plus = agg.build_aggregator('secagg_plus(24,0.5,4,0.25)>mean', cohort_size=10)
+  assert (plus.bits, plus.threshold, plus.k, plus.clip_range) == (24, 0.5, 4, 0.25)
+  clipped = agg.build_aggregator('clip(1.0)>secagg(16,0.6)>mean', cohort_size=10)
+  assert isinstance(clipped, tff.aggregators.WeightedAggregationFactory)
+
+
+@pytest.mark.parametrize('spec,cohort,problem', [
+    ('secagg(16,0)>mean', 10, 'secagg threshold must be a fraction in (0, 1]; got 0.0'),
+    ('secagg(16,1.5)>mean', 10, 'secagg threshold must be a fraction in (0, 1]'),
+    ('secagg(16,0.5)>median', 10, 'secagg must be directly followed by mean, not median'),
+    ('secagg_plus(16,0.5)>mean', 10, 'secagg_plus takes secagg_plus(bits,threshold,k[,range])'),
+    ('secagg_plus(16,0.5,0)>mean', 10, 'k (neighbours) must be an int >= 1'),
+    ('secagg(40,0.5)>mean', 10, 'secagg bits must be an int in [1, 32]'),
+    ('secagg(3,0.5)>mean', 10, 'need 2^bits - 1 >= clients'),
+    ('secagg(16,0.5)>mean', None, 'secagg needs cohort_size (the most clients a round samples)'),
+    ('secagg_plus(16,0.5,2)>mean', None, 'secagg_plus needs cohort_size'),
+])
+def test_secagg_errors_are_one_line_naming_the_argument(spec, cohort, problem):
+  with pytest.raises(ValueError) as error:
+    agg.build_aggregator(spec, cohort_size=cohort)
+  message = str(error.value)
+  assert '\n' not in message and message.startswith(f'aggregator={spec!r}') and problem in message

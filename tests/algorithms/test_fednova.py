@@ -127,7 +127,47 @@ def test_momentum_step_norm_matches_geometric_sum():
   assert float(fednova.step_norm(tf.constant(5.0), 0.0)) == 5.0
 
 
+def _niid_bench_fednova_round(x, sizes, lr, rho, wd):
+  """One round of NIID-Bench's FedNova (`train_net_fednova` + its server branch) in float64 on the quadratic clients:
+  client i runs tau_i = n_i steps of torch SGD(lr, momentum=rho, weight_decay=wd) on 0.5||y - b_i||^2 (batches of 1);
+  a_i = (tau - rho (1 - rho^tau) / (1 - rho)) / (1 - rho); d_i = (x - y_i) / a_i; p_i = n_i / sum n;
+  x <- x - (sum p_i a_i) * sum p_i d_i."""
+  p = np.asarray(sizes, np.float64) / np.sum(sizes)
+  ds, as_ = [], []
+  for b, tau in zip(TARGETS.astype(np.float64), sizes):
+    y, buf = x.copy(), None
+    for _ in range(tau):
+      g = (y - b) + wd * y
+      buf = g if buf is None else rho * buf + g
+      y = y - lr * buf
+    a = (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
+    ds.append((x - y) / a)
+    as_.append(a)
+  return x - np.dot(p, as_) * np.sum(p[:, None] * np.asarray(ds), axis=0)
+
+
+def test_niid_bench_momentum_and_weight_decay_match_numpy():
+  """Unequal data (tau_i = n_i), p_i by examples, momentum 0.9 and weight decay, server SGD at lr 1 (NIID-Bench)."""
+  sizes, lr, rho, wd = (3, 7, 12), 0.02, 0.9, 0.05
+  process = engine.build_process(
+      fednova.FedNova(lr, rho, wd), _quadratic_model_fn, _quadratic_arrays(sizes),
+      lambda cid, r: np.arange(sizes[int(cid)]), batch_size=1,
+      client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=lr),
+      server_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+      client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES)
+  state, want = process.initialize(), np.zeros(2)
+  for r in range(1, 6):
+    state = process.next(state, engine.Cohort.full(r, IDS)).state
+    want = _niid_bench_fednova_round(want, sizes, lr, rho, wd)
+  np.testing.assert_allclose(np.asarray(process.get_model_weights(state).trainable[1]), want, atol=1e-5)
+  no_decay = np.zeros(2)
+  for _ in range(5):
+    no_decay = _niid_bench_fednova_round(no_decay, sizes, lr, rho, 0.0)
+  assert np.linalg.norm(want - no_decay) > 1e-3  # Weight decay changed the trajectory.
+
+
 @pytest.mark.parametrize('kwargs, match', [
+    (dict(client_learning_rate=0.1, weight_decay=-1.0), '^weight_decay must be >= 0; got -1.0.$'),
     (dict(client_learning_rate=0.0), '^client_learning_rate must be > 0; got 0.0.$'),
     (dict(client_learning_rate=0.1, client_momentum=1.0), r'^client_momentum must be in \[0, 1\); got 1.0.$'),
 ])

@@ -121,7 +121,8 @@ def test_client_id_padding_keeps_string_order():
     'call, match',
     [
         (lambda d: partition.partition('pathological', d, 5, 0),
-         r"^partition must be one of iid, dirichlet, shards, natural; got 'pathological'$"),
+         r"^partition must be one of iid, dirichlet, shards, natural, label_dirichlet, label_quantity, quantity_skew; "
+         r"got 'pathological'$"),
         (lambda d: partition.partition('natural', d, 5, 0), 'no natural client ids'),
         (lambda d: partition.iid(len(d), 0, 0), '^num_clients must be a positive integer'),
         (lambda d: partition.iid(10, 11, 0), '^num_clients=11 exceeds'),

@@ -65,7 +65,9 @@ def test_packing_reproduces_train_dataset_order(task):
                                  batch_size=BATCH, num_slots=3)
   slots = packer.pack(cohort)
   assert [len(s['n']) for s in slots] == [1, 2, 1]
-  rows = [(s['x'][c, :n], s['y'][c, :n]) for s in slots for c, n in enumerate(s['n'])]
+  rows = [(s['x'][c][s['order'][c, :n]], s['y'][c][s['order'][c, :n]]) for s in slots for c, n in enumerate(s['n'])]
+  for s in slots:  # Each distinct example is shipped once, however many epochs address it.
+    assert s['order'].shape[1] == EPOCHS * s['x'].shape[1]
   for cid, (x, y) in zip(cohort.client_ids, rows):
     batches = list(task.train_dataset(cid, epochs=EPOCHS, batch_size=BATCH, seed=0, round_num=7).as_numpy_iterator())
     np.testing.assert_array_equal(np.concatenate([b['x'] for b in batches]), x)

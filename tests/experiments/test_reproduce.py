@@ -129,3 +129,39 @@ def test_final_accuracy_section_says_when_each_value_was_measured(tmp_path):
                                                  str(tmp_path))
   (line,) = [l.split(' | ') for l in text.splitlines() if l.startswith('| cfg')]
   assert line[2:4] == ['0.3000 (round 10)', '0.4500 (round 8)'] and line[6] == '11'
+
+
+def test_niid_bench_suite_runs_parse_as_the_paper_setting(tmp_path):
+  suite = reproduce.SUITES['niid_bench']()
+  assert len(suite.runs) == 2 * 7 * 4 and suite.seeds == (0, 1, 2)
+  first = [r.name for r in suite.runs[:8]]
+  assert first[:4] == [f'niid_bench_mnist_dir05_{a}' for a in ('fedavg', 'fedprox', 'scaffold', 'fednova')]
+  assert first[4:] == [f'niid_bench_fashion_mnist_c2_{a}' for a in ('fedavg', 'fedprox', 'scaffold', 'fednova')]
+  FLAGS = flags.FLAGS
+  try:
+    for run in list(suite.runs[:8]) + [r for r in suite.runs if 'fashion_mnist_noise01_scaffold' in r.name]:
+      reproduce.parse_run_flags(run, 0, str(tmp_path))
+      assert (FLAGS.num_clients, FLAGS.clients_per_round, FLAGS.client_epochs_per_round, FLAGS.client_batch_size,
+              FLAGS.total_rounds, FLAGS.model) == (10, 10, 10, 64, 50, 'simple_cnn')
+      assert (FLAGS.client_optimizer, FLAGS.client_learning_rate, FLAGS.client_momentum,
+              FLAGS.client_weight_decay) == ('momentum', 0.01, 0.9, 1e-5)
+      assert FLAGS.client_weighting == 'num_examples' and FLAGS.server_learning_rate == 1.0
+    assert (FLAGS.partition, FLAGS.feature_noise, FLAGS.scaffold_correction) == ('iid', 0.1, 'after_step')
+  finally:
+    FLAGS.unparse_flags()
+
+
+def test_niid_bench_section_best_final_and_partial(tmp_path):
+  suite = reproduce.SUITES['niid_bench']()
+  runs = {r.name: r for r in suite.runs}
+  rows = lambda accs: [{'round': i + 1, 'central_test_accuracy': a} for i, a in enumerate(accs)]
+  results = [reproduce.RunResult(runs['niid_bench_mnist_dir05_fedavg'], 0, rows([0.5, 0.9, 0.8]), 3, 60.0, ''),
+             reproduce.RunResult(runs['niid_bench_mnist_dir05_fedavg'], 1, rows([0.7, 0.6, 0.7]), 3, 60.0, ''),
+             reproduce.RunResult(runs['niid_bench_mnist_dir05_scaffold'], 0, rows([0.1] * 50), 50, 60.0, '')]
+  text = reproduce_report.niid_bench_section(suite, results, str(tmp_path))
+  line = next(l for l in text.splitlines() if l.startswith('| MNIST Dir(0.5)'))
+  cells = line.split(' | ')
+  assert cells[1] == '0.800 ± 0.100 (n=2) / 0.750 ± 0.050 (n=2) (partial, rounds 3,3)'  # best 0.9, 0.7; final 0.8, 0.7
+  assert cells[2] == '-' and cells[3] == '0.100 / 0.100 (rounds 50)'
+  assert '| niid_bench_mnist_dir05_scaffold | 0 | 50 | complete |' in text
+  assert os.path.exists(tmp_path / 'niid_bench_accuracy.png')

@@ -134,8 +134,14 @@ def test_topk_ef_on_the_stock_engine_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('values,match', [
-    (dict(algorithm='scaffold', client_optimizer='adam'), '^algorithm=scaffold needs client_optimizer=sgd'),
-    (dict(algorithm='scaffold', client_optimizer='momentum'), '^algorithm=scaffold needs client_optimizer=sgd'),
+    (dict(algorithm='scaffold', client_optimizer='adam'),
+     '^algorithm=scaffold with scaffold_correction=gradient runs plain SGD: it needs client_optimizer=sgd'),
+    (dict(algorithm='scaffold', client_optimizer='momentum'), '^algorithm=scaffold with .* needs client_optimizer=sgd'),
+    (dict(algorithm='scaffold', client_weight_decay=1e-4), '^algorithm=scaffold with .* and client_weight_decay=0'),
+    (dict(algorithm='scaffold', client_optimizer='adam', scaffold_correction='after_step'),
+     '^algorithm=scaffold needs client_optimizer=sgd or momentum'),
+    (dict(algorithm='scaffold', scaffold_correction='before'), "^scaffold_correction must be one of gradient, "
+                                                                "after_step; got 'before'"),
     (dict(algorithm='feddyn', feddyn_alpha=0.0), '^feddyn_alpha must be > 0'),
     (dict(algorithm='ditto', ditto_lambda=-1.0), '^ditto_lambda must be >= 0'),
 ])

@@ -57,3 +57,43 @@ def test_worker_dies_with_killed_parent():
   finally:
     if proc.poll() is None:
       proc.kill()
+
+
+def _marked_workers(marker):
+  """Live worker_binary processes whose environment carries `marker` (they inherit the starting Python's)."""
+  found = []
+  for p in psutil.process_iter(['cmdline']):
+    try:
+      if any('worker_binary' in part for part in (p.info['cmdline'] or [])[:1]) and \
+          p.environ().get('TFF_FL_TEST_MARKER') == marker and p.status() != psutil.STATUS_ZOMBIE:
+        found.append(p.pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+      pass
+  return found
+
+
+def test_training_binary_stopped_by_sigterm_leaves_no_worker(tmp_path):
+  """A background training run (e.g. a reproduction driver's child) stopped with SIGTERM mid-run: the worker its
+  evaluation started dies with it."""
+  marker = f'sigterm-{os.getpid()}-{time.time()}'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TFF_FL_TEST_MARKER=marker)
+  cmd = [sys.executable, '-m', 'experiments.train', f'--root_output_dir={tmp_path}', '--task=digits', '--model=logreg',
+         '--num_clients=10', '--clients_per_round=5', '--total_rounds=1000', '--rounds_per_eval=1']
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                          stdin=subprocess.DEVNULL)
+  try:
+    line = ''
+    while 'eval_accuracy' not in line:  # An evaluation has run: its worker exists.
+      line = proc.stdout.readline().decode()
+      assert line, 'training exited early'
+    assert _marked_workers(marker)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    deadline = time.time() + 10
+    while _marked_workers(marker) and time.time() < deadline:
+      time.sleep(0.1)
+    assert not _marked_workers(marker)
+  finally:
+    if proc.poll() is None:
+      proc.kill()

@@ -19,6 +19,8 @@ from tff_fl.aggregators.robust import krum
 from tff_fl.aggregators.robust import median
 from tff_fl.aggregators.robust import multi_krum
 from tff_fl.aggregators.robust import trimmed_mean
+from tff_fl.aggregators.secagg.factory import secagg_mean
+from tff_fl.aggregators.secagg.factory import secagg_plus_mean
 from tff_fl.aggregators.secure import secure_mean
 from tff_fl.aggregators.secure import secure_sum
 from tff_fl.aggregators.spec import allowed_spellings

@@ -28,12 +28,15 @@ import tensorflow_federated as tff
 from tff_fl.aggregators import flat
 
 
-def stochastic_round(y: tf.Tensor) -> tf.Tensor:
+def stochastic_round(y: tf.Tensor, seed=None) -> tf.Tensor:
   """floor(y + u), u ~ U[0, 1): ceil(y) with probability y - floor(y), else floor(y); so E = y (unbiased).
 
-  Unseeded op: a fresh random stream per call and client, like TFF's own stochastic discretization.
+  `seed` None: an unseeded op, a fresh random stream per call and client, like TFF's own stochastic discretization;
+  an int64[2] tensor: the stateless stream of that seed (reproducible).
   """
-  return tf.floor(y + tf.random.uniform(tf.shape(y), dtype=y.dtype))
+  u = (tf.random.uniform(tf.shape(y), dtype=y.dtype) if seed is None
+       else tf.random.stateless_uniform(tf.shape(y), seed, dtype=y.dtype))
+  return tf.floor(y + u)
 
 
 def _stochastic_quantize(x: tf.Tensor, bits: int) -> tf.Tensor:

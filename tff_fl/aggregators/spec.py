@@ -2,10 +2,14 @@
 
     mean | median | trimmed_mean(0.1) | krum(2) | multi_krum(2,5) | clip(1.0)>trimmed_mean(0.1)
     quantize(8)>mean | topk(0.01)>mean | secure(16)>mean | adaptive_clip(0.5)>mean | clip(1.0)>secure(16,0.5)>mean
+    secagg(16,0.6)>mean | secagg_plus(24,0.5,8)>mean | clip(1.0)>secagg(16,0.6,0.5)>mean
 
 The last stage is the server-side aggregate; every earlier stage wraps the ones after it, so `a>b>c` builds
 `a(inner=b(inner=c))`: the client value passes a first. `secure(bits[,range])` must come directly before `mean`
-(secure aggregation hides individual values, which robust aggregates need). The result is always a
+(secure aggregation hides individual values, which robust aggregates need); so must the protocol simulations
+`secagg(bits,threshold[,range])` and `secagg_plus(bits,threshold,k[,range])` (`tff_fl.aggregators.secagg`:
+masks in Z_{2^bits}, dropout recovery from t = ceil(threshold * holders) Shamir shares), which need the cohort
+size and the engine's `SecAggInput` extension (`tff_fl.algorithms.secagg_input`). The result is always a
 `tff.aggregators.WeightedAggregationFactory`. Every error is a one-line ValueError starting `aggregator=<spec>:` and
 listing the allowed stages. Stages live in the `STAGES` registry; `register_stage` adds one (e.g. from a user module
 loaded with the binary's `--plugin`).
@@ -22,6 +26,7 @@ from tff_fl.aggregators import clipping
 from tff_fl.aggregators import compression
 from tff_fl.aggregators import robust
 from tff_fl.aggregators import secure
+from tff_fl.aggregators.secagg import factory as secagg
 from tff_fl.aggregators import weighting
 
 
@@ -29,28 +34,38 @@ from tff_fl.aggregators import weighting
 class Stage:
   """One spelling of the spec. A terminal stage builds `build(*values, cohort_size=...)` (the server aggregate; it
   must come last); a wrapper builds `build(*values, inner=factory)` around the stages after it. `params` are
-  (name, int|float); those past `required` are optional. `only_before` names the one stage that must follow it."""
+  (name, int|float); those past `required` are optional. `only_before` names the one stage that must follow it;
+  a `needs_cohort` wrapper's build also gets `cohort_size=` and `seed=`."""
   params: tuple[tuple[str, type], ...]
   required: int
   build: Callable
   terminal: bool
   help: str
   only_before: Optional[str] = None
+  needs_cohort: bool = False
 
 
 STAGES = registry.Registry('aggregator stage')  # name -> Stage
 
 
 def register_stage(name: str, build: Callable, *, terminal: bool, params: tuple = (), required: Optional[int] = None,
-                   help_text: str = '', only_before: Optional[str] = None) -> Stage:
+                   help_text: str = '', only_before: Optional[str] = None, needs_cohort: bool = False) -> Stage:
   """Adds stage `name` to the spec grammar (a name taken is a ValueError); see `Stage`. `build` returns a
-  `tff.aggregators.WeightedAggregationFactory` (or an unweighted one for a wrapper's value path)."""
+  `tff.aggregators.WeightedAggregationFactory` (or an unweighted one for a wrapper's value path). A wrapper with
+  `needs_cohort` also gets `cohort_size=` and `seed=` (build_aggregator's) and refuses a spec without cohort_size."""
   for param in params:
     if len(param) != 2 or param[1] not in (int, float):
       raise ValueError(f'params of stage {name!r} are (name, int|float) pairs; got {param!r}.')
   stage = Stage(tuple(params), len(params) if required is None else required, build, terminal, help_text,
-                only_before)
+                only_before, needs_cohort)
   return STAGES.register(name, stage)
+
+
+def _secagg(bits, threshold, *rest, inner, cohort_size, seed, plus=False):
+  del inner  # The protocol's weighted mean replaces the mean after it.
+  k, rest = (rest[0], rest[1:]) if plus else (None, rest)
+  return secagg.SecAggMeanFactory(bits, threshold, k=k, max_clients=cohort_size, clip_range=rest[0] if rest else 1.0,
+                                  seed=seed)
 
 
 register_stage('mean', lambda cohort_size: weighting.mean(), terminal=True,
@@ -82,6 +97,15 @@ register_stage('secure', lambda *values, inner: secure.secure_mean(*values), ter
                params=(('bits', int), ('range', float)), required=1, only_before='mean',
                help_text=f'secure sum with bits in [1,{secure.MAX_BITS}], per-coordinate clip range (default 1.0); '
                'only directly before mean')
+register_stage('secagg', _secagg, terminal=False, params=(('bits', int), ('threshold', float), ('range', float)),
+               required=2, only_before='mean', needs_cohort=True,
+               help_text=f'SecAgg protocol: masks mod 2^bits (bits <= {secagg.masking.MAX_BITS}), threshold fraction '
+               'in (0,1] of the cohort for Shamir recovery, per-coordinate clip range (default 1.0); only directly '
+               'before mean')
+register_stage('secagg_plus', lambda *values, **kwargs: _secagg(*values, plus=True, **kwargs), terminal=False,
+               params=(('bits', int), ('threshold', float), ('k', int), ('range', float)), required=3,
+               only_before='mean', needs_cohort=True,
+               help_text='SecAgg+: as secagg, masks and shares with k graph neighbours; only directly before mean')
 
 
 def _spelling(name: str) -> str:
@@ -99,7 +123,11 @@ def allowed_spellings() -> tuple[str, ...]:
 
 
 def _allowed() -> str:
-  only = [f'{n} only directly before {s.only_before}' for n, s in STAGES.items() if s.only_before]
+  before = {}
+  for n, s in STAGES.items():
+    if s.only_before:
+      before.setdefault(s.only_before, []).append(n)
+  only = [f'{", ".join(names)} only directly before {after}' for after, names in before.items()]
   return ('allowed: stages chained with ">" from client to server, ending in one of '
           + ', '.join(_spelling(n) for n, s in STAGES.items() if s.terminal)
           + '; earlier stages: ' + ', '.join(_spelling(n) for n, s in STAGES.items() if not s.terminal)
@@ -146,12 +174,20 @@ def _parse_stage(spec: str, text: str):
   return name, stage, values
 
 
-def build_aggregator(spec: str, cohort_size: Optional[int] = None) -> tff.aggregators.WeightedAggregationFactory:
+def stage_names(spec: str) -> list[str]:
+  """The stage names of a valid `spec`, client to server (e.g. to see whether it runs SecAgg)."""
+  return [_parse_stage(spec, part)[0] for part in spec.split('>')]
+
+
+def build_aggregator(spec: str, cohort_size: Optional[int] = None,
+                     seed: int = 0) -> tff.aggregators.WeightedAggregationFactory:
   """Builds the weighted aggregation factory described by `spec` (see module docstring).
 
   Args:
     spec: The spec (the binary's `--aggregator` flag value).
-    cohort_size: Clients per round, if known: robust stages then check it is large enough (ValueError).
+    cohort_size: Clients per round, if known: robust stages then check it is large enough (ValueError); secagg
+      stages need it (the most clients a round samples).
+    seed: Seeds the secagg protocol's per-round secrets.
   """
   if not isinstance(spec, str) or not spec.strip():
     raise _error(str(spec), 'empty spec')
@@ -162,11 +198,15 @@ def build_aggregator(spec: str, cohort_size: Optional[int] = None) -> tff.aggreg
       raise _error(spec, f'{name} must be {"the last" if stage.terminal else "followed by another"} stage')
     if stage.only_before and parsed[position + 1][0] != stage.only_before:
       raise _error(spec, f'{name} must be directly followed by {stage.only_before}, not {parsed[position + 1][0]}')
+    if stage.needs_cohort and cohort_size is None:
+      raise _error(spec, f'{name} needs cohort_size (the most clients a round samples)')
   try:
     name, stage, values = parsed[-1]
     factory = stage.build(*values, cohort_size=cohort_size)
     for name, stage, values in reversed(parsed[:-1]):
-      factory = stage.build(*values, inner=factory)
+      extra = dict(cohort_size=cohort_size, seed=seed) if stage.needs_cohort else {}
+      factory = stage.build(*values, inner=factory, **extra)
   except (ValueError, TypeError) as e:
     raise _error(spec, str(e).splitlines()[0]) from None
   return factory
+

@@ -56,6 +56,7 @@ class AlgorithmConfig:
   feddyn_alpha: float = 0.01
   ditto_lambda: float = 0.1
   fedper_head_layers: int = 1
+  scaffold_correction: str = 'gradient'
 
   def validate(self) -> None:
     ALGORITHMS.get(self.algorithm)  # Unknown: ValueError listing the registered algorithms.
@@ -71,6 +72,9 @@ class AlgorithmConfig:
       raise ValueError(f'feddyn_alpha must be > 0; got {self.feddyn_alpha}.')
     if self.algorithm == 'ditto' and not self.ditto_lambda >= 0:
       raise ValueError(f'ditto_lambda must be >= 0; got {self.ditto_lambda}.')
+    if self.scaffold_correction not in scaffold.CORRECTIONS:
+      raise ValueError(f"scaffold_correction must be one of {', '.join(scaffold.CORRECTIONS)}; got "
+                       f"'{self.scaffold_correction}'.")
     if self.fedper_head_layers < 1:
       raise ValueError(f'fedper_head_layers must be >= 1; got {self.fedper_head_layers}.')
 
@@ -97,12 +101,23 @@ def _client_sgd(exp, allowed: str) -> tuple[float, float]:
   return hparams
 
 
+def _weight_decay(optimizer) -> float:
+  """The L2 weight decay an `optimizers.WeightDecay` client optimizer adds to the gradient (else 0)."""
+  return optimizer.weight_decay if isinstance(optimizer, optimizers.WeightDecay) else 0.0
+
+
 def _scaffold(exp) -> definition.Algorithm:
-  return scaffold.Scaffold(_client_sgd(exp, 'sgd')[0], len(exp.task.client_ids))
+  correction = exp.algo_cfg.scaffold_correction
+  hparams = optimizers.sgd_hparams(exp.client_optimizer)
+  if correction == 'gradient' and (hparams is None or hparams[1] or _weight_decay(exp.client_optimizer)):
+    raise ValueError('algorithm=scaffold with scaffold_correction=gradient runs plain SGD: it needs '
+                     'client_optimizer=sgd and client_weight_decay=0; scaffold_correction=after_step runs sgd or '
+                     'momentum.')
+  return scaffold.Scaffold(_client_sgd(exp, 'sgd or momentum')[0], len(exp.task.client_ids), correction)
 
 
 def _fednova(exp) -> definition.Algorithm:
-  return fednova.FedNova(*_client_sgd(exp, 'sgd or momentum'))
+  return fednova.FedNova(*_client_sgd(exp, 'sgd or momentum'), _weight_decay(exp.client_optimizer))
 
 
 register('fedavg', lambda exp: fed_avg.FedAvg())

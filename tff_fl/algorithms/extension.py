@@ -12,6 +12,10 @@ Stages, in the order the engine applies them (every method is optional; TF metho
                   transform_batch(batch, info, bcast, offset): each local batch (augmentation, label flipping)
   local objective local_options(bcast, info) -> LocalOptions (pruning masks, DP-SGD)
   upload          transform_update(update, info, bcast) -> update sent to the aggregator (attacks)
+  aggregator input  `aggregator_input = True` (at most one extension): the aggregator receives this extension's
+                  packed fields of each client with its weight, weight = OrderedDict(weight=float32,
+                  <name>=OrderedDict(<field>: value)) (protocols that need each client's place in the cohort,
+                  e.g. secure aggregation's masks)
   measurement     client_measurements(ctx, output, info) -> OrderedDict of float32 scalars per client; they come
                   back per client and `summarize(per_client)` turns them into metrics (Python, numpy arrays [K])
   aggregation     transform_aggregate(aggregate, state) -> aggregate (pruning masks the averaged update)
@@ -42,6 +46,7 @@ class Extension:
   """Base class: every stage left unchanged."""
 
   name = 'extension'
+  aggregator_input = False  # True: the aggregator gets this extension's fields with each weight (docstring).
 
   def server_init(self, model) -> Any:
     del model

@@ -13,7 +13,12 @@ The model aggregator (default MeanFactory, weighted by p_i) averages both parts 
 scales the mean d by the mean a (tau_eff) for the server optimizer. No client state: the engine runs it
 (`tff_fl.engine.build_process(FedNova(lr), ...)`, where stragglers' partial work gives unequal tau_i) and
 `build_fednova` exports the stock `LearningProcess`. With equal steps on every client this is exactly FedAvg.
-Local steps are SGD at `client_learning_rate` (with `client_momentum`), whatever client optimizer the engine gets.
+Local steps are SGD at `client_learning_rate` (with `client_momentum`, and L2 `weight_decay` added to the gradient as
+PyTorch's SGD does), whatever client optimizer the engine gets.
+NIID-Bench (Li et al., ICDE 2022; `train_net_fednova` and the `fednova` branch of `experiments.py`) runs exactly this
+with p_i = n_i / sum n (client_weighting=NUM_EXAMPLES), server lr 1, momentum rho and weight decay: its
+a_i = (tau - rho (1 - rho^tau) / (1 - rho)) / (1 - rho) is `step_norm`, computed from the momentum alone (the weight
+decay does not enter a_i), and tau counts every minibatch step of the E epochs.
 Caveat: the aggregator sees the whole update, so norm-based stages (clipping, zeroing, client-level DP) measure and
 scale `steps` together with `normalized` (a_i is in the tens for a few local epochs): clip/zeroing norms must allow
 for it, and a clipped client's a_i shrinks with its d_i.
@@ -28,6 +33,7 @@ import tensorflow_federated as tff
 
 from tff_fl.algorithms import definition
 from tff_fl.algorithms import model_types
+from tff_fl.algorithms import optimizers
 from tff_fl.algorithms import stock
 
 ClientWeighting = tff.learning.ClientWeighting
@@ -43,9 +49,11 @@ def step_norm(num_steps: tf.Tensor, momentum: float) -> tf.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class FedNova(definition.Algorithm):
-  """Local SGD(m) at `client_learning_rate` (> 0), momentum `client_momentum` in [0, 1); normalized update."""
+  """Local SGD(m) at `client_learning_rate` (> 0), momentum `client_momentum` in [0, 1), L2 `weight_decay` >= 0;
+  normalized update."""
   client_learning_rate: float
   client_momentum: float = 0.0
+  weight_decay: float = 0.0
   name = 'fednova'
 
   def validate(self, num_clients=None):
@@ -54,11 +62,14 @@ class FedNova(definition.Algorithm):
       raise ValueError(f'client_learning_rate must be > 0; got {self.client_learning_rate}.')
     if not 0.0 <= self.client_momentum < 1.0:
       raise ValueError(f'client_momentum must be in [0, 1); got {self.client_momentum}.')
+    if not self.weight_decay >= 0:
+      raise ValueError(f'weight_decay must be >= 0; got {self.weight_decay}.')
 
   def client_update(self, ctx):
     momentum = float(self.client_momentum)
-    optimizer = tff.learning.optimizers.build_sgdm(learning_rate=float(self.client_learning_rate),
-                                                   momentum=momentum if momentum > 0 else None)
+    optimizer = optimizers.with_weight_decay(
+        tff.learning.optimizers.build_sgdm(learning_rate=float(self.client_learning_rate),
+                                           momentum=momentum if momentum > 0 else None), float(self.weight_decay))
     out = ctx.train(optimizer=optimizer)
     norm = step_norm(out['num_steps'], momentum)
     safe = tf.maximum(norm, 1e-12)
@@ -72,12 +83,12 @@ class FedNova(definition.Algorithm):
 
 def build_fednova(model_fn: model_types.ModelFn, client_learning_rate: float,
                   server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None, *,
-                  client_momentum: float = 0.0,
+                  client_momentum: float = 0.0, weight_decay: float = 0.0,
                   client_weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES,
                   model_aggregator: Optional[model_types.AnyFactory] = None,
                   metrics_aggregator=None) -> tff.learning.templates.LearningProcess:
   """FedNova (module docstring) as a stock LearningProcess; server default SGD at learning rate 1."""
-  algorithm = FedNova(float(client_learning_rate), float(client_momentum))
+  algorithm = FedNova(float(client_learning_rate), float(client_momentum), float(weight_decay))
   return stock.build_learning_process(
       algorithm, model_fn, tff.learning.optimizers.build_sgdm(learning_rate=float(client_learning_rate)),
       server_optimizer, client_weighting=client_weighting, model_aggregator=model_aggregator,

@@ -29,8 +29,10 @@ def initial_weights_computation(model_fn: ModelFn) -> tff.Computation:
   return initial_model_weights_fn
 
 
-def build_model_aggregator(model_aggregator: Optional[AnyFactory], update_type) -> tff.templates.AggregationProcess:
-  """Creates the weighted aggregation process for `update_type`; unweighted factories ignore the weights."""
+def build_model_aggregator(model_aggregator: Optional[AnyFactory], update_type,
+                           weight_type=None) -> tff.templates.AggregationProcess:
+  """Creates the weighted aggregation process for `update_type`; unweighted factories ignore the weights.
+  `weight_type`: float32 (default), or a structure when an extension sends aggregator inputs with the weight."""
   if model_aggregator is None:
     model_aggregator = tff.aggregators.MeanFactory()
   if isinstance(model_aggregator, tff.aggregators.UnweightedAggregationFactory):
@@ -38,7 +40,7 @@ def build_model_aggregator(model_aggregator: Optional[AnyFactory], update_type) 
   if not isinstance(model_aggregator, tff.aggregators.WeightedAggregationFactory):
     raise TypeError('model_aggregator must be a tff.aggregators.WeightedAggregationFactory or '
                     f'UnweightedAggregationFactory; got {type(model_aggregator).__name__}.')
-  aggregator = model_aggregator.create(update_type, tff.TensorType(np.float32))
+  aggregator = model_aggregator.create(update_type, tff.TensorType(np.float32) if weight_type is None else weight_type)
   params = aggregator.next.type_signature.parameter
   if params[1].member != aggregator.next.type_signature.result[1].member:
     raise TypeError('model_aggregator must return values of the type it receives; got '

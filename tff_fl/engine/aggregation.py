@@ -18,11 +18,18 @@ structure, weight = float32.
 
 import collections
 
+import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.test import compiler as test_compiler
 from tensorflow_federated.python.core.impl.computation import computation_impl
 
 from tff_fl.engine.graph_calls import call_in_graph
+
+# TFF's default grappler pass inlines functions and lowers functional loops to v1 frames, which cannot be imported
+# into the slot's client loop; an aggregator whose client part loops (e.g. secagg's masks) needs them functional.
+_GRAPPLER = tf.compat.v1.ConfigProto()
+_GRAPPLER.graph_options.rewrite_options.function_optimization = (
+    _GRAPPLER.graph_options.rewrite_options.OFF)
 
 class ClientAxisAggregation:
   """MapReduceForm pieces of `process.next(state, value@CLIENTS, weight@CLIENTS)`.
@@ -46,7 +53,7 @@ class ClientAxisAggregation:
     lowered = computation_impl.ConcreteComputation.with_type(
         test_compiler.replace_secure_intrinsics_with_bodies(round_comp), round_comp.type_signature)
     try:
-      self.form = tff.backends.mapreduce.get_map_reduce_form_for_computation(lowered)
+      self.form = tff.backends.mapreduce.get_map_reduce_form_for_computation(lowered, grappler_config=_GRAPPLER)
     except ValueError as e:
       if 'broadcast dependent on aggregate' not in str(e):
         raise

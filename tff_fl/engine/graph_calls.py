@@ -14,6 +14,9 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.computation import computation_impl
 from tensorflow_federated.python.core.impl.types import type_conversions
 from tensorflow_federated.python.core.impl.utils import tensorflow_utils
+from tensorflow_federated.python.tensorflow_libs import serialization_utils
+from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
+from tensorflow_federated.proto.v0 import computation_pb2 as pb
 
 _suffixes = itertools.count()
 
@@ -21,7 +24,7 @@ _suffixes = itertools.count()
 def call_in_graph(comp: tff.Computation, arg=None):
   """Calls a `tff.tensorflow.computation` inside the current TF graph, including a `tf.function` or loop body
   (TFF's own nested invocation imports into the outermost computation graph, which a loop body cannot use)."""
-  proto = computation_impl.ConcreteComputation.get_proto(comp)
+  proto = _with_own_functions(computation_impl.ConcreteComputation.get_proto(comp))
   token = tf.constant('', tf.string)  # TFF's per-session token placeholder; unused by these pieces.
   init_op, result = tensorflow_utils.deserialize_and_call_tf_computation(
       proto, arg, tf.compat.v1.get_default_graph(), f'_fast_{next(_suffixes)}', token)
@@ -44,6 +47,50 @@ def call_as_function(comp: tff.Computation, arg=None):
 
   wrapped = tf.compat.v1.wrap_function(call, [tf.TensorSpec(t.shape, t.dtype) for t in flat_arg])
   return tf.nest.pack_sequence_as(structures[0], wrapped(*flat_arg))
+
+
+def _with_own_functions(proto):
+  """`proto` with every function of its graph's library renamed with a fresh suffix and added to the eager
+  context. Importing a GraphDef into a tf.function graph does not carry its library (the bodies of functional loops
+  and conds) into the traced function, and names are not unique across TFF's compiled pieces (the same loop
+  function appears optimized differently in several), so each import gets its own copies."""
+  graph_def = serialization_utils.unpack_graph_def(proto.tensorflow.graph_def)
+  names = {f.signature.name for f in graph_def.library.function}
+  if not names:
+    return proto
+  suffix = f'_call{next(_suffixes)}'
+
+  def rename_attrs(attrs):
+    for value in attrs.values():
+      if value.HasField('func') and value.func.name in names:
+        value.func.name += suffix
+      for func in value.list.func:
+        if func.name in names:
+          func.name += suffix
+
+  def rename_nodes(nodes):
+    for node in nodes:
+      if node.op in names:
+        node.op += suffix
+      rename_attrs(node.attr)
+
+  rename_nodes(graph_def.node)
+  for fdef in graph_def.library.function:
+    fdef.signature.name += suffix
+    rename_nodes(fdef.node_def)
+    rename_attrs(fdef.attr)
+  for gradient in graph_def.library.gradient:
+    if gradient.function_name in names:
+      gradient.function_name += suffix
+    if gradient.gradient_func in names:
+      gradient.gradient_func += suffix
+  ctx = context.context()
+  for fdef in graph_def.library.function:
+    ctx.add_function_def(fdef)
+  renamed = pb.Computation()
+  renamed.CopyFrom(proto)
+  renamed.tensorflow.graph_def.CopyFrom(serialization_utils.pack_graph_def(graph_def))
+  return renamed
 
 
 class SessionComputation:

@@ -12,7 +12,9 @@ of `client_ids[i]` (the clients that reported).
 never seen gets the algorithm's initial state), runs the round and writes the new states back. The round is a plain
 `tff.templates.IterativeProcess` over packed slots (`iterative_process`, usable on its own); `runtime='local'`
 (default) runs it in this process as one TF graph (`local_round`: no serialization to TFF's worker),
-`runtime='tff'` on the installed TFF execution context (e.g. several workers).
+`runtime='tff'` on the installed TFF execution context (e.g. several workers). A round whose aggregator reports a
+nonzero `aborted` measurement (`aborted`) leaves the state and the clients' states as they were; its metrics still
+say what happened.
 """
 
 import collections
@@ -25,6 +27,18 @@ from tff_fl.engine import local_round
 from tff_fl.engine import packing
 
 RUNTIMES = ('local', 'tff')
+
+
+def aborted(metrics) -> bool:
+  """True if an aggregator measurement named `aborted` is nonzero (e.g. secure aggregation with fewer than t
+  survivors): the engine then returns the round's input state and keeps the client states."""
+  def walk(value):
+    if hasattr(value, '_asdict'):
+      value = value._asdict()
+    if hasattr(value, 'items'):
+      return any((k == 'aborted' and np.any(np.asarray(v) != 0)) or walk(v) for k, v in value.items())
+    return False
+  return walk(metrics.get('aggregator', {}) if hasattr(metrics, 'get') else {})
 
 
 class RoundOutput(NamedTuple):
@@ -126,9 +140,12 @@ class EngineProcess:
     ids = list(cohort.client_ids)
     slots = self.packer.pack(cohort, self.client_states(ids) if self.stateful else None)
     new_state, metrics, per_client = self._round.next(state, slots)
+    round_aborted = aborted(metrics)
+    if round_aborted:  # The aggregator gave up on this round: nothing of it reaches the server or the clients.
+      new_state = state
     join = lambda parts: parts[0] if len(parts) == 1 else np.concatenate(parts)  # One slot: no copy of [C, S].
     merged = collections.OrderedDict((k, join([np.asarray(p[k]) for p in per_client])) for k in per_client[0])
-    if self.stateful and ids:
+    if self.stateful and ids and not round_aborted:
       self.store.put_many(ids, list(merged['state']))
     metrics = collections.OrderedDict(metrics)
     server_ext = metrics.pop('extensions', {})

@@ -155,7 +155,9 @@ class RoundFunctions:
     self.client_weighting = client_weighting
     self.server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(
         learning_rate=parts.algorithm.default_server_learning_rate())
-    aggregator = model_types_lib.build_model_aggregator(model_aggregator, parts.update_type)
+    self.agg_input = _aggregator_input(parts.extensions)
+    aggregator = model_types_lib.build_model_aggregator(model_aggregator, parts.update_type,
+                                                        _weight_type(self.agg_input))
     self.agg = aggregation_lib.ClientAxisAggregation(aggregator)
     self.finalizer = tff.learning.templates.build_apply_optimizer_finalizer(self.server_optimizer, parts.weights_type)
     self.measured = [e for e in parts.extensions if e.has('client_measurements')]
@@ -187,14 +189,20 @@ class RoundFunctions:
       options = _local_options(extensions, bcast, infos)
       rows = collections.OrderedDict((k, slot[k][c]) for k in ('x', 'y'))
       data = packing.TensorBatches(rows, slot['n'][c], self.batch_size,
-                                   transform if any(e.has('transform_batch') for e in extensions) else None)
+                                   transform if any(e.has('transform_batch') for e in extensions) else None,
+                                   order=slot['order'][c])
       ctx = definition.ClientContext(model, weights, extra, parts.client_state_struct(slot['state'][c]), data,
                                      self.client_optimizer, self.client_weighting, options)
       out = algorithm.client_update(ctx)
       update = out['update']
       for e in extensions:
         update = e.transform_update(update, infos[e.name], bcast[e.name])
-      acc = agg.accumulate_client(acc, update, out['update_weight'], client_input)
+      weight = out['update_weight']
+      if self.agg_input is not None:  # The extension's fields travel with the weight (Extension.aggregator_input).
+        weight = collections.OrderedDict(
+            weight=weight, **{self.agg_input.name: collections.OrderedDict(
+                (k, v) for k, v in infos[self.agg_input.name].items() if k != 'seed')})
+      acc = agg.accumulate_client(acc, update, weight, client_input)
       upload_acc = tf.nest.map_structure(tf.add, upload_acc, nonempty(out['upload']))
       state = flat.flatten_value(out['state']) if parts.stateful else tf.zeros([0], tf.float32)
       values = collections.OrderedDict(loss=out['loss'], num_examples=out['num_examples'], state=state)
@@ -355,6 +363,23 @@ def _federated_aggregate_pass(fns: RoundFunctions, slot_result_type):
     return tff.federated_map(measure, (per_client, vectors, means, tff.federated_broadcast(aggregate)))
 
   return run
+
+
+def _aggregator_input(extensions) -> Optional[extension_lib.Extension]:
+  chosen = [e for e in extensions if e.aggregator_input]
+  if len(chosen) > 1:
+    raise ValueError(f'at most one extension may send aggregator inputs; got {[e.name for e in chosen]}.')
+  return chosen[0] if chosen else None
+
+
+def _weight_type(agg_input):
+  """None (float32), or OrderedDict(weight=float32, <name>=its fields of one client) (Extension.aggregator_input)."""
+  if agg_input is None:
+    return None
+  fields = [(k, tff.TensorType(s.dtype.as_numpy_dtype, s.shape.as_list())) for k, s in agg_input.field_specs().items()]
+  return tff.StructWithPythonType([('weight', tff.TensorType(np.float32)),
+                                   (agg_input.name, tff.StructWithPythonType(fields, collections.OrderedDict))],
+                                  collections.OrderedDict)
 
 
 def _local_options(extensions, bcast, infos) -> local_training.LocalOptions:

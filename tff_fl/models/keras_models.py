@@ -52,10 +52,44 @@ def cnn(input_shape, num_classes: int) -> tf.keras.Model:
   ])
 
 
+def _torch_default_init(fan_in: int) -> dict:
+  """PyTorch's default Conv2d/Linear initialisation: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  (kaiming_uniform with a=sqrt(5) for the weights), as Keras initializers."""
+  bound = 1.0 / float(fan_in) ** 0.5
+  return dict(kernel_initializer=tf.keras.initializers.VarianceScaling(1.0 / 3.0, 'fan_in', 'uniform'),
+              bias_initializer=tf.keras.initializers.RandomUniform(-bound, bound))
+
+
+def simple_cnn(input_shape, num_classes: int) -> tf.keras.Model:
+  """NIID-Bench's `SimpleCNNMNIST` (Li et al., ICDE 2022; `model.py`) for [28, 28, 1] inputs in [0, 1]:
+  conv 6@5x5 (valid) -> ReLU -> max-pool 2 -> conv 16@5x5 (valid) -> ReLU -> max-pool 2 -> [4, 4, 16] -> FC 120 ->
+  ReLU -> FC 84 -> ReLU -> FC num_classes (logits); 44,426 parameters for 10 classes.
+
+  Initialised as PyTorch initialises it (U(+-1/sqrt(fan_in)) weights and biases). The flatten order is NHWC rather
+  than PyTorch's NCHW, a fixed permutation of FC 120's input rows (the same function class and initial distribution).
+  """
+  if tuple(input_shape) != (28, 28, 1):
+    raise ValueError(f'model=simple_cnn needs 28x28x1 images (mnist, fashion_mnist); this task has input shape '
+                     f'{tuple(input_shape)}.')
+  channels = input_shape[-1]
+  return tf.keras.Sequential([
+      tf.keras.layers.InputLayer(input_shape=input_shape),
+      tf.keras.layers.Conv2D(6, 5, activation='relu', **_torch_default_init(channels * 25)),
+      tf.keras.layers.MaxPool2D(2),
+      tf.keras.layers.Conv2D(16, 5, activation='relu', **_torch_default_init(6 * 25)),
+      tf.keras.layers.MaxPool2D(2),
+      tf.keras.layers.Flatten(),
+      tf.keras.layers.Dense(120, activation='relu', **_torch_default_init(16 * 4 * 4)),
+      tf.keras.layers.Dense(84, activation='relu', **_torch_default_init(120)),
+      tf.keras.layers.Dense(num_classes, **_torch_default_init(84)),
+  ])
+
+
 MODELS = registry.Registry('model')  # name -> builder(input_shape, num_classes) -> tf.keras.Model
 MODELS.register('logreg', logreg)
 MODELS.register('2nn', mlp_2nn)
 MODELS.register('cnn', cnn)
+MODELS.register('simple_cnn', simple_cnn)
 
 
 def get_builder(name: str) -> Callable[..., tf.keras.Model]:
