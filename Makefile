@@ -25,8 +25,10 @@ $(STAMP): requirements/lock.txt requirements/constraints.txt requirements/nodeps
 run: venv
 	$(PY) -m experiments.train --flagfile=experiments/configs/default.flags
 
+# Two pytest-xdist workers (the machines have 2 cores; most of a test is single-threaded TF tracing).
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=25 tests
 
 data: venv
 	bash experiments/fetch_data.sh
