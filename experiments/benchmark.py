@@ -300,4 +300,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  contexts.set_local_cpp_context()  # Before flag parsing: even a usage error exits on this context.
   app.run(main)

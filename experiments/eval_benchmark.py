@@ -24,10 +24,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-import tff_fl  # pylint: disable=unused-import  (installs the managed TFF context)
 from tff_fl.data import sources
 from tff_fl.engine import evaluation
 from tff_fl.models import keras_models
+from tff_fl.simulation import contexts
 
 _POPULATION = flags.DEFINE_enum('population', 'mnist', ['mnist', 'digits'], 'population (module docstring)')
 _MODEL = flags.DEFINE_enum('model', '2nn', ['logreg', '2nn', 'cnn'], 'model')
@@ -76,4 +76,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  contexts.set_local_cpp_context()  # Before flag parsing: even a usage error exits on this context.
   app.run(main)

@@ -6,6 +6,7 @@ config and its flags cannot drift apart. Optimizer flags are generated per prefi
 """
 
 import dataclasses
+import re
 from typing import Any
 
 from absl import flags
@@ -55,7 +56,7 @@ def optimizer_from_flags(prefix: str):
   get = lambda n: FLAGS[f'{prefix}_{n}'].value
   return optimizers.build_optimizer(get('optimizer'), get('learning_rate'), momentum=get('momentum'),
                                     beta_1=get('beta_1'), beta_2=get('beta_2'), epsilon=get('epsilon'),
-                                    weight_decay=get('weight_decay'), flag_prefix=prefix)
+                                    weight_decay=get('weight_decay'), name_prefix=prefix)
 
 
 def define_flag(kind: str, name: str, default, text: str) -> None:
@@ -72,3 +73,20 @@ def hparams() -> dict[str, Any]:
 def defaults() -> dict[str, Any]:
   """Every experiment flag's default value (a checkpoint written before a flag existed matches its default)."""
   return {name: FLAGS[name].default for name in _GROUP_FLAGS}
+
+
+_ARGUMENT_RE = re.compile(r'(?<![\w\-.`\'"/])([a-z][a-z0-9_]*)(?==|:\s|$|\s(?:must|needs|applies|allows|and|or|>=?|<=?)\s)')
+_PROSE_BEFORE = ('the ', 'a ', 'an ', 'each ', 'every ', 'this ', 'its ', 'whose ')
+
+
+def flag_message(message: str) -> str:
+  """A library error naming Python arguments (`algorithm=scaffold`, `mu must be >= 0`) reworded with the flags of
+  the same names (`--algorithm=scaffold`, `--mu must be >= 0`); words that are not flags, or follow an article
+  ('the model must ...'), are left alone."""
+  def flagged(match):
+    name = match.group(1)
+    before = message[max(0, match.start() - 8):match.start()]
+    if name not in FLAGS or before.endswith(_PROSE_BEFORE):
+      return name
+    return f'--{name}'
+  return _ARGUMENT_RE.sub(flagged, message)

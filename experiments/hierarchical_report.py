@@ -20,7 +20,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
-import tff_fl  # pylint: disable=g-import-not-at-top,unused-import  (installs the managed TFF context)
 from experiments.components import hierarchical as hier_component  # pylint: disable=g-import-not-at-top
 from tff_fl import engine  # pylint: disable=g-import-not-at-top
 from tff_fl import tasks  # pylint: disable=g-import-not-at-top
@@ -126,6 +125,7 @@ def regime_part(rounds_device: int, rounds_silo: int) -> list[str]:
 
 
 def main():
+  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this binary does.
   parser = argparse.ArgumentParser()
   parser.add_argument('--rounds', type=int, default=40)
   parser.add_argument('--device_rounds', type=int, default=150)

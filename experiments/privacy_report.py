@@ -8,7 +8,7 @@ uniform client weighting, client SGD 0.5, batch 10, one local epoch, server SGD 
 no DP; `--dp=fixed` (clip 1.0) at each noise multiplier; `--dp=adaptive` (clip starts at 1.0, target unclipped
 quantile 0.5); and one `--dp=fixed --target_epsilon` run that the budget stops early. Epsilon is the binary's
 dp-accounting RDP value at delta 1e-5 (summary.json); accuracies are of the released (final) model. The DP noise
-is keyed by --seed (tff_fl/privacy/seeded_queries.py), so a row repeats exactly; every number is measured here.
+is keyed by --seed (tff_fl/aggregators/seeded_queries.py), so a row repeats exactly; every number is measured here.
 """
 
 import argparse

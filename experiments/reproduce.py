@@ -383,4 +383,5 @@ if __name__ == '__main__':
   flags.DEFINE_string('work_dir', '/tmp/tff_fl_reproduce', 'root of the runs\' experiment directories (checkpoints)')
   flags.DEFINE_string('output_dir', 'experiments/results', 'where the markdown tables and PNGs go')
   flags.DEFINE_bool('report_only', False, 'only rewrite the report from the runs recorded in --work_dir')
+  contexts.set_local_cpp_context()  # Before flag parsing: even a usage error exits on this context.
   app.run(main)

@@ -107,6 +107,8 @@ def engine_part(cohorts, dropouts, bits, threshold):
   from tff_fl import engine, tasks  # pylint: disable=g-import-not-at-top
   from tff_fl.aggregators.secagg import factory  # pylint: disable=g-import-not-at-top
   from tff_fl.algorithms import fed_avg, secagg_input  # pylint: disable=g-import-not-at-top
+  from tff_fl.simulation import contexts  # pylint: disable=g-import-not-at-top
+  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this part does.
   task = tasks.build_task(tasks.TaskConfig(task='digits', model='logreg', num_clients=max(cohorts) * 2, seed=0))
   rows = []
   for n in cohorts:

@@ -191,6 +191,7 @@ def disk_ram(num_clients=10_000, dim=200_000, cohort=100, rounds=5):
 
 
 def main(argv):
+  contexts.set_local_cpp_context()  # Importing tff_fl installs no TFF execution context; this binary does.
   parts = {'scaffold': scaffold_vs_fedavg, 'topk': topk_vs_ef, 'fedper': fedper_vs_global, 'disk_ram': disk_ram}
   names = argv[1:] or list(parts)
   bad = [n for n in names if n not in parts]

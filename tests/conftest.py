@@ -6,8 +6,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import psutil  # pylint: disable=g-import-not-at-top
 
-import tff_fl  # pylint: disable=g-import-not-at-top,unused-import  (installs the managed TFF context)
 from tff_fl.simulation import contexts  # pylint: disable=g-import-not-at-top
+
+# Importing tff_fl installs no execution context (tests/test_layering.py); tests call TFF computations directly.
+contexts.set_local_cpp_context()
 
 
 def worker_pids_of(pid: int) -> list[int]:

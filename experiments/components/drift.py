@@ -5,7 +5,8 @@
                                 and client loss spread at the broadcast model, and drift/loss_change
   --drift_warning_threshold=X   a train-loss rise above X logs a warning naming the likely cause
 
-Adds `tff_fl.algorithms.drift.DriftMeasurements` to `exp.extensions` and the `DriftHook`. Its figures compare each
+Adds `tff_fl.algorithms.drift.DriftMeasurements` to `exp.extensions` and `tff_fl.simulation.drift_hook.DriftHook`
+to the hooks. Its figures compare each
 update with the round's aggregate (the engine's aggregate pass: a second map over the clients, which `--workers`
 still splits).
 """
@@ -14,6 +15,7 @@ from absl import flags
 
 from experiments import flag_groups
 from tff_fl.algorithms import drift
+from tff_fl.simulation import drift_hook
 
 FLAGS = flags.FLAGS
 
@@ -28,5 +30,7 @@ def define_flags() -> None:
 def configure(exp) -> None:
   if not FLAGS.drift_metrics:
     return
-  exp.hooks.append(drift.DriftHook(FLAGS.drift_warning_threshold))  # Validates the threshold.
+  if FLAGS.drift_warning_threshold < 0:
+    raise ValueError(f'--drift_warning_threshold must be >= 0; got {FLAGS.drift_warning_threshold}.')
+  exp.hooks.append(drift_hook.DriftHook(FLAGS.drift_warning_threshold))
   exp.extensions.append(drift.DriftMeasurements())

@@ -13,9 +13,9 @@ cluster/<k>/accuracy (the model cluster k's clients receive) and cluster/<k>/glo
 comm/edge_global/bytes_{up,down}, comm/long_haul/{bytes,cumulative_bytes}. Refused before training: a hierarchy flag without --hierarchical,
 --engine=tff, and a robust --aggregator that a cluster's share of the cohort can be too small for.
 
-`regional_digits`: digits in 4 regions with different label mixes (a class c prefers region c mod 4 with probability
-0.7) and a feature shift (region r's images are rotated by r x 90 degrees); --num_clients are split evenly over the
-regions and named 'region<r>/client_<i>', so --cluster_by=natural --num_clusters=4 recovers the regions.
+`regional_digits` (the library's `tff_fl.tasks_regional`): digits in 4 regions with different label mixes (a class c
+prefers region c mod 4 with probability 0.7) and a feature shift (region r's images are rotated by r x 90 degrees);
+--num_clients are split evenly over the regions and named 'region<r>/client_<i>', so --cluster_by=natural --num_clusters=4 recovers the regions.
 """
 
 import collections
@@ -30,19 +30,16 @@ from experiments import flag_groups
 from tff_fl import aggregators
 from tff_fl import engine
 from tff_fl import tasks as tasks_lib
+from tff_fl import tasks_regional
 from tff_fl.algorithms import builders
 from tff_fl.algorithms import hierarchical
 from tff_fl.algorithms import model_types
-from tff_fl.data import client_data
-from tff_fl.data import partition as partition_lib
-from tff_fl.data import sources
 from tff_fl.engine import evaluation
 from tff_fl.engine import hierarchical as hierarchical_process
 from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
-NUM_REGIONS = 4
-REGION_PREFERENCE = 0.7
+NUM_REGIONS = tasks_regional.NUM_REGIONS
 
 
 @dataclasses.dataclass
@@ -217,24 +214,4 @@ class ClusterHook(training_loop.RoundHook):
     return collections.OrderedDict(self.last, long_haul_bytes_total=self.cumulative)
 
 
-def regional_digits(cfg: tasks_lib.TaskConfig) -> tasks_lib.Task:
-  """Digits with regional label mixes and per-region rotations (module docstring); clients 'region<r>/client_<i>'."""
-  if cfg.num_clients < NUM_REGIONS:
-    raise ValueError(f'--num_clients must be >= {NUM_REGIONS} for --task=regional_digits; got {cfg.num_clients}.')
-  data = sources.load_digits()
-  rng = np.random.default_rng([cfg.seed, 41])
-  preferred = data.y % NUM_REGIONS
-  other = (preferred + rng.integers(1, NUM_REGIONS, data.y.size)) % NUM_REGIONS
-  region = np.where(rng.random(data.y.size) < REGION_PREFERENCE, preferred, other)
-  arrays = {}
-  for r in range(NUM_REGIONS):
-    idx = np.flatnonzero(region == r)
-    x = np.rot90(data.x[idx], k=r, axes=(1, 2))
-    n_clients = cfg.num_clients // NUM_REGIONS + int(r < cfg.num_clients % NUM_REGIONS)
-    for i, part in enumerate(partition_lib.iid(idx.size, n_clients, cfg.seed + r)):
-      arrays[f'region{r}/client_{i:04d}'] = (x[part], data.y[idx][part])
-  fed = client_data.from_client_arrays(arrays, cfg.test_fraction, cfg.seed, data.num_classes)
-  return tasks_lib.Task('regional_digits', fed, cfg.model, tuple(data.x.shape[1:]), data.num_classes)
-
-
-tasks_lib.TASK_BUILDERS.setdefault('regional_digits', regional_digits)
+regional_digits = tasks_regional.regional_digits  # The task lives in the library (`tff_fl.tasks_regional`).

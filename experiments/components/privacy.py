@@ -1,6 +1,7 @@
 """Component: differential privacy (client-level DP-FedAvg / DP-FTRL, sample-level DP-SGD) with accounting.
 
   --dp=none|fixed|adaptive|tree  --noise_multiplier  --clip_norm  --target_unclipped_quantile
+                                             (--dp makes --client_weighting=uniform the default)
   --client_sampling=uniform|poisson|cyclic   one object (`ClientDPPlan`) owns both the sampler and its dp-accounting
                                              event, so accounting for one scheme while sampling another is impossible
   --accountant=rdp|pld  --target_delta  --target_epsilon   epsilon is a metrics.csv column every round; training stops
@@ -17,8 +18,8 @@ import tensorflow as tf
 from experiments import flag_groups
 from tff_fl import tasks as tasks_lib
 from tff_fl.algorithms import dp_sgd_client
-from tff_fl.privacy import hooks
 from tff_fl.privacy import plan as plan_lib
+from tff_fl.simulation import privacy_hooks as hooks
 
 FLAGS = flags.FLAGS
 
@@ -40,6 +41,13 @@ def define_flags() -> None:
   d('float', 'sample_clip_norm', 1.0, '--sample_dp: per-example gradient clip norm')
 
 
+def flag_defaults() -> None:
+  """--dp weights clients uniformly (DP-FedAvg; a weight would leak the example count) unless the user set
+  --client_weighting, which `configure` then checks."""
+  if FLAGS.dp != 'none' and FLAGS['client_weighting'].using_default_value:
+    FLAGS['client_weighting'].value = 'uniform'
+
+
 def configure(exp) -> None:
   if FLAGS.secure_bits and FLAGS.dp not in ('fixed', 'adaptive'):
     raise ValueError(f'--secure_bits needs --dp=fixed|adaptive (distributed DP over secure sum); got --dp={FLAGS.dp}.')
@@ -52,8 +60,8 @@ def configure(exp) -> None:
   if FLAGS.dp != 'none' and exp.model_aggregator is not None:
     raise ValueError(f"--dp={FLAGS.dp} is the aggregator; use --aggregator=mean with it (got a custom chain).")
   if FLAGS.dp != 'none' and exp.algo_cfg.client_weighting != 'uniform':
-    raise ValueError('--dp needs --client_weighting=uniform (DP-FedAvg weights clients equally; a weight would '
-                     'leak the example count).')
+    raise ValueError('--dp needs --client_weighting=uniform, its default with --dp (DP-FedAvg weights clients '
+                     'equally; a weight would leak the example count).')
   if FLAGS.secure_bits < 0:
     raise ValueError(f'--secure_bits must be >= 0 (0 disables secure aggregation); got {FLAGS.secure_bits}.')
   if FLAGS.secure_bits and exp.engine != 'tff':

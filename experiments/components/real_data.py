@@ -1,8 +1,8 @@
 """Component: real-data tasks (mnist, fashion_mnist, shakespeare, emnist; `--model=char_lstm`) and central evaluation.
 
-Importing this module registers the tasks of `tff_fl.tasks_real`. Flags: `--central_eval` (comma-separated splits
-among test, train; '' = off) adds `central_<split>_loss` / `central_<split>_accuracy` columns every
-`--rounds_per_central_eval` rounds (0 = every `--rounds_per_eval`) and at the last round, computed on all clients'
+The tasks themselves are in the library's registry (`tff_fl.tasks_real`, registered when `tff_fl` is imported).
+Flags: `--central_eval` (comma-separated splits among test, train; '' = off) adds `central_<split>_loss` /
+`central_<split>_accuracy` columns every `--rounds_per_central_eval` rounds (0 = every `--rounds_per_eval`) and at the last round, computed on all clients'
 examples of the split (mnist: the official 10k test set; shakespeare: pad targets excluded);
 `--central_eval_max_examples` (> 0) evaluates a fixed seeded subsample instead.
 """
@@ -10,7 +10,6 @@ examples of the split (mnist: the official 10k test set; shakespeare: pad target
 import dataclasses
 
 from experiments import flag_groups
-from tff_fl import tasks_real  # pylint: disable=unused-import  (registers the tasks)
 from tff_fl.simulation import central_eval
 
 

@@ -1,12 +1,9 @@
 """Stateful clients component: SCAFFOLD, FedDyn, FedPer, Ditto, top-k with error feedback, per-client evaluation.
 
-  --algorithm=scaffold|feddyn|fedper|ditto     (registered here as `Algorithm` definitions)
-  --scaffold_correction=gradient|after_step  SCAFFOLD's control-variate correction: in the gradient of plain SGD
-                                          (the paper; --client_optimizer=sgd, no weight decay) or after each step
-                                          of the client optimizer (NIID-Bench; --client_optimizer=sgd|momentum)
-  --feddyn_alpha=A                        FedDyn's dynamic regulariser weight alpha
-  --ditto_lambda=L                        Ditto: pull of the personal models towards the global model
-  --fedper_head_layers=N                  last N layers with weights are personal (FedPer)
+  --algorithm=scaffold|feddyn|fedper|ditto     (in the library's registry, `tff_fl.algorithms.builders`, with their
+                                          flags --scaffold_correction, --feddyn_alpha, --ditto_lambda,
+                                          --fedper_head_layers; --scaffold_correction=after_step is NIID-Bench's
+                                          SCAFFOLD with --client_optimizer=sgd|momentum and --client_weight_decay)
   --compression=topk_ef(fraction)         top-k uploads with per-client error feedback around ANY --algorithm
                                           (a registry wrapper: `TopKErrorFeedback(algorithm, fraction)`, plus the
                                           `compression.topk` stage in front of the model aggregator for the bits)
@@ -29,11 +26,7 @@ from absl import flags
 from experiments import flag_groups
 from tff_fl.algorithms import builders
 from tff_fl.algorithms import definition
-from tff_fl.algorithms import ditto
 from tff_fl.algorithms import error_feedback
-from tff_fl.algorithms import feddyn
-from tff_fl.algorithms import fedper
-from tff_fl.algorithms import scaffold
 from tff_fl.simulation import client_state
 
 FLAGS = flags.FLAGS
@@ -46,13 +39,6 @@ def define_flags():
                           'topk_ef(fraction), top-k sparsification with error feedback around any --algorithm')
   flag_groups.define_flag('string', 'client_state_dir', '', 'directory for per-client state on disk (one per '
                           'experiment); empty = in memory')
-  flag_groups.define_flag('string', 'scaffold_correction', 'gradient', 'SCAFFOLD: gradient (Karimireddy et al.: '
-                          'plain SGD on g - c_i + c) or after_step (NIID-Bench: the client optimizer\'s step, then '
-                          'w -= lr * (c - c_i))')
-  flag_groups.define_flag('float', 'feddyn_alpha', 0.01, 'FedDyn: weight alpha of the dynamic regulariser (> 0)')
-  flag_groups.define_flag('float', 'ditto_lambda', 0.1, 'Ditto: weight lambda of the personal models\' proximal '
-                          'term towards the global model (>= 0)')
-  flag_groups.define_flag('integer', 'fedper_head_layers', 1, 'FedPer: number of final layers kept per client')
   flag_groups.define_flag('integer', 'finetune_epochs', 0, 'also evaluate the global model after this many local '
                           'fine-tuning epochs per client (0 = off)')
 
@@ -72,24 +58,7 @@ def parse_compression(spec: str):
 
 
 def _validate(exp):
-  algorithm = exp.algo_cfg.algorithm
-  if FLAGS.scaffold_correction not in scaffold.CORRECTIONS:
-    raise ValueError(f"--scaffold_correction must be one of {', '.join(scaffold.CORRECTIONS)}; got "
-                     f"'{FLAGS.scaffold_correction}'.")
-  if algorithm == 'scaffold' and FLAGS.scaffold_correction == 'gradient' and (
-      FLAGS.client_optimizer != 'sgd' or FLAGS.client_weight_decay != 0):
-    raise ValueError(f'--algorithm=scaffold with --scaffold_correction=gradient runs plain SGD: it needs '
-                     f'--client_optimizer=sgd and --client_weight_decay=0 (got {FLAGS.client_optimizer}, '
-                     f'{FLAGS.client_weight_decay:g}); --scaffold_correction=after_step runs sgd or momentum.')
-  if algorithm == 'scaffold' and FLAGS.client_optimizer not in ('sgd', 'momentum'):
-    raise ValueError(f'--algorithm=scaffold needs --client_optimizer=sgd or momentum (its control variates divide '
-                     f'by the step count times --client_learning_rate); got {FLAGS.client_optimizer}.')
-  if algorithm == 'feddyn' and not FLAGS.feddyn_alpha > 0:
-    raise ValueError(f'--feddyn_alpha must be > 0; got {FLAGS.feddyn_alpha}.')
-  if algorithm == 'ditto' and not FLAGS.ditto_lambda >= 0:
-    raise ValueError(f'--ditto_lambda must be >= 0; got {FLAGS.ditto_lambda}.')
-  if FLAGS.fedper_head_layers < 1:
-    raise ValueError(f'--fedper_head_layers must be >= 1; got {FLAGS.fedper_head_layers}.')
+  del exp
   if FLAGS.finetune_epochs < 0:
     raise ValueError(f'--finetune_epochs must be >= 0; got {FLAGS.finetune_epochs}.')
   return parse_compression(FLAGS.compression)
@@ -158,11 +127,3 @@ def _eval_arrays(exp) -> dict:
 
 def _global_accuracies(exp, process, state):
   return _evaluation().client_accuracies(exp.task, process.get_model_weights(state), **_eval_arrays(exp))
-
-
-builders.register('scaffold', lambda exp: scaffold.Scaffold(FLAGS.client_learning_rate, len(exp.task.client_ids),
-                                                           FLAGS.scaffold_correction))
-builders.register('feddyn', lambda exp: feddyn.FedDyn(FLAGS.feddyn_alpha, len(exp.task.client_ids)))
-builders.register('fedper', lambda exp: fedper.FedPer(
-    fedper.head_size_from_layers(exp.task.keras_model(), FLAGS.fedper_head_layers)))
-builders.register('ditto', lambda exp: ditto.Ditto(FLAGS.ditto_lambda))

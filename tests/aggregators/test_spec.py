@@ -62,19 +62,19 @@ def test_chain_computes_clip_then_trimmed_mean():
     ('secure(16)>median', 'secure must be directly followed by mean, not median'),
     ('', 'empty spec'),
 ])
-def test_errors_are_one_line_naming_the_flag_and_the_allowed_stages(spec, problem):
+def test_errors_are_one_line_naming_the_argument_and_the_allowed_stages(spec, problem):
   with pytest.raises(ValueError) as error:
     agg.build_aggregator(spec)
   message = str(error.value)
   assert '\n' not in message
-  assert message.startswith('--aggregator=')
+  assert message.startswith('aggregator=')
   assert problem in message
-  for spelling in agg.ALLOWED_SPELLINGS:
+  for spelling in agg.allowed_spellings():
     assert spelling in message
 
 
 def test_cohort_size_is_checked_for_robust_stages():
-  with pytest.raises(ValueError, match=r"--aggregator='krum\(2\)'.*n > 2f\+2 = 6.*got cohort_size=6"):
+  with pytest.raises(ValueError, match=r"aggregator='krum\(2\)'.*n > 2f\+2 = 6.*got cohort_size=6"):
     agg.build_aggregator('krum(2)', cohort_size=6)
   agg.build_aggregator('krum(2)', cohort_size=7)
   agg.build_aggregator('mean', cohort_size=1)
@@ -82,8 +82,8 @@ def test_cohort_size_is_checked_for_robust_stages():
 
 def test_describe_lists_every_spelling():
   text = agg.describe()
-  assert all(spelling in text for spelling in agg.ALLOWED_SPELLINGS)
-  assert set(agg.ALLOWED_SPELLINGS) >= {'mean', 'median', 'trimmed_mean(beta)', 'krum(f)', 'multi_krum(f,m)',
+  assert all(spelling in text for spelling in agg.allowed_spellings())
+  assert set(agg.allowed_spellings()) >= {'mean', 'median', 'trimmed_mean(beta)', 'krum(f)', 'multi_krum(f,m)',
                                         'clip(norm)', 'quantize(bits)', 'topk(fraction)', 'secure(bits[,range])',
                                         'adaptive_clip(quantile)'}
 
@@ -106,10 +106,11 @@ def test_secagg_spellings_build_the_python_factories():
     ('secagg_plus(16,0.5,0)>mean', 10, 'k (neighbours) must be an int >= 1'),
     ('secagg(40,0.5)>mean', 10, 'secagg bits must be an int in [1, 32]'),
     ('secagg(3,0.5)>mean', 10, 'need 2^bits - 1 >= clients'),
-    ('secagg(16,0.5)>mean', None, 'secagg needs the cohort size (--clients_per_round)'),
+    ('secagg(16,0.5)>mean', None, 'secagg needs cohort_size (the most clients a round samples)'),
+    ('secagg_plus(16,0.5,2)>mean', None, 'secagg_plus needs cohort_size'),
 ])
-def test_secagg_errors_are_one_line_naming_the_flag(spec, cohort, problem):
+def test_secagg_errors_are_one_line_naming_the_argument(spec, cohort, problem):
   with pytest.raises(ValueError) as error:
     agg.build_aggregator(spec, cohort_size=cohort)
   message = str(error.value)
-  assert '\n' not in message and message.startswith(f'--aggregator={spec!r}') and problem in message
+  assert '\n' not in message and message.startswith(f'aggregator={spec!r}') and problem in message

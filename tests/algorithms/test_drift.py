@@ -14,6 +14,7 @@ from tff_fl import tasks
 from tff_fl.algorithms import attacks
 from tff_fl.algorithms import drift
 from tff_fl.algorithms import fed_avg
+from tff_fl.simulation import drift_hook
 
 from numpy_reference import logreg_loss_and_grads  # tests/numpy_reference.py
 
@@ -110,7 +111,7 @@ def _row(loss, **figures):
     (dict(), 'no drift figure stands out'),
 ])
 def test_loss_increase_warning_names_likely_cause(spike, cause, caplog):
-  hook = drift.DriftHook(warning_threshold=0.1)
+  hook = drift_hook.DriftHook(warning_threshold=0.1)
   rows = [_row(2.0), _row(1.8), _row(1.7), _row(1.95, **spike), _row(1.9)]
   with caplog.at_level(logging.WARNING):
     for r, row in enumerate(rows, start=1):
@@ -120,5 +121,5 @@ def test_loss_increase_warning_names_likely_cause(spike, cause, caplog):
   assert len(hook.warnings) == 1 and hook.warnings[0].startswith('round 4: train loss rose by 0.25')
   assert cause in hook.warnings[0] and hook.warnings[0] in caplog.text
   assert hook.summary() == {'drift_warnings': 1}
-  with pytest.raises(ValueError, match='--drift_warning_threshold must be >= 0'):
-    drift.DriftHook(-1.0)
+  with pytest.raises(ValueError, match='warning_threshold must be >= 0'):
+    drift_hook.DriftHook(-1.0)

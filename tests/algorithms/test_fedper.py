@@ -84,7 +84,7 @@ def test_head_stays_per_client_and_base_is_averaged():
 
 
 def test_head_validation():
-  with pytest.raises(ValueError, match='--fedper_head_layers'):
+  with pytest.raises(ValueError, match=r'^fedper_head_layers must be an int in \[1, 2\]'):
     fedper.head_size_from_layers(_keras(), 3)
   with pytest.raises(ValueError, match=r'head_size must be an int in \[1, 5\]'):
     _build(_arrays(), head=6)

@@ -23,7 +23,7 @@ def test_weight_decay_matches_torch_sgd(name, momentum):
   rng = np.random.default_rng(0)
   w0 = rng.normal(size=(4, 3))
   grads = [rng.normal(size=(4, 3)) for _ in range(6)]
-  opt = optimizers.build_optimizer(name, 0.05, momentum=momentum, weight_decay=0.3, flag_prefix='client')
+  opt = optimizers.build_optimizer(name, 0.05, momentum=momentum, weight_decay=0.3, name_prefix='client')
   assert isinstance(opt, optimizers.WeightDecay)
   w = (tf.constant(w0, tf.float32),)
   state = opt.initialize((tf.TensorSpec([4, 3], tf.float32),))
@@ -33,9 +33,9 @@ def test_weight_decay_matches_torch_sgd(name, momentum):
   assert opt.get_hparams(state)['learning_rate'] == pytest.approx(0.05)
 
 
-def test_zero_weight_decay_is_the_plain_optimizer_and_bad_values_name_the_flag():
-  assert not isinstance(optimizers.build_optimizer('sgd', 0.1, flag_prefix='client'), optimizers.WeightDecay)
-  with pytest.raises(ValueError, match='--client_weight_decay must be a finite number >= 0'):
-    optimizers.build_optimizer('sgd', 0.1, weight_decay=-1e-5, flag_prefix='client')
+def test_zero_weight_decay_is_the_plain_optimizer_and_bad_values_name_the_argument():
+  assert not isinstance(optimizers.build_optimizer('sgd', 0.1, name_prefix='client'), optimizers.WeightDecay)
+  with pytest.raises(ValueError, match='^client_weight_decay must be a finite number >= 0'):
+    optimizers.build_optimizer('sgd', 0.1, weight_decay=-1e-5, name_prefix='client')
   assert isinstance(optimizers.with_weight_decay(tff.learning.optimizers.build_adam(0.1), 1e-4),
                     optimizers.WeightDecay)

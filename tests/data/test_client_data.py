@@ -126,8 +126,8 @@ def test_dataset_computation_runs_in_tff():
     (lambda d: client_data.from_partition(d, ['a', 'b'], [np.arange(3), np.array([], np.int64)]), "client 'b'"),
     (lambda d: client_data.from_partition(d, ['a'], [np.arange(3), np.arange(3, 5)]), '1 client ids but 2'),
     (lambda d: client_data.from_partition(d, ['a', 'a'], [np.arange(3), np.arange(3, 5)]), 'distinct'),
-    (lambda d: client_data.from_partition(d, ['a'], [np.arange(3)], test_fraction=1.0), '--test_fraction'),
-    (lambda d: client_data.from_partition(d, ['a'], [np.arange(3)], test_fraction=-0.1), '--test_fraction'),
+    (lambda d: client_data.from_partition(d, ['a'], [np.arange(3)], test_fraction=1.0), '^test_fraction must be in'),
+    (lambda d: client_data.from_partition(d, ['a'], [np.arange(3)], test_fraction=-0.1), '^test_fraction must be in'),
     (lambda d: client_data.from_partition(d, ['a'], [np.arange(3)]).num_examples('val'), 'split must be one of'),
 ])
 def test_bad_input_raises_value_error(call, match):

@@ -35,8 +35,8 @@ def test_task_adds_noise_to_training_inputs_only():
 
 
 @pytest.mark.parametrize('cfg,match', [
-    (dict(feature_noise=-0.1), '--feature_noise must be a finite number >= 0'),
-    (dict(feature_noise=0.1, num_clients=1), '--feature_noise needs --num_clients >= 2'),
+    (dict(feature_noise=-0.1), '^feature_noise must be a finite number >= 0'),
+    (dict(feature_noise=0.1, num_clients=1), '^feature_noise needs num_clients >= 2'),
 ])
 def test_bad_noise_is_one_line_error(cfg, match):
   base = dict(task='digits', model='logreg', num_clients=4, partition='iid')

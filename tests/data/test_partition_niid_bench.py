@@ -140,17 +140,17 @@ def test_seeded_and_dispatched_by_name():
 
 
 @pytest.mark.parametrize('call,match', [
-    (lambda y: partition.label_quantity(y, 10, 11, 0), r'--labels_per_client must be an integer in \[1, 10\]'),
-    (lambda y: partition.label_quantity(y, 10, 0, 0), '--labels_per_client'),
-    (lambda y: partition.label_quantity(y[:5], 5, 2, 0), '--labels_per_client=2'),  # too few examples of a label
-    (lambda y: partition.label_dirichlet(y, 10, 0.0, 0), '--dirichlet_alpha'),
-    (lambda y: partition.label_dirichlet(y, 10, -1.0, 0), '--dirichlet_alpha'),
-    (lambda y: partition.label_dirichlet(y[:150], 10, 0.01, 0), '--partition=label_dirichlet .* in 100 draws'),
-    (lambda y: partition.label_dirichlet(y[:50], 10, 0.5, 0), '--num_clients=10 x 10 exceeds'),
-    (lambda y: partition.quantity_skew(200, 10, 0.05, 0), '--partition=quantity_skew .* in 100 draws'),
-    (lambda y: partition.quantity_skew(2000, 10, float('nan'), 0), '--dirichlet_alpha'),
+    (lambda y: partition.label_quantity(y, 10, 11, 0), r'^labels_per_client must be an integer in \[1, 10\]'),
+    (lambda y: partition.label_quantity(y, 10, 0, 0), '^labels_per_client'),
+    (lambda y: partition.label_quantity(y[:5], 5, 2, 0), '^labels_per_client=2 with num_clients=5'),  # too few examples of a label
+    (lambda y: partition.label_dirichlet(y, 10, 0.0, 0), '^dirichlet_alpha must be'),
+    (lambda y: partition.label_dirichlet(y, 10, -1.0, 0), '^dirichlet_alpha must be'),
+    (lambda y: partition.label_dirichlet(y[:150], 10, 0.01, 0), '^partition=label_dirichlet .* in 100 draws; raise dirichlet_alpha or lower num_clients'),
+    (lambda y: partition.label_dirichlet(y[:50], 10, 0.5, 0), 'num_clients=10 x 10 exceeds'),
+    (lambda y: partition.quantity_skew(200, 10, 0.05, 0), '^partition=quantity_skew .* in 100 draws'),
+    (lambda y: partition.quantity_skew(2000, 10, float('nan'), 0), '^dirichlet_alpha must be'),
 ])
-def test_impossible_inputs_are_one_line_errors_naming_the_flag(call, match):
+def test_impossible_inputs_are_one_line_errors_naming_the_argument(call, match):
   with pytest.raises(ValueError, match=match) as info:
     call(_labels())
   assert '\n' not in str(info.value)

@@ -6,6 +6,7 @@ import types
 import pytest
 from absl import flags
 
+from experiments import flag_groups
 from experiments import train  # pylint: disable=unused-import  (defines the binary's flags and components)
 from experiments.components import algorithms
 from tff_fl.algorithms import builders
@@ -17,7 +18,8 @@ FLAGS = flags.FLAGS
 
 
 def _exp(algorithm):
-  return types.SimpleNamespace(algo_cfg=builders.AlgorithmConfig(algorithm=algorithm))
+  return types.SimpleNamespace(algo_cfg=builders.AlgorithmConfig(algorithm=algorithm),
+                               client_optimizer=flag_groups.optimizer_from_flags('client'))
 
 
 @pytest.mark.parametrize('args, want', [

@@ -20,6 +20,7 @@ from tff_fl.algorithms import attacks
 from tff_fl.algorithms import builders
 from tff_fl.algorithms import drift
 from tff_fl.algorithms import preprocessing
+from tff_fl.simulation import drift_hook
 from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS
@@ -86,7 +87,7 @@ def test_drift_adds_its_extension_and_hook(parse):
   exp = _exp(algorithm='scaffold')
   drift_component.configure(exp)
   assert [type(e) for e in exp.extensions] == [drift.DriftMeasurements]
-  assert [type(h) for h in exp.hooks] == [drift.DriftHook] and exp.hooks[0].threshold == 0.3
+  assert [type(h) for h in exp.hooks] == [drift_hook.DriftHook] and exp.hooks[0].threshold == 0.3
   parse('--drift_metrics', '--drift_warning_threshold=-1')
   with pytest.raises(ValueError, match='^--drift_warning_threshold must be >= 0'):
     drift_component.configure(_exp())

@@ -92,7 +92,7 @@ def test_engine_tff_is_refused(tmp_path, parse):
 
 def test_hierarchical_scaffold_run_writes_cluster_columns(tmp_path, parse, monkeypatch):
   """Any registered definition becomes hierarchical: SCAFFOLD (server extra + client state) at every edge."""
-  monkeypatch.setitem(builders._BUILDERS, 'scaffold_under_test',  # pylint: disable=protected-access
+  monkeypatch.setitem(builders.ALGORITHMS._entries, 'scaffold_under_test',  # pylint: disable=protected-access
                       lambda exp: scaffold.Scaffold(0.1, len(exp.task.client_ids)))
   parse('--hierarchical', '--num_clusters=2', '--global_every=2', '--cluster_mixing=0.5')
   exp = _experiment(tmp_path)

@@ -141,7 +141,7 @@ def test_mismatched_flags_are_one_line_errors(mismatch_runs, name):
 
 def test_dp_runs_are_reproducible_from_the_seed(tmp_path):
   """Same --seed, same DP noise: two adaptive-clipping DP runs write identical metrics (the noise is keyed by the
-  seed; tests/privacy/test_seeded_queries.py checks other seeds differ and resumes continue the stream)."""
+  seed; tests/aggregators/test_seeded_queries.py checks other seeds differ and resumes continue the stream)."""
   flags = ['--dp=adaptive', '--noise_multiplier=0.3', '--client_weighting=uniform', '--total_rounds=3', '--seed=2']
   runs = [_run(tmp_path, name, *flags)[1] for name in ('r1', 'r2')]
   assert len(runs[0]) == 3

@@ -38,7 +38,7 @@ def _exp(epochs=2):
 
 
 @pytest.mark.parametrize('args, match', [
-    (['--central_eval=test,valid'], "--central_eval must be a comma-separated subset of test, train; got 'valid'"),
+    (['--central_eval=test,valid'], "central_eval must be a comma-separated subset of test, train; got 'valid'"),
     (['--central_eval=test', '--rounds_per_central_eval=-1'], '--rounds_per_central_eval must be >= 0'),
 ])
 def test_central_eval_flag_errors(parse, args, match):
@@ -58,7 +58,7 @@ def test_central_eval_hook_added(parse):
 
 @pytest.mark.parametrize('args, epochs, match', [
     (['--straggler_model=sometimes'], 2, "--straggler_model must be one of per_client, fedprox; got 'sometimes'"),
-    (['--straggler_model=fedprox', '--straggler_fraction=0.5'], 1, '--client_epochs_per_round >= 2'),
+    (['--straggler_model=fedprox', '--straggler_fraction=0.5'], 1, 'client_epochs_per_round >= 2'),
     (['--straggler_model=fedprox', '--straggler_fraction=0.5', '--dropout_rate=0.1'], 2, '--dropout_rate=0'),
 ])
 def test_straggler_flag_errors(parse, args, epochs, match):

@@ -15,7 +15,7 @@ from tff_fl import engine
 from tff_fl import tasks
 from tff_fl.algorithms import builders
 from tff_fl.algorithms import dp_sgd_client
-from tff_fl.privacy import hooks
+from tff_fl.simulation import privacy_hooks as hooks
 from tff_fl.simulation import training_loop
 
 FLAGS = flags.FLAGS

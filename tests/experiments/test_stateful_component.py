@@ -134,9 +134,25 @@ def test_topk_ef_on_the_stock_engine_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('values,match', [
-    (dict(algorithm='scaffold', client_optimizer='adam'), '--algorithm=scaffold with .* needs --client_optimizer=sgd'),
-    (dict(algorithm='feddyn', feddyn_alpha=0.0), '--feddyn_alpha must be > 0'),
-    (dict(algorithm='ditto', ditto_lambda=-1.0), '--ditto_lambda must be >= 0'),
+    (dict(algorithm='scaffold', client_optimizer='adam'),
+     '^algorithm=scaffold with scaffold_correction=gradient runs plain SGD: it needs client_optimizer=sgd'),
+    (dict(algorithm='scaffold', client_optimizer='momentum'), '^algorithm=scaffold with .* needs client_optimizer=sgd'),
+    (dict(algorithm='scaffold', client_weight_decay=1e-4), '^algorithm=scaffold with .* and client_weight_decay=0'),
+    (dict(algorithm='scaffold', client_optimizer='adam', scaffold_correction='after_step'),
+     '^algorithm=scaffold needs client_optimizer=sgd or momentum'),
+    (dict(algorithm='scaffold', scaffold_correction='before'), "^scaffold_correction must be one of gradient, "
+                                                                "after_step; got 'before'"),
+    (dict(algorithm='feddyn', feddyn_alpha=0.0), '^feddyn_alpha must be > 0'),
+    (dict(algorithm='ditto', ditto_lambda=-1.0), '^ditto_lambda must be >= 0'),
+])
+def test_bad_algorithm_hyperparameters_are_one_line_library_errors(tmp_path, values, match):
+  """The library's registry checks them and names its arguments (the binary rewords them as flags)."""
+  with flagsaver.flagsaver(**SMALL, **values):
+    with pytest.raises(ValueError, match=match):
+      builders.build_algorithm(_experiment(tmp_path))
+
+
+@pytest.mark.parametrize('values,match', [
     (dict(compression='topk_ef(1.5)'), r"--compression must be '' or topk_ef\(fraction\)"),
     (dict(finetune_epochs=-1), '--finetune_epochs must be >= 0'),
 ])
@@ -151,5 +167,5 @@ def test_fedper_head_layers_from_the_model(tmp_path):
     exp = _experiment(tmp_path)
     assert builders.build_algorithm(exp).head_size == 4  # The last two Dense layers: kernel + bias each.
   with flagsaver.flagsaver(**SMALL, algorithm='fedper'):  # logreg has one layer with weights.
-    with pytest.raises(ValueError, match='--algorithm=fedper needs a model with >= 2 layers'):
+    with pytest.raises(ValueError, match='^algorithm=fedper needs a model with >= 2 layers'):
       builders.build_algorithm(_experiment(tmp_path))

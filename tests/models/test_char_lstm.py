@@ -19,5 +19,5 @@ def test_parameter_count_by_hand():
 def test_registered_and_rejects_images():
   char_lstm.register()
   assert keras_models.get_builder('char_lstm') is char_lstm.char_lstm
-  with pytest.raises(ValueError, match='--model=char_lstm needs token sequences'):
+  with pytest.raises(ValueError, match='model=char_lstm needs token sequences'):
     char_lstm.char_lstm((28, 28, 1), 10)

@@ -17,9 +17,9 @@ def test_paper_parameter_counts():
 
 
 def test_unknown_model_and_cnn_on_flat_input():
-  with pytest.raises(ValueError, match='--model must be one of'):
+  with pytest.raises(ValueError, match='model must be one of'):
     keras_models.get_builder('resnet')
-  with pytest.raises(ValueError, match='--model=cnn'):
+  with pytest.raises(ValueError, match='model=cnn'):
     keras_models.cnn([60], 10)
 
 

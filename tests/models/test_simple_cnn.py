@@ -62,5 +62,5 @@ def test_pytorch_default_initialisation_bounds():
 
 
 def test_needs_28x28x1_images():
-  with pytest.raises(ValueError, match='--model=simple_cnn needs 28x28x1'):
+  with pytest.raises(ValueError, match='^model=simple_cnn needs 28x28x1'):
     keras_models.simple_cnn([8, 8, 1], 10)

@@ -15,14 +15,14 @@ IDS = [str(i) for i in range(100)]
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(dp='tree', client_sampling='uniform'), '--dp=tree needs --client_sampling=cyclic'),
-    (dict(dp='fixed', client_sampling='cyclic'), 'only accounted for --dp=tree'),
-    (dict(dp='fixed', client_sampling='uniform', accountant='pld'), '--accountant=pld supports only'),
-    (dict(dp='tree', client_sampling='cyclic', accountant='pld'), '--accountant=pld supports only'),
-    (dict(dp='none', target_epsilon=1.0), '--target_epsilon needs'),
-    (dict(dp='gauss'), '--dp must be one of'),
-    (dict(client_sampling='random'), '--client_sampling must be one of'),
-    (dict(accountant='gdp'), '--accountant must be one of'),
+    (dict(dp='tree', client_sampling='uniform'), '^dp=tree needs client_sampling=cyclic'),
+    (dict(dp='fixed', client_sampling='cyclic'), 'only accounted for dp=tree'),
+    (dict(dp='fixed', client_sampling='uniform', accountant='pld'), '^accountant=pld supports only'),
+    (dict(dp='tree', client_sampling='cyclic', accountant='pld'), '^accountant=pld supports only'),
+    (dict(dp='none', target_epsilon=1.0), '^target_epsilon needs'),
+    (dict(dp='gauss'), '^dp must be one of'),
+    (dict(client_sampling='random'), '^client_sampling must be one of'),
+    (dict(accountant='gdp'), '^accountant must be one of'),
     (dict(dp='fixed', clip_norm=-1.0), 'clip_norm'),
     (dict(dp='tree', client_sampling='cyclic', secure_bits=12), 'secure_bits composes only'),
 ])

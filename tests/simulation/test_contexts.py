@@ -9,8 +9,9 @@ import time
 import psutil
 
 _SCRIPT = r'''
-import numpy as np, tensorflow_federated as tff, tff_fl
+import numpy as np, tensorflow_federated as tff
 from tff_fl.simulation import contexts
+contexts.set_local_cpp_context()
 @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
 def mean(x):
   return tff.federated_mean(x)

@@ -60,5 +60,5 @@ def test_cohort_per_policy(task, policy):
 
 
 def test_needs_two_epochs(task):
-  with pytest.raises(ValueError, match='--client_epochs_per_round >= 2'):
+  with pytest.raises(ValueError, match='^straggler_model=fedprox needs client_epochs_per_round >= 2'):
     stragglers.FedProxStragglers(task, training_loop.LoopConfig(client_epochs_per_round=1), 0.5, 'partial')

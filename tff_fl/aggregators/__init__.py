@@ -23,9 +23,12 @@ from tff_fl.aggregators.secagg.factory import secagg_mean
 from tff_fl.aggregators.secagg.factory import secagg_plus_mean
 from tff_fl.aggregators.secure import secure_mean
 from tff_fl.aggregators.secure import secure_sum
-from tff_fl.aggregators.spec import ALLOWED_SPELLINGS
+from tff_fl.aggregators.spec import allowed_spellings
 from tff_fl.aggregators.spec import build_aggregator
 from tff_fl.aggregators.spec import describe
+from tff_fl.aggregators.spec import register_stage
+from tff_fl.aggregators.spec import Stage
+from tff_fl.aggregators.spec import STAGES
 from tff_fl.aggregators.weighting import accumulate_loss_stats
 from tff_fl.aggregators.weighting import client_weighted
 from tff_fl.aggregators.weighting import example_count

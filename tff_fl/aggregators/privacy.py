@@ -30,7 +30,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
-from tff_fl.privacy import seeded_queries
+from tff_fl.aggregators import seeded_queries
 
 DP_MODES = ('none', 'fixed', 'adaptive', 'tree')
 # TFF's DistributedDpSumFactory keeps its integers in float32, so it caps the secure-sum width at 22 bits.
@@ -126,7 +126,7 @@ def build_dp_aggregator(dp: str, noise_multiplier: float, clip_norm: float, clie
       `model_trainable_specs(model_fn)`.
     tree_restart_rounds: 'tree' only: rounds per tree (`CyclicSampler.cohorts_per_epoch`).
     secure_bits: if set, run 'fixed'/'adaptive' as distributed DP over a `secure_bits`-bit secure sum.
-    noise_seed: seed of the noise ('fixed'/'adaptive': `privacy.seeded_queries`, 'tree': tfp's tree seed); None
+    noise_seed: seed of the noise ('fixed'/'adaptive': `aggregators.seeded_queries`, 'tree': tfp's tree seed); None
       draws nondeterministic noise from TFF's stock factories. Ignored with `secure_bits` (TFF's distributed DP
       draws its own noise).
 

@@ -13,21 +13,18 @@ map over the clients with the broadcast aggregate and the cohort mean g = mean_k
   gradient_norm_sq_mean                mean_k ||g_k||^2
   loss_mean, loss_std, loss_min, loss_max   spread of L_k (std: population)
 
-Means are uniform over the reporting clients (NaN for a round nobody reported). `DriftHook` (a training-loop hook)
-adds `drift/loss_change` (train loss minus the previous round's) and logs a warning naming the likely cause
-(`likely_cause`) when the loss rises by more than a threshold.
+Means are uniform over the reporting clients (NaN for a round nobody reported). `tff_fl.simulation.drift_hook.DriftHook`
+(a training-loop hook) adds `drift/loss_change` (train loss minus the previous round's) and logs a warning naming
+the likely cause (`likely_cause`) when the loss rises by more than a threshold.
 """
 
 import collections
-from typing import Any, Optional
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fl.algorithms import extension
-from tff_fl.simulation import training_loop
 
 FIGURES = ('update_norm_mean', 'update_norm_max', 'aggregate_norm', 'cosine_mean', 'cosine_min',
            'gradient_dissimilarity', 'gradient_norm_sq_mean', 'loss_mean', 'loss_std', 'loss_min', 'loss_max')
@@ -131,41 +128,3 @@ def likely_cause(current: dict[str, float], history: list[dict[str, float]]) -> 
   if not signals:
     return 'no drift figure stands out (try a lower learning rate, or more clients per round)'
   return max(signals)[1]
-
-
-class DriftHook(training_loop.RoundHook):
-  """Adds `drift/loss_change`; logs a warning naming the likely cause when the train loss rises by > threshold."""
-  name = 'drift'
-
-  def __init__(self, warning_threshold: float):
-    if warning_threshold < 0:
-      raise ValueError(f'--drift_warning_threshold must be >= 0; got {warning_threshold}.')
-    self.threshold = warning_threshold
-    self.previous_loss: Optional[float] = None
-    self.history: list[dict[str, float]] = []
-    self.warnings: list[str] = []
-
-  def after_round(self, round_num, output, row) -> None:
-    del output
-    figures = {k.split('/')[-1]: v for k, v in row.items() if k.startswith('drift/') and isinstance(v, (int, float))}
-    loss = row.get('train_loss')
-    if self.previous_loss is not None and loss is not None:
-      change = loss - self.previous_loss
-      row['drift/loss_change'] = change
-      if change > self.threshold:
-        message = (f'round {round_num}: train loss rose by {change:.4g} (> --drift_warning_threshold '
-                   f'{self.threshold}); likely cause: {likely_cause(figures, self.history)}')
-        logging.warning(message)
-        self.warnings.append(message)
-    self.previous_loss = loss
-    self.history.append(figures)
-
-  def checkpoint_arrays(self) -> dict[str, np.ndarray]:
-    return {'previous_loss': np.array(np.nan if self.previous_loss is None else self.previous_loss)}
-
-  def restore_arrays(self, arrays) -> None:
-    if 'previous_loss' in arrays and np.isfinite(arrays['previous_loss']):
-      self.previous_loss = float(arrays['previous_loss'])
-
-  def summary(self) -> dict[str, Any]:
-    return {'drift_warnings': len(self.warnings)}

@@ -28,10 +28,10 @@ def head_size_from_layers(keras_model: tf.keras.Model, head_layers: int) -> int:
   """Number of trailing trainable variables that belong to the last `head_layers` layers with weights."""
   layers = [l for l in keras_model.layers if l.trainable_weights]
   if len(layers) < 2:
-    raise ValueError(f'--algorithm=fedper needs a model with >= 2 layers with weights (e.g. --model=2nn); this one '
+    raise ValueError(f'algorithm=fedper needs a model with >= 2 layers with weights (e.g. model=2nn); this one '
                      f'has {len(layers)}.')
   if not isinstance(head_layers, int) or not 1 <= head_layers < len(layers):
-    raise ValueError(f'--fedper_head_layers must be an int in [1, {len(layers) - 1}] (the model has {len(layers)} '
+    raise ValueError(f'fedper_head_layers must be an int in [1, {len(layers) - 1}] (the model has {len(layers)} '
                      f'layers with weights; the base needs at least one); got {head_layers!r}.')
   return sum(len(l.trainable_weights) for l in layers[-head_layers:])
 

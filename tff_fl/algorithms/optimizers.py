@@ -41,23 +41,24 @@ def with_weight_decay(optimizer: tff.learning.optimizers.Optimizer,
   """`optimizer` itself for weight_decay == 0, else `WeightDecay(optimizer, weight_decay)`."""
   return optimizer if weight_decay == 0 else WeightDecay(optimizer, weight_decay)
 
+
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'yogi', 'adagrad')
 
 
 def build_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9, beta_1: float = 0.9,
                     beta_2: float = 0.99, epsilon: float = 1e-3, initial_accumulator_value: float = 0.1,
-                    weight_decay: float = 0.0, flag_prefix: str = '') -> tff.learning.optimizers.Optimizer:
-  """Returns the named optimizer (with L2 `weight_decay`); errors name the flag (`--{flag_prefix}_optimizer`, ...)."""
+                    weight_decay: float = 0.0, name_prefix: str = '') -> tff.learning.optimizers.Optimizer:
+  """Returns the named optimizer (with L2 `weight_decay`); errors name the arguments, prefixed `{name_prefix}_` when
+  given (`client` -> `client_learning_rate`: the binary's flags of the same names)."""
+  arg = lambda n: f'{name_prefix}_{n}' if name_prefix else n
   if not (weight_decay >= 0 and weight_decay < float('inf')):
-    wd_flag = f'--{flag_prefix}_weight_decay' if flag_prefix else 'weight_decay'
-    raise ValueError(f'{wd_flag} must be a finite number >= 0; got {weight_decay}.')
+    raise ValueError(f"{arg('weight_decay')} must be a finite number >= 0; got {weight_decay}.")
   return with_weight_decay(_build(name, learning_rate, momentum, beta_1, beta_2, epsilon, initial_accumulator_value,
-                                  flag_prefix), weight_decay)
+                                  arg), weight_decay)
 
 
-def _build(name, learning_rate, momentum, beta_1, beta_2, epsilon, initial_accumulator_value, flag_prefix):
-  opt_flag = f'--{flag_prefix}_optimizer' if flag_prefix else 'optimizer'
-  lr_flag = f'--{flag_prefix}_learning_rate' if flag_prefix else 'learning_rate'
+def _build(name, learning_rate, momentum, beta_1, beta_2, epsilon, initial_accumulator_value, arg):
+  opt_flag, lr_flag = arg('optimizer'), arg('learning_rate')
   if name not in OPTIMIZERS:
     raise ValueError(f"{opt_flag} must be one of {', '.join(OPTIMIZERS)}; got '{name}'.")
   if not learning_rate > 0:
@@ -66,15 +67,28 @@ def _build(name, learning_rate, momentum, beta_1, beta_2, epsilon, initial_accum
     return tff.learning.optimizers.build_sgdm(learning_rate=learning_rate)
   if name == 'momentum':
     if not 0 <= momentum < 1:
-      raise ValueError(f'--{flag_prefix}_momentum must be in [0, 1); got {momentum}.')
+      raise ValueError(f"{arg('momentum')} must be in [0, 1); got {momentum}.")
     return tff.learning.optimizers.build_sgdm(learning_rate=learning_rate, momentum=momentum)
   if not epsilon > 0:
-    raise ValueError(f'--{flag_prefix}_epsilon must be > 0; got {epsilon}.')
+    raise ValueError(f"{arg('epsilon')} must be > 0; got {epsilon}.")
   if name == 'adagrad':
     return tff.learning.optimizers.build_adagrad(
         learning_rate=learning_rate, initial_preconditioner_value=initial_accumulator_value,
         epsilon=epsilon)
   if not (0 <= beta_1 < 1 and 0 <= beta_2 < 1):
-    raise ValueError(f'--{flag_prefix}_beta_1 and --{flag_prefix}_beta_2 must be in [0, 1); got {beta_1}, {beta_2}.')
+    raise ValueError(f"{arg('beta_1')} and {arg('beta_2')} must be in [0, 1); got {beta_1}, {beta_2}.")
   builder = tff.learning.optimizers.build_adam if name == 'adam' else tff.learning.optimizers.build_yogi
   return builder(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+
+
+def sgd_hparams(optimizer: tff.learning.optimizers.Optimizer):
+  """(learning_rate, momentum) of an SGD / heavy-ball optimizer (`sgd`: momentum 0.0); None for any other optimizer.
+
+  Read through the public `initialize` / `get_hparams` of `tff.learning.optimizers` (no weights needed)."""
+  try:
+    hparams = optimizer.get_hparams(optimizer.initialize(()))
+  except (AttributeError, TypeError, ValueError):
+    return None
+  if 'learning_rate' not in hparams or not set(hparams) <= {'learning_rate', 'momentum'}:
+    return None
+  return float(hparams['learning_rate']), float(hparams.get('momentum', 0.0))

@@ -112,7 +112,7 @@ def from_client_arrays(
 ) -> FederatedArrays:
   """Shuffles each client's (x, y) (seeded; clients visited in sorted id order) and splits it train/test."""
   if not 0.0 <= test_fraction < 1.0:
-    raise ValueError(f'--test_fraction must be in [0, 1); got {test_fraction!r}')
+    raise ValueError(f'test_fraction must be in [0, 1); got {test_fraction!r}.')
   rng = np.random.default_rng(seed)
   train, test = {}, {}
   for cid in sorted(arrays):

@@ -23,9 +23,9 @@ NOISE_STREAM = 0x4E6F6973  # Separates the noise draws from the partition's use 
 def noise_levels(num_clients: int, sigma: float) -> np.ndarray:
   """[num_clients] float64: sigma * i / (num_clients - 1)."""
   if not np.isfinite(sigma) or sigma < 0:
-    raise ValueError(f'--feature_noise must be a finite number >= 0; got {sigma!r}')
+    raise ValueError(f'feature_noise must be a finite number >= 0; got {sigma!r}')
   if sigma > 0 and num_clients < 2:
-    raise ValueError(f'--feature_noise needs --num_clients >= 2 (levels sigma * i / (n - 1)); got {num_clients}')
+    raise ValueError(f'feature_noise needs num_clients >= 2 (levels sigma * i / (n - 1)); got {num_clients}')
   if num_clients < 2:
     return np.zeros(num_clients)
   return sigma * np.arange(num_clients) / (num_clients - 1)

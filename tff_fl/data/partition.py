@@ -38,10 +38,10 @@ def client_id(index: int, num_clients: int) -> str:
 
 def _check_num_clients(num_clients: int, num_examples: int) -> None:
   if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
-    raise ValueError(f'--num_clients must be a positive integer; got {num_clients!r}')
+    raise ValueError(f'num_clients must be a positive integer; got {num_clients!r}')
   if num_clients > num_examples:
     raise ValueError(
-        f'--num_clients={num_clients} exceeds the number of examples ({num_examples}); some client would get no data'
+        f'num_clients={num_clients} exceeds the number of examples ({num_examples}); some client would get no data'
     )
 
 
@@ -81,10 +81,10 @@ def dirichlet(
   labels = _check_labels(labels)
   _check_num_clients(num_clients, labels.size)
   if not np.isfinite(alpha) or alpha <= 0:
-    raise ValueError(f'--dirichlet_alpha must be a positive finite number; got {alpha!r}')
+    raise ValueError(f'dirichlet_alpha must be a positive finite number; got {alpha!r}')
   if min_examples < 1 or min_examples * num_clients > labels.size:
     raise ValueError(
-        f'min_examples={min_examples} with --num_clients={num_clients} needs more than the {labels.size} examples'
+        f'min_examples={min_examples} with num_clients={num_clients} needs more than the {labels.size} examples'
     )
   rng = np.random.default_rng(seed)
   for _ in range(_DIRICHLET_ATTEMPTS):
@@ -92,8 +92,8 @@ def dirichlet(
     if min(p.size for p in parts) >= min_examples:
       return parts
   raise ValueError(
-      f'--dirichlet_alpha={alpha} with --num_clients={num_clients} left some client with fewer than {min_examples} '
-      f'examples in {_DIRICHLET_ATTEMPTS} draws; raise --dirichlet_alpha or lower --num_clients'
+      f'dirichlet_alpha={alpha} with num_clients={num_clients} left some client with fewer than {min_examples} '
+      f'examples in {_DIRICHLET_ATTEMPTS} draws; raise dirichlet_alpha or lower num_clients'
   )
 
 
@@ -106,12 +106,12 @@ def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, seed: i
   """
   labels = _check_labels(labels)
   if not isinstance(shards_per_client, (int, np.integer)) or shards_per_client < 1:
-    raise ValueError(f'--shards_per_client must be a positive integer; got {shards_per_client!r}')
+    raise ValueError(f'shards_per_client must be a positive integer; got {shards_per_client!r}')
   _check_num_clients(num_clients, labels.size)
   num_shards = num_clients * shards_per_client
   if num_shards > labels.size:
     raise ValueError(
-        f'--num_clients={num_clients} x --shards_per_client={shards_per_client} = {num_shards} shards exceeds the '
+        f'num_clients={num_clients} x shards_per_client={shards_per_client} = {num_shards} shards exceeds the '
         f'{labels.size} examples; some shard would be empty'
     )
   rng = np.random.default_rng(seed)
@@ -147,19 +147,19 @@ def label_dirichlet(labels: np.ndarray, num_clients: int, beta: float, seed: int
   labels = _check_labels(labels)
   _check_num_clients(num_clients, labels.size)
   if not np.isfinite(beta) or beta <= 0:
-    raise ValueError(f'--dirichlet_alpha (beta of --partition=label_dirichlet) must be a positive finite number; '
+    raise ValueError(f'dirichlet_alpha must be a positive finite number (the beta of partition=label_dirichlet); '
                      f'got {beta!r}')
   if min_examples * num_clients > labels.size:
-    raise ValueError(f'--partition=label_dirichlet needs {min_examples} examples per client: --num_clients='
+    raise ValueError(f'partition=label_dirichlet needs {min_examples} examples per client: num_clients='
                      f'{num_clients} x {min_examples} exceeds the {labels.size} examples')
   rng = np.random.default_rng(seed)
   for _ in range(_DIRICHLET_ATTEMPTS):
     parts = _label_dirichlet_once(labels, num_clients, beta, rng)
     if parts is not None and min(part.size for part in parts) >= min_examples:
       return [np.sort(part) for part in parts]
-  raise ValueError(f'--partition=label_dirichlet with --dirichlet_alpha={beta} and --num_clients={num_clients} left '
+  raise ValueError(f'partition=label_dirichlet with dirichlet_alpha={beta} and num_clients={num_clients} left '
                    f'a client with fewer than {min_examples} examples in {_DIRICHLET_ATTEMPTS} draws; raise '
-                   '--dirichlet_alpha or lower --num_clients')
+                   'dirichlet_alpha or lower num_clients')
 
 
 def label_quantity(labels: np.ndarray, num_clients: int, labels_per_client: int, seed: int) -> list[np.ndarray]:
@@ -171,7 +171,7 @@ def label_quantity(labels: np.ndarray, num_clients: int, labels_per_client: int,
   classes = np.unique(labels)
   k = labels_per_client
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= classes.size:
-    raise ValueError(f'--labels_per_client must be an integer in [1, {classes.size}] (the classes of this task); '
+    raise ValueError(f'labels_per_client must be an integer in [1, {classes.size}] (the classes of this task); '
                      f'got {k!r}')
   rng = np.random.default_rng(seed)
   held = []
@@ -187,7 +187,7 @@ def label_quantity(labels: np.ndarray, num_clients: int, labels_per_client: int,
     idx = rng.permutation(np.flatnonzero(labels == label)).astype(np.int64)
     holders = [i for i in range(num_clients) if c in held[i]]
     if holders and len(holders) > idx.size:
-      raise ValueError(f'--labels_per_client={k} with --num_clients={num_clients}: label {label} has {idx.size} '
+      raise ValueError(f'labels_per_client={k} with num_clients={num_clients}: label {label} has {idx.size} '
                        f'examples for {len(holders)} clients; some client would get none of it')
     for i, chunk in zip(holders, np.array_split(idx, len(holders)) if holders else ()):
       parts[i].append(chunk)
@@ -200,10 +200,10 @@ def quantity_skew(num_examples: int, num_clients: int, beta: float, seed: int,
   `min_examples` (at most 100 draws); contiguous slices of one random permutation cut at floor(cumsum(p) * N)."""
   _check_num_clients(num_clients, num_examples)
   if not np.isfinite(beta) or beta <= 0:
-    raise ValueError(f'--dirichlet_alpha (beta of --partition=quantity_skew) must be a positive finite number; '
+    raise ValueError(f'dirichlet_alpha must be a positive finite number (the beta of partition=quantity_skew); '
                      f'got {beta!r}')
   if min_examples * num_clients > num_examples:
-    raise ValueError(f'--partition=quantity_skew needs {min_examples} examples per client: --num_clients='
+    raise ValueError(f'partition=quantity_skew needs {min_examples} examples per client: num_clients='
                      f'{num_clients} x {min_examples} exceeds the {num_examples} examples')
   rng = np.random.default_rng(seed)
   perm = rng.permutation(num_examples).astype(np.int64)
@@ -212,9 +212,9 @@ def quantity_skew(num_examples: int, num_clients: int, beta: float, seed: int,
     if np.min(p * num_examples) >= min_examples:
       cuts = (np.cumsum(p) * num_examples).astype(np.int64)[:-1]
       return [np.sort(part) for part in np.split(perm, cuts)]
-  raise ValueError(f'--partition=quantity_skew with --dirichlet_alpha={beta} and --num_clients={num_clients} left a '
+  raise ValueError(f'partition=quantity_skew with dirichlet_alpha={beta} and num_clients={num_clients} left a '
                    f'client with fewer than {min_examples} examples in {_DIRICHLET_ATTEMPTS} draws; raise '
-                   '--dirichlet_alpha or lower --num_clients')
+                   'dirichlet_alpha or lower num_clients')
 
 
 def natural(groups: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
@@ -245,10 +245,10 @@ def partition(
   applies to 'dirichlet' (NIID-Bench's partitions use their own minimum of 10).
   """
   if name not in PARTITIONS:
-    raise ValueError(f'--partition must be one of {", ".join(PARTITIONS)}; got {name!r}')
+    raise ValueError(f'partition must be one of {", ".join(PARTITIONS)}; got {name!r}')
   if name == 'natural':
     if data.groups is None:
-      raise ValueError('--partition=natural: this task has no natural client ids (ArrayData.groups is None)')
+      raise ValueError('partition=natural: this task has no natural client ids (ArrayData.groups is None)')
     return natural(data.groups)
   if name == 'iid':
     parts = iid(len(data), num_clients, seed)

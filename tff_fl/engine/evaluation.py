@@ -420,7 +420,7 @@ def summarize(client_ids, results) -> collections.OrderedDict:
   """Global (example-weighted) loss and accuracy, and the per-client accuracy distribution."""
   rows = [(cid, r) for cid, r in zip(client_ids, results) if r['num_examples'] > 0 and r['num_predictions'] > 0]
   if not rows:
-    raise ValueError('No client has evaluation data; use --test_fraction > 0.')
+    raise ValueError('No client has evaluation data; use test_fraction > 0.')
   n = np.array([r['num_examples'] for _, r in rows], np.float64)
   preds = np.array([r['num_predictions'] for _, r in rows], np.float64)
   acc = np.array([r['correct'] for _, r in rows], np.float64) / preds

@@ -21,7 +21,7 @@ MODEL_NAME = 'char_lstm'
 def char_lstm(input_shape, num_classes: int) -> tf.keras.Model:
   """TFF's baseline recurrent model for token sequences of shape `input_shape` = [L] over `num_classes` ids."""
   if len(input_shape) != 1:
-    raise ValueError(f'--model={MODEL_NAME} needs token sequences [L] (--task=shakespeare); this task has input '
+    raise ValueError(f'model={MODEL_NAME} needs token sequences [L] (task=shakespeare); this task has input '
                      f'shape {tuple(input_shape)}.')
   return char_prediction_models.create_recurrent_model(vocab_size=num_classes, sequence_length=int(input_shape[0]))
 
@@ -43,6 +43,10 @@ def build_tff_model_fn(keras_fn: Callable[[], tf.keras.Model], element_spec,
 
 
 def register() -> None:
-  """Makes `--model=char_lstm` known to `keras_models.get_builder` (idempotent)."""
-  keras_models.MODELS.setdefault(MODEL_NAME, char_lstm)
+  """Makes `model=char_lstm` known to `keras_models.get_builder` (done at import; idempotent)."""
+  if MODEL_NAME not in keras_models.MODELS:
+    keras_models.MODELS.register(MODEL_NAME, char_lstm)
+
+
+register()
 

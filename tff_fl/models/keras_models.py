@@ -10,6 +10,8 @@ from typing import Callable
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fl import registry
+
 
 def logreg(input_shape, num_classes: int) -> tf.keras.Model:
   """Multinomial logistic regression: flatten, one dense layer to logits."""
@@ -37,7 +39,7 @@ def cnn(input_shape, num_classes: int) -> tf.keras.Model:
   `input_shape` is [H, W, C]; 'same' padding keeps it usable for 8x8 digits as well as 28x28 MNIST.
   """
   if len(input_shape) != 3:
-    raise ValueError(f'--model=cnn needs image inputs [H, W, C]; this task has input shape {tuple(input_shape)}.')
+    raise ValueError(f'model=cnn needs image inputs [H, W, C]; this task has input shape {tuple(input_shape)}.')
   return tf.keras.Sequential([
       tf.keras.layers.InputLayer(input_shape=input_shape),
       tf.keras.layers.Conv2D(32, 5, padding='same', activation='relu'),
@@ -67,7 +69,7 @@ def simple_cnn(input_shape, num_classes: int) -> tf.keras.Model:
   than PyTorch's NCHW, a fixed permutation of FC 120's input rows (the same function class and initial distribution).
   """
   if tuple(input_shape) != (28, 28, 1):
-    raise ValueError(f'--model=simple_cnn needs 28x28x1 images (mnist, fashion_mnist); this task has input shape '
+    raise ValueError(f'model=simple_cnn needs 28x28x1 images (mnist, fashion_mnist); this task has input shape '
                      f'{tuple(input_shape)}.')
   channels = input_shape[-1]
   return tf.keras.Sequential([
@@ -83,13 +85,16 @@ def simple_cnn(input_shape, num_classes: int) -> tf.keras.Model:
   ])
 
 
-MODELS = collections.OrderedDict(logreg=logreg, **{'2nn': mlp_2nn}, cnn=cnn, simple_cnn=simple_cnn)
+MODELS = registry.Registry('model')  # name -> builder(input_shape, num_classes) -> tf.keras.Model
+MODELS.register('logreg', logreg)
+MODELS.register('2nn', mlp_2nn)
+MODELS.register('cnn', cnn)
+MODELS.register('simple_cnn', simple_cnn)
 
 
 def get_builder(name: str) -> Callable[..., tf.keras.Model]:
-  if name not in MODELS:
-    raise ValueError(f"--model must be one of {', '.join(MODELS)}; got '{name}'.")
-  return MODELS[name]
+  """The registered builder `name`; an unknown name is a ValueError listing the registered ones."""
+  return MODELS.get(name)
 
 
 def batched_input_spec(element_spec) -> collections.OrderedDict:

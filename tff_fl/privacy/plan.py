@@ -88,21 +88,21 @@ def build_client_dp_plan(dp: str, num_clients: int, clients_per_round: int, *, n
                          seed: int = 0) -> ClientDPPlan:
   """Validates the flag combination and builds the plan (see the module docstring for the rules)."""
   if dp not in dp_aggregators.DP_MODES:
-    raise ValueError(f'--dp must be one of {"|".join(dp_aggregators.DP_MODES)}, got {dp!r}.')
+    raise ValueError(f'dp must be one of {"|".join(dp_aggregators.DP_MODES)}, got {dp!r}.')
   if client_sampling not in CLIENT_SAMPLING:
-    raise ValueError(f'--client_sampling must be one of {"|".join(CLIENT_SAMPLING)}, got {client_sampling!r}.')
+    raise ValueError(f'client_sampling must be one of {"|".join(CLIENT_SAMPLING)}, got {client_sampling!r}.')
   if accountant not in accounting.ACCOUNTANTS:
-    raise ValueError(f'--accountant must be one of {"|".join(accounting.ACCOUNTANTS)}, got {accountant!r}.')
+    raise ValueError(f'accountant must be one of {"|".join(accounting.ACCOUNTANTS)}, got {accountant!r}.')
   if dp == 'tree' and client_sampling != 'cyclic':
-    raise ValueError(f'--dp=tree needs --client_sampling=cyclic (DP-FTRL accounting assumes no sampling), '
+    raise ValueError(f'dp=tree needs client_sampling=cyclic (DP-FTRL accounting assumes no sampling), '
                      f'got {client_sampling!r}.')
   if dp in ('fixed', 'adaptive') and client_sampling == 'cyclic':
-    raise ValueError(f'--client_sampling=cyclic is only accounted for --dp=tree, got --dp={dp}.')
+    raise ValueError(f'client_sampling=cyclic is only accounted for dp=tree, got dp={dp}.')
   if dp != 'none' and accountant == 'pld' and client_sampling != 'poisson':
-    raise ValueError(f'--accountant=pld supports only --client_sampling=poisson (dp-accounting 0.4.3 has no '
-                     f'PLD for {client_sampling} sampling); use --accountant=rdp.')
+    raise ValueError(f'accountant=pld supports only client_sampling=poisson (dp-accounting 0.4.3 has no '
+                     f'PLD for {client_sampling} sampling); use accountant=rdp.')
   if dp == 'none' and target_epsilon is not None:
-    raise ValueError('--target_epsilon needs --dp=fixed|adaptive|tree (without DP epsilon is infinite).')
+    raise ValueError('target_epsilon needs dp=fixed|adaptive|tree (without DP epsilon is infinite).')
 
   if client_sampling == 'poisson':
     if not isinstance(clients_per_round, (int, float)) or not 0 < clients_per_round <= num_clients:

@@ -82,7 +82,7 @@ class CentralEvalHook(training_loop.RoundHook):
                seed: int = 0):
     for split in splits:
       if split not in SPLITS:
-        raise ValueError(f"--central_eval must be a comma-separated subset of {', '.join(SPLITS)}; got '{split}'.")
+        raise ValueError(f"central_eval must be a comma-separated subset of {', '.join(SPLITS)}; got '{split}'.")
     if every < 1:
       raise ValueError(f'central evaluation period must be >= 1; got {every}.')
     self.get_weights, self.every, self.total_rounds = get_weights, every, total_rounds

@@ -13,6 +13,10 @@ compiler, same gRPC options):
   (`value_transfer`; the proto sent is TFF's own), and glibc keeps such buffers for reuse in both processes.
 
 Secure-sum intrinsics are lowered to plain sums (as `tff.backends.test` does), so secure aggregators simulate.
+
+Importing `tff_fl` installs nothing. The binaries install this context (`set_local_cpp_context`), the simulation
+layer's training loop calls `ensure_local_cpp_context()` (installs it only while TFF's own import-time default is
+current, so a context the user installed is kept), and tests install it in tests/conftest.py.
 """
 
 import atexit
@@ -47,6 +51,8 @@ _READY_TIMEOUT_S = 60.0
 
 _lock = threading.Lock()
 _workers: list[subprocess.Popen] = []
+# TFF installs its own local C++ context at import (it leaves its worker behind; module docstring).
+_TFF_DEFAULT_CONTEXT = context_stack_impl.context_stack.current
 
 
 def _die_with_parent():  # Runs in the child between fork and exec.
@@ -175,6 +181,12 @@ def set_local_cpp_context(default_num_clients: int = 0, log_path: Optional[str] 
   context, close = create_local_cpp_context(default_num_clients, log_path)
   context_stack_impl.context_stack.set_default_context(context)
   return close
+
+
+def ensure_local_cpp_context() -> None:
+  """Installs the managed context if TFF's import-time default context is still the current one; else a no-op."""
+  if context_stack_impl.context_stack.current is _TFF_DEFAULT_CONTEXT:
+    set_local_cpp_context()
 
 
 @contextlib.contextmanager

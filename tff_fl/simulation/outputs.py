@@ -21,16 +21,16 @@ from tff_fl.simulation import checkpoint
 def prepare_output_dir(root_output_dir: str, experiment_name: str) -> str:
   """Returns the experiment directory, created if needed; a path that is a file gives a one-line error."""
   if not experiment_name or os.sep in experiment_name:
-    raise ValueError(f"--experiment_name must be a non-empty name without '{os.sep}'; got '{experiment_name}'.")
-  for path, flag in ((root_output_dir, '--root_output_dir'), (os.path.join(root_output_dir, experiment_name),
-                                                               '--experiment_name')):
+    raise ValueError(f"experiment_name must be a non-empty name without '{os.sep}'; got '{experiment_name}'.")
+  for path, arg in ((root_output_dir, 'root_output_dir'), (os.path.join(root_output_dir, experiment_name),
+                                                             'experiment_name')):
     if os.path.exists(path) and not os.path.isdir(path):
-      raise ValueError(f'{flag}: {path} exists and is not a directory; choose another path.')
+      raise ValueError(f'{arg}: {path} exists and is not a directory; choose another path.')
   exp_dir = os.path.join(root_output_dir, experiment_name)
   try:
     os.makedirs(exp_dir, exist_ok=True)
   except OSError as e:
-    raise ValueError(f'--root_output_dir: cannot create {exp_dir}: {e.strerror}.') from e
+    raise ValueError(f'root_output_dir: cannot create {exp_dir}: {e.strerror}.') from e
   return exp_dir
 
 

@@ -64,9 +64,9 @@ class Participation:
                seed: int = 0):
     for name, value in (('dropout_rate', dropout_rate), ('straggler_fraction', straggler_fraction)):
       if not 0.0 <= value < 1.0:
-        raise ValueError(f'--{name} must be in [0, 1); got {value}.')
+        raise ValueError(f'{name} must be in [0, 1); got {value}.')
     if straggler_policy not in STRAGGLER_POLICIES:
-      raise ValueError(f"--straggler_policy must be one of {', '.join(STRAGGLER_POLICIES)}; got '{straggler_policy}'.")
+      raise ValueError(f"straggler_policy must be one of {', '.join(STRAGGLER_POLICIES)}; got '{straggler_policy}'.")
     self.dropout_rate, self.straggler_fraction = dropout_rate, straggler_fraction
     self.straggler_policy, self.seed = straggler_policy, seed
 
@@ -129,9 +129,9 @@ class AvailabilitySampler:
   def __init__(self, client_ids: Sequence[str], clients_per_round: int, seed: int, availability: str = 'always',
                **diurnal_kwargs):
     if availability not in AVAILABILITY:
-      raise ValueError(f"--availability must be one of {', '.join(AVAILABILITY)}; got '{availability}'.")
+      raise ValueError(f"availability must be one of {', '.join(AVAILABILITY)}; got '{availability}'.")
     if not 1 <= clients_per_round <= len(client_ids):
-      raise ValueError(f'--clients_per_round must be between 1 and --num_clients ({len(client_ids)}); '
+      raise ValueError(f'clients_per_round must be between 1 and num_clients={len(client_ids)}; '
                        f'got {clients_per_round}.')
     self.client_ids, self.clients_per_round, self.seed = list(client_ids), clients_per_round, seed
     self.pattern = DiurnalAvailability(len(client_ids), seed, **diurnal_kwargs) if availability == 'diurnal' else None
@@ -164,15 +164,15 @@ def check_regime(regime: str, num_clients: int, clients_per_round: int) -> None:
     low, high = CROSS_DEVICE_PARTICIPATION
     rate = clients_per_round / num_clients
     if not low <= rate <= high or num_clients < 1000:
-      raise ValueError(f'--regime=cross_device needs --num_clients >= 1000 and --clients_per_round/--num_clients in '
-                       f'[{low}, {high}]; got {clients_per_round}/{num_clients} = {rate:.4f}.')
+      raise ValueError(f'regime=cross_device needs num_clients >= 1000 and a cohort fraction '
+                       f'clients_per_round/num_clients in [{low}, {high}]; got {clients_per_round}/{num_clients} = {rate:.4f}.')
   elif regime == 'cross_silo':
     low, high = CROSS_SILO_CLIENTS
     if not low <= num_clients <= high or clients_per_round != num_clients:
-      raise ValueError(f'--regime=cross_silo needs {low} <= --num_clients <= {high} and --clients_per_round = '
-                       f'--num_clients (full participation); got {clients_per_round} of {num_clients}.')
+      raise ValueError(f'regime=cross_silo needs {low} <= num_clients <= {high} and clients_per_round=num_clients '
+                       f'(full participation); got {clients_per_round} of {num_clients}.')
   elif regime != 'custom':
-    raise ValueError(f"--regime must be one of custom, cross_device, cross_silo; got '{regime}'.")
+    raise ValueError(f"regime must be one of custom, cross_device, cross_silo; got '{regime}'.")
 
 
 class AvailabilityHook(training_loop.RoundHook):

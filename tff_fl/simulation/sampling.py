@@ -11,7 +11,7 @@ class UniformSampler:
 
   def __init__(self, client_ids: Sequence[str], clients_per_round: int, seed: int):
     if not 1 <= clients_per_round <= len(client_ids):
-      raise ValueError(f'--clients_per_round must be between 1 and --num_clients ({len(client_ids)}); '
+      raise ValueError(f'clients_per_round must be between 1 and num_clients={len(client_ids)}; '
                        f'got {clients_per_round}.')
     self.client_ids = list(client_ids)
     self.clients_per_round = clients_per_round

@@ -46,7 +46,7 @@ class FedProxStragglers(regimes.RegimeParticipation):
     super().__init__(task, cfg, regimes.Participation(straggler_fraction=fraction, straggler_policy=policy,
                                                       seed=cfg.seed))
     if fraction > 0 and cfg.client_epochs_per_round < 2:
-      raise ValueError('--straggler_model=fedprox needs --client_epochs_per_round >= 2 (stragglers run a random '
+      raise ValueError('straggler_model=fedprox needs client_epochs_per_round >= 2 (stragglers run a random '
                        f'number of epochs in [1, E)); got {cfg.client_epochs_per_round}.')
     self.fraction, self.policy = fraction, policy
 

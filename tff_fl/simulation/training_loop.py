@@ -17,6 +17,7 @@ from tff_fl import engine
 from tff_fl import tasks as tasks_lib
 from tff_fl.engine import evaluation
 from tff_fl.simulation import checkpoint as checkpoint_lib
+from tff_fl.simulation import contexts
 from tff_fl.simulation import outputs as outputs_lib
 from tff_fl.simulation import sampling
 
@@ -99,6 +100,7 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
   evaluated packed on the engine (`tff_fl.engine.evaluation`), every client of the task each eval round.
   """
   cfg.validate()
+  contexts.ensure_local_cpp_context()  # Evaluation and stock processes invoke TFF computations.
   sampler = sampler or sampling.UniformSampler(task.client_ids, cfg.clients_per_round, cfg.seed)
   participation = participation or engine.Cohort.full
   outputs = outputs_lib.ExperimentOutputs(exp_dir)

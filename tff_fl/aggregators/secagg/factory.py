@@ -44,7 +44,7 @@ FIELD_BITS = 31
 
 
 def check_args(bits, threshold, k, clip_range, max_clients) -> None:
-  """ValueError naming the bad argument (the spec parser prefixes --aggregator)."""
+  """ValueError naming the bad argument (the spec parser prefixes `aggregator=<spec>:`)."""
   if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= masking.MAX_BITS:
     raise ValueError(f'secagg bits must be an int in [1, {masking.MAX_BITS}]; got {bits!r}')
   if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from tff_fl.privacy import accounting
-from tff_fl.privacy import hooks
 from tff_fl.privacy import plan as plan_lib
+from tff_fl.simulation import privacy_hooks as hooks
 
 IDS = [f'c{i}' for i in range(50)]
 
