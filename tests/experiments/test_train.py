@@ -1,26 +1,28 @@
-"""The binary end to end: smoke runs per algorithm, outputs, determinism, resume after kill -9, bad input."""
+"""The binary end to end: smoke runs per algorithm, outputs, determinism, resume after kill -9, bad input.
+
+Runs are in this process (tests/train_binary.py) except the first smoke run, the kill -9 and the output-dir check,
+which start the real binary."""
 
 import csv
 import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_binary  # tests/train_binary.py
+
 SMALL = ['--task=digits', '--model=logreg', '--num_clients=8', '--clients_per_round=4', '--client_batch_size=20',
          '--total_rounds=2', '--rounds_per_eval=1']
 
 
-def _cmd(out_dir, *flags):
-  return [sys.executable, '-m', 'experiments.train', f'--root_output_dir={out_dir}', *SMALL, *flags]
+def _flags(out_dir, *flags):
+  return [f'--root_output_dir={out_dir}', *SMALL, *flags]
 
 
-def _run(out_dir, *flags, check=True):
-  proc = subprocess.run(_cmd(out_dir, *flags), cwd=REPO, capture_output=True, text=True, timeout=300,
-                        stdin=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+def _run(out_dir, *flags, check=True, subprocess=False):  # pylint: disable=redefined-outer-name
+  proc = train_binary.run(*_flags(out_dir, *flags), subprocess=subprocess)
   if check:
     assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
@@ -43,7 +45,7 @@ def _metrics(path):
     ['--algorithm=ditto', '--ditto_lambda=0.1'],
 ])
 def test_smoke_runs_write_outputs(tmp_path, flags):
-  proc = _run(tmp_path, '--experiment_name=e', *flags)
+  proc = _run(tmp_path, '--experiment_name=e', *flags, subprocess=flags == ['--algorithm=fedavg'])
   assert 'round    2/2' in proc.stdout
   exp = tmp_path / 'e'
   summary = json.loads((exp / 'summary.json').read_text())
@@ -84,9 +86,9 @@ def test_same_seed_same_metrics_and_resume_after_kill(tmp_path):
   assert _metrics(tmp_path / 'a') == _metrics(tmp_path / 'b')  # Bit for bit, timing aside.
 
   # kill -9 after round 3 is checkpointed, then re-run the same command.
-  proc = subprocess.Popen(_cmd(tmp_path, '--experiment_name=k', *flags), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  proc = subprocess.Popen(train_binary.command(*_flags(tmp_path, '--experiment_name=k', *flags)),
+                          cwd=train_binary.REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          stdin=subprocess.DEVNULL, text=True, env=train_binary.ENV)
   for line in proc.stdout:
     if line.startswith('round    3/'):
       break
@@ -129,7 +131,6 @@ def test_invalid_input_is_one_line_error(tmp_path, flags, expected):
 
 def test_output_dir_that_is_a_file(tmp_path):
   (tmp_path / 'file').write_text('keep me')
-  proc = subprocess.run(_cmd(tmp_path / 'file', '--experiment_name=x'), cwd=REPO, capture_output=True, text=True,
-                        timeout=300, stdin=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  proc = _run(tmp_path / 'file', '--experiment_name=x', check=False, subprocess=True)
   assert proc.returncode == 2 and '--root_output_dir' in proc.stderr and proc.stderr.strip().count('\n') == 0
   assert (tmp_path / 'file').read_text() == 'keep me'
