@@ -2,10 +2,6 @@
 of our definitions (FedProx, aggregator chains) on tf.data client datasets, on the same initial weights and data
 order; stragglers' partial work and empty cohorts; the binary's two engines agree."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,7 +14,8 @@ from tff_fl.algorithms import stock
 from tff_fl.simulation import stock_process
 from tff_fl.simulation import training_loop
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_binary  # tests/train_binary.py: the binary in this process
+
 EPOCHS, BATCH = 2, 10
 
 
@@ -154,10 +151,8 @@ def test_bad_arguments_raise(task):
 
 
 def _train(out_dir, *flags):
-  cmd = [sys.executable, '-m', 'experiments.train', f'--root_output_dir={out_dir}', '--task=digits', '--model=logreg',
-         '--num_clients=12', '--clients_per_round=6', '--total_rounds=2', '--rounds_per_eval=2', *flags]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  return train_binary.run(f'--root_output_dir={out_dir}', '--task=digits', '--model=logreg', '--num_clients=12',
+                          '--clients_per_round=6', '--total_rounds=2', '--rounds_per_eval=2', *flags)
 
 
 @pytest.mark.parametrize('extra', [

@@ -3,22 +3,17 @@
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_binary  # tests/train_binary.py: the binary in this process
 COHORT = 5
 SMALL = ['--task=digits', '--model=logreg', '--num_clients=10', f'--clients_per_round={COHORT}',
          '--client_batch_size=20', '--total_rounds=2', '--rounds_per_eval=2']
 
 
 def _run(out_dir, *flags):
-  cmd = [sys.executable, '-m', 'experiments.train', f'--root_output_dir={out_dir}', *SMALL, *flags]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  return train_binary.run(f'--root_output_dir={out_dir}', *SMALL, *flags)
 
 
 def test_clip_trimmed_mean_under_sign_flip_writes_measurements(tmp_path):

@@ -8,29 +8,25 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 
 import dp_accounting
 import pytest
 from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_binary  # tests/train_binary.py: the binary in this process
+
 NUM_CLIENTS, COHORT, DELTA = 10, 5, 1e-5
 SMALL = ['--task=digits', '--model=logreg', f'--num_clients={NUM_CLIENTS}', f'--clients_per_round={COHORT}',
          '--client_batch_size=20', '--rounds_per_eval=2']
 DP_FIXED = ['--dp=fixed', '--noise_multiplier=1.0', '--client_weighting=uniform']
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
 
 
-def _cmd(out_dir, name, *flags):
-  return [sys.executable, '-m', 'experiments.train', f'--root_output_dir={out_dir}', f'--experiment_name={name}',
-          *SMALL, *flags]
+def _flags(out_dir, name, *flags):
+  return [f'--root_output_dir={out_dir}', f'--experiment_name={name}', *SMALL, *flags]
 
 
 def _run(out_dir, name, *flags):
-  proc = subprocess.run(_cmd(out_dir, name, *flags), cwd=REPO, capture_output=True, text=True, timeout=600,
-                        stdin=subprocess.DEVNULL, env=ENV)
+  proc = train_binary.run(*_flags(out_dir, name, *flags))
   assert proc.returncode == 0, proc.stderr[-3000:]
   exp = os.path.join(out_dir, name)
   with open(os.path.join(exp, 'metrics.csv')) as f:
@@ -119,13 +115,10 @@ MISMATCHES = {
 
 @pytest.fixture(scope='module')
 def mismatch_runs(tmp_path_factory):
-  """All refused runs at once (each fails before any round; they only pay the imports)."""
+  """All refused runs (each fails before any round), in this process."""
   out = tmp_path_factory.mktemp('bad')
-  procs = {name: subprocess.Popen(_cmd(out, name, '--total_rounds=2', *flags), cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=ENV)
-           for name, (flags, _) in MISMATCHES.items()}
-  outputs = {name: p.communicate(timeout=600) for name, p in procs.items()}
-  return {name: (procs[name].returncode, *outputs[name]) for name in procs}, out
+  return {name: train_binary.run(*_flags(out, name, '--total_rounds=2', *flags))
+          for name, (flags, _) in MISMATCHES.items()}, out
 
 
 @pytest.mark.parametrize('name', list(MISMATCHES))
