@@ -2,6 +2,7 @@
 
 Components contribute declared parts; none replaces the process or another component's objects:
   algorithm      the registry (`tff_fl.algorithms.builders`) builds an `Algorithm` definition from the flags
+  algorithm_wrappers  fn(experiment, algorithm) -> Algorithm, applied in order (top-k with error feedback)
   extensions     `tff_fl.algorithms.extension.Extension`s applied to the round's stages (attacks, pruning, drift,
                  augmentation / normalisation, DP-SGD)
   model_aggregator  any `tff.aggregators` factory
@@ -44,6 +45,7 @@ class Experiment:
   participation: Optional[Callable] = None  # (round_num, sampled ids) -> engine.Cohort; None = all report.
   participation_flag: str = ''
   extensions: list = dataclasses.field(default_factory=list)
+  algorithm_wrappers: list = dataclasses.field(default_factory=list)
   hooks: list = dataclasses.field(default_factory=list)
   store: Any = None  # Client-state store, or store_fn(state_dim) -> store; None = in memory.
   eval_arrays: Any = None  # client id -> (x, y) evaluation arrays; None = the task's test split.

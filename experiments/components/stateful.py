@@ -19,12 +19,12 @@ fine-tuning evaluation is on. Must come after the components that set `exp.model
 privacy): the top-k stage wraps their aggregator.
 """
 
+import functools
 import re
 
 from absl import flags
 
 from experiments import flag_groups
-from tff_fl.algorithms import builders
 from tff_fl.algorithms import definition
 from tff_fl.algorithms import error_feedback
 from tff_fl.simulation import client_state
@@ -68,7 +68,8 @@ def configure(exp):
   fraction = _validate(exp)
   if fraction is not None:  # The server side of top-k EF: the sparsifying stage (identity on k-sparse) + bits.
     exp.model_aggregator = error_feedback.aggregator(fraction, inner=exp.model_aggregator)
-  builders.register_wrapper(_wrap)
+  exp.algorithm_wrappers.append(functools.partial(_wrap, fraction=fraction, compression=FLAGS.compression,
+                                                  state_dir=FLAGS.client_state_dir))
   hook = client_state.ClientStateHook(exp.task.client_ids, exp.exp_dir)
   finetune_epochs, cfg = FLAGS.finetune_epochs, exp.loop_cfg
   if finetune_epochs > 0:
@@ -92,15 +93,15 @@ def configure(exp):
   exp.store = store_fn
 
 
-def _wrap(exp, algorithm: definition.Algorithm) -> definition.Algorithm:
-  """Registry wrapper: top-k EF around the experiment's algorithm; refuses --client_state_dir without state."""
-  fraction = parse_compression(FLAGS.compression)
+def _wrap(exp, algorithm: definition.Algorithm, *, fraction, compression: str,
+          state_dir: str) -> definition.Algorithm:
+  """The experiment's algorithm wrapper: top-k EF around its algorithm; refuses --client_state_dir without state."""
   if fraction is not None:
     if exp.engine == 'tff':
-      raise ValueError(f'--compression={FLAGS.compression} keeps a residual per client; --engine=tff runs '
+      raise ValueError(f'--compression={compression} keeps a residual per client; --engine=tff runs '
                        'stateless algorithms only. Use --engine=packed.')
     algorithm = error_feedback.TopKErrorFeedback(algorithm, fraction)
-  if FLAGS.client_state_dir and type(algorithm).client_state is definition.Algorithm.client_state:
+  if state_dir and type(algorithm).client_state is definition.Algorithm.client_state:
     raise ValueError(f'--client_state_dir applies to algorithms with client state ({", ".join(_STATEFUL)}, or any '
                      f'with --compression=topk_ef(fraction)); got --algorithm={exp.algo_cfg.algorithm}.')
   return algorithm

@@ -11,8 +11,11 @@ from tff_fl import engine
 from tff_fl import tasks
 from tff_fl.algorithms import builders
 from tff_fl.algorithms import extension
+from tff_fl.algorithms import fed_avg
 from tff_fl.simulation import stock_process
 from tff_fl.simulation import training_loop
+
+import train_binary  # tests/train_binary.py
 
 
 def _exp(**kwargs):
@@ -54,3 +57,14 @@ def test_process_checks_run_on_the_built_process():
   exp.process_checks.append(seen.append)
   process = exp.build_process()
   assert seen == [process]
+
+
+def test_a_binary_run_leaves_nothing_behind_for_the_next_experiment(tmp_path):
+  """Regression: the stateful component registered its top-k EF wrapper globally, so every later experiment in the
+  process was wrapped by (or read the flags of) an earlier run. Wrappers now belong to their experiment."""
+  result = train_binary.run(f'--root_output_dir={tmp_path}', '--task=digits', '--model=logreg', '--num_clients=4',
+                            '--clients_per_round=2', '--total_rounds=1', '--compression=topk_ef(0.1)')
+  assert result.returncode == 0, result.stderr[-2000:]
+  exp = _exp()
+  exp.build_process()
+  assert type(exp.algorithm) is fed_avg.FedAvg and exp.algorithm_wrappers == []

@@ -7,7 +7,6 @@ import pytest
 from experiments import experiment as experiment_lib
 from experiments import flag_groups
 from experiments import train
-from tff_fl.algorithms import builders
 from tff_fl.data import shakespeare
 
 FLAGS = flags.FLAGS
@@ -35,10 +34,8 @@ Third and last.
 
 @pytest.fixture
 def no_process(monkeypatch):
-  """build_experiment without building the engine process (these tests check flags and the task only); the
-  registry wrappers a component registers (stateful's top-k EF) are dropped afterwards."""
+  """build_experiment without building the engine process (these tests check flags and the task only)."""
   monkeypatch.setattr(experiment_lib.Experiment, 'build_process', lambda self: None)
-  monkeypatch.setattr(builders, '_WRAPPERS', [])
 
 
 def test_shakespeare_alone_uses_its_model_and_partition(parse, no_process, tmp_path, monkeypatch):

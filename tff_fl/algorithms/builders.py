@@ -5,8 +5,9 @@ it is FedOpt, Reddi et al. 2021), `fedprox` (Li et al. 2020, needs mu > 0), `fed
 `feddyn`, `fedper`, `ditto`. A builder takes the experiment (anything with `task`, `algo_cfg` (an
 `AlgorithmConfig`) and `client_optimizer`, e.g. `experiments.experiment.Experiment`) and returns an `Algorithm`.
 A user module adds one with `ALGORITHMS.register(name, builder)` (a name taken is a ValueError).
-Wrappers (`register_wrapper(fn(experiment, algorithm) -> Algorithm)`) apply to whatever algorithm the registry
-builds, in registration order (e.g. top-k with error feedback around any algorithm).
+An experiment's `algorithm_wrappers` (each `fn(experiment, algorithm) -> Algorithm`, e.g. top-k with error
+feedback around any algorithm) apply, in order, to whatever algorithm the registry builds for that experiment;
+nothing here is global beyond the registry of names.
 """
 
 import dataclasses
@@ -28,19 +29,11 @@ from tff_fl.algorithms import scaffold
 WEIGHTINGS = {'num_examples': tff.learning.ClientWeighting.NUM_EXAMPLES,
               'uniform': tff.learning.ClientWeighting.UNIFORM}
 ALGORITHMS = registry.Registry('algorithm')  # name -> builder(experiment) -> definition.Algorithm
-_WRAPPERS: list[Callable] = []
 
 
 def register(name: str, builder: Callable) -> Callable:
   """Registers `builder(experiment) -> Algorithm` as `name`; a name registered twice is a ValueError."""
   return ALGORITHMS.register(name, builder)
-
-
-def register_wrapper(wrapper: Callable) -> None:
-  """Registers `wrapper(experiment, algorithm) -> Algorithm` (returns `algorithm` itself when it does not apply);
-  registering the same function again is a no-op."""
-  if wrapper not in _WRAPPERS:
-    _WRAPPERS.append(wrapper)
 
 
 def algorithms() -> tuple:
@@ -84,10 +77,10 @@ def weighting(cfg: AlgorithmConfig) -> tff.learning.ClientWeighting:
 
 
 def build_algorithm(exp) -> definition.Algorithm:
-  """The registered builder's algorithm, then every registered wrapper applied to it."""
+  """The registered builder's algorithm, then the experiment's `algorithm_wrappers` (if any) applied to it."""
   exp.algo_cfg.validate()
   algorithm = ALGORITHMS.get(exp.algo_cfg.algorithm)(exp)
-  for wrapper in _WRAPPERS:
+  for wrapper in getattr(exp, 'algorithm_wrappers', ()):
     algorithm = wrapper(exp, algorithm)
   return algorithm
 
