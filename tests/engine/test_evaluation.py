@@ -111,6 +111,20 @@ def test_each_client_evaluates_its_own_model(digits):
     evaluator(weights, ['nobody'])
 
 
+def test_in_process_runtime_equals_tff_runtime(digits):
+  """One slot runs in this process by default; the same slot on TFF's runtime gives the same sums."""
+  task, weights = digits
+  local = evaluation.build_evaluator(task, batch_size=40)
+  remote = evaluation.build_evaluator(task, batch_size=40, runtime='tff')
+  assert (local.runtime, remote.runtime) == ('local', 'tff')
+  assert_sums_close(local(weights), remote(weights), rtol=1e-6)
+  models = [weights, tff.learning.models.ModelWeights([-w for w in weights.trainable], weights.non_trainable)]
+  model_of = np.arange(len(task.client_ids)) % 2
+  assert_sums_close(local.evaluate_models(models, model_of), remote.evaluate_models(models, model_of), rtol=1e-6)
+  with pytest.raises(ValueError, match="runtime='local' runs one slot"):
+    evaluation.build_evaluator(task, num_slots=2, runtime='local')
+
+
 def test_bad_arguments(digits):
   task, _ = digits
   with pytest.raises(ValueError, match='batch_size'):

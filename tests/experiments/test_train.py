@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from tff_fl.simulation import contexts
+
 import train_binary  # tests/train_binary.py
 
 SMALL = ['--task=digits', '--model=logreg', '--num_clients=8', '--clients_per_round=4', '--client_batch_size=20',
@@ -101,6 +103,16 @@ def test_same_seed_same_metrics_and_resume_after_kill(tmp_path):
   final = lambda name: json.loads((tmp_path / name / 'summary.json').read_text())
   assert final('k')['eval_accuracy'] == final('a')['eval_accuracy']
   assert final('k')['per_client_accuracy'] == final('a')['per_client_accuracy']
+
+
+@pytest.mark.parametrize('flags', [['--algorithm=fedavg'], ['--algorithm=ditto', '--finetune_epochs=1']])
+def test_one_slot_runs_start_no_tff_worker(tmp_path, monkeypatch, flags):
+  """Training, evaluation (global, personal, fine-tuned) and initialization of a one-slot run happen in this
+  process: TFF's worker_binary is not needed at all."""
+  def no_worker(*args, **kwargs):
+    raise AssertionError('a TFF worker was started')
+  monkeypatch.setattr(contexts, 'start_worker', no_worker)
+  _run(tmp_path, '--experiment_name=w', *flags)
 
 
 def test_changed_configuration_is_refused_and_nothing_destroyed(tmp_path):

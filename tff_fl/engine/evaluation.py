@@ -10,7 +10,9 @@ segment int32[N] (a row's client, counted from the first client of its group), a
 consecutive clients that evaluate the same weights: group_rows int32[G], group_clients int32[G]. A group's rows are
 evaluated in batches of `batch_size` and summed per client with `unsorted_segment_sum`; groups write [K_g, 4]
 blocks that concatenate to the slot's [K, 4] sums. One group per slot for the broadcast model, one per client for
-personal / fine-tuned models, one per model for `evaluate_models` (clients sorted by model).
+personal / fine-tuned models, one per model for `evaluate_models` (clients sorted by model). With one slot
+(`runtime='local'`, the default) the slot's TF call runs in this process (the federated map over one slot is the
+call itself); several slots (or `runtime='tff'`) run as a federated computation on TFF's runtime.
 
 Per example (matching `tff.learning.models.from_keras_model`'s batch loss, which averages the per-target
 cross-entropy over every target of the batch, pads included: Keras masks do not reach it):
@@ -36,7 +38,9 @@ import tensorflow_federated as tff
 
 from tff_fl.algorithms import local_training
 from tff_fl.algorithms import model_types as model_types_lib
+from tff_fl.engine import local_round
 from tff_fl.engine import packing
+from tff_fl.engine import process as process_lib
 
 EVAL_KEYS = ('loss_sum', 'correct', 'num_examples', 'num_predictions')
 DEFAULT_BATCH_SIZE = 1000
@@ -97,6 +101,29 @@ def group_sums(model, slot, weights_fn, *, batch_size: int, pad_id, loss_fn) -> 
   return tf.cond(num_groups > 0, blocks.concat, lambda: tf.zeros([0, len(EVAL_KEYS)], tf.float64))
 
 
+def _local_computation(model_fn, server_type, slot_type, weights_fn, kwargs) -> Callable:
+  """`Evaluator.build_computation` for one slot, as a `tf.function` run in this process."""
+  server_spec = tff.types.type_to_tf_tensor_specs(server_type)
+  slot_spec = tff.types.type_to_tf_tensor_specs(slot_type)
+  models = []
+
+  def evaluate_slot(server_value, slot):
+    if not models:  # Created inside the first trace, as `local_round.LocalRound` does (Keras v1/v2 classes).
+      models.append(model_fn())
+    model = models[0]
+    return group_sums(model, slot, lambda g: weights_fn(model, server_value, slot, g), **kwargs)
+
+  run = tf.function(evaluate_slot, input_signature=(server_spec, slot_spec), autograph=False)
+
+  def call(server_value, slots):
+    if len(slots) != 1:
+      raise ValueError(f"runtime='local' evaluates one slot; got {len(slots)}.")
+    slot = local_round.conform(slots[0], slot_spec)
+    return [run(local_round.conform(server_value, server_spec), slot).numpy()]
+
+  return call
+
+
 def _data_specs(data_type):
   """TensorSpecs of a batch's x and y from the model's dataset type."""
   spec = tff.types.type_to_tf_tensor_specs(data_type.element)
@@ -150,10 +177,11 @@ class Evaluator:
 
   def __init__(self, model_fn, eval_arrays: Mapping[str, tuple], *, pad_id: Optional[int] = None,
                batch_size: int = DEFAULT_BATCH_SIZE, num_slots: int = 1,
-               per_example_loss: Optional[PerExampleLoss] = None):
+               per_example_loss: Optional[PerExampleLoss] = None, runtime: Optional[str] = None):
     if batch_size < 1:
       raise ValueError(f'batch_size must be >= 1; got {batch_size}.')
     packing.split(1, num_slots)
+    self.runtime = process_lib.resolve_runtime(runtime, num_slots)
     if not eval_arrays:
       raise ValueError('eval_arrays must hold at least one client.')
     self.model_fn, self.pad_id, self.batch_size, self.num_slots = model_fn, pad_id, batch_size, num_slots
@@ -177,8 +205,11 @@ class Evaluator:
 
   def build_computation(self, server_type, slot_type, weights_fn) -> tff.Computation:
     """(server value@SERVER, slots@CLIENTS) -> float64[K, 4]@CLIENTS; `weights_fn(model, server_value, slot, g)`
-    gives group g's ModelWeights inside the slot's TF call."""
+    gives group g's ModelWeights inside the slot's TF call. With `runtime='local'`, the same TF call in this
+    process: (server value, [slot]) -> [float64[K, 4]]."""
     model_fn, kwargs = self.model_fn, dict(batch_size=self.batch_size, pad_id=self.pad_id, loss_fn=self.loss_fn)
+    if self.runtime == 'local':
+      return _local_computation(model_fn, server_type, slot_type, weights_fn, kwargs)
 
     @tff.tensorflow.computation(server_type, slot_type)
     def evaluate_slot(server_value, slot):
@@ -312,7 +343,7 @@ class Evaluator:
 def build_evaluator(task_or_model_fn, eval_arrays: Optional[Mapping[str, tuple]] = None,
                     pad_id: Optional[int] = None, **kwargs) -> Evaluator:
   """`Evaluator` for a `tff_fl.tasks.Task` (its model, pad id and, by default, its test split) or for a `model_fn`
-  with `eval_arrays` (client id -> (x [n, ...], y [n, ...])). kwargs: batch_size, num_slots, per_example_loss."""
+  with `eval_arrays` (client id -> (x [n, ...], y [n, ...])). kwargs: batch_size, num_slots, per_example_loss, runtime."""
   if not hasattr(task_or_model_fn, 'model_fn'):
     if eval_arrays is None:
       raise ValueError('build_evaluator(model_fn, ...) needs eval_arrays (client id -> (x, y)).')
