@@ -101,6 +101,8 @@ RELEASES = (
     Release('secagg_aborted_rounds', PUBLIC, PUBLIC, 'simulated SecAgg dropouts (not client data)'),
     Release('regime/*', PUBLIC, PUBLIC, 'seeded simulation of availability, dropouts and stragglers (not derived '
             'from client data); ' + _COHORT, poisson=SUPPRESSED),
+    Release('regime_total_*', PUBLIC, PUBLIC, 'totals of the seeded participation simulation; ' + _COHORT,
+            poisson=SUPPRESSED),
     Release('comm/*', PUBLIC, PUBLIC, 'bytes = client counts x model size; ' + _COHORT, poisson=SUPPRESSED),
     Release('long_haul_bytes_total', PUBLIC, PUBLIC, 'bytes = client counts x model size; ' + _COHORT,
             poisson=SUPPRESSED),
@@ -109,6 +111,8 @@ RELEASES = (
             'aggregator (e.g. the adaptive clip norm, a noised quantile estimate); with --sample_dp a function of '
             "DP-SGD updates (e.g. Krum's selected indices)"),
     Release('finalizer/*', ACCOUNTED, ACCOUNTED, "the server optimizer's check of the aggregated (noised) update"),
+    Release('*/finalizer/*', ACCOUNTED, ACCOUNTED, "a cluster's or the global step's check of its aggregated "
+            '(noised) update'),
     Release('pruning/*', ACCOUNTED, ACCOUNTED, 'sparsity of the released model (post-processing)'),
     Release('pruned_*', ACCOUNTED, ACCOUNTED, 'the exported released model (post-processing)'),
     # Evaluation of the released model on held-out examples, pooled over clients.
@@ -122,6 +126,9 @@ RELEASES = (
     Release('cluster_*_accuracy', EVALUATION, EVALUATION, "pooled over a cluster's held-out examples"),
     Release('cluster/*/clients', SUPPRESSED, PUBLIC, "a cluster's reporting clients tell which clients were "
             'sampled, which the amplification by sampling in the client-level accounting assumes secret'),
+    Release('hierarchy/global_step', PUBLIC, PUBLIC, 'the --global_every schedule'),
+    Release('hierarchy/active_clusters', SUPPRESSED, PUBLIC, 'clusters with reporting clients tell which clients '
+            'were sampled, which the amplification by sampling in the client-level accounting assumes secret'),
     # Suppressed: client data outside the mechanism.
     Release('train_loss', SUPPRESSED, SUPPRESSED, 'training loss summed over the cohort outside the DP mechanism '
             '(client_work/train)'),
