@@ -133,7 +133,9 @@ class ExperimentOutputs:
     with open(self.metrics_path, newline='') as f:
       for row in csv.DictReader(f):
         if int(row['round']) <= upto_round:
-          self.rows.append({k: _parse(v) for k, v in row.items() if v != ''})
+          kept = {k: _parse(v) for k, v in row.items() if v != ''}
+          # A run written before its release policy existed keeps only what the policy allows.
+          self.rows.append(self.release.filter(kept) if self.release is not None else kept)
 
   def rewrite_tensorboard(self) -> None:
     """Replaces tb/ with the events of `rows` only. Called on resume: events an interrupted run wrote after its
