@@ -168,3 +168,13 @@ def test_release_policy_first_match_wins_and_filters_in_order():
   assert list(policy.filter({'b': 1, 'a/x': 2, 'a/y': 3, 'c': 4})) == ['b', 'a/y']
   assert policy.released() == {'b': 'public', 'a/y': 'accounted'}
   assert set(policy.suppressed()) == {'a/x', 'c'}
+
+
+def test_rows_restored_on_resume_pass_the_policy(tmp_path):
+  """A DP run resumed from rows written before its policy existed does not re-release them."""
+  with open(tmp_path / 'metrics.csv', 'w') as f:
+    f.write('round,train_loss,epsilon\n1,0.5,1.0\n2,0.4,1.5\n')
+  out = outputs.ExperimentOutputs(str(tmp_path), release=privacy_release.policy(_flags(dp='fixed'), {
+      'client_dp': 'epsilon'}))
+  out.load_rows(1)
+  assert out.rows == [{'round': 1, 'epsilon': 1.0}]
