@@ -13,6 +13,7 @@ Components contribute declared parts; none replaces the process or another compo
   eval_arrays    client id -> (x, y) evaluation arrays when a component changes the input representation
   process_factory  (experiment) -> Process for algorithms that run several engine rounds per round (hierarchical)
   process_checks (process) -> None, run on the built process before training (e.g. it splits over workers)
+  release        `tff_fl.simulation.outputs.ReleasePolicy`: what the run may write under a privacy claim (privacy)
 The process is built last, by `build_process`: the packed engine (default) or, with `--engine=tff`, the stock
 `tff.learning` process of the same definition run by TFF's own runtime on `tf.data` datasets.
 """
@@ -51,6 +52,7 @@ class Experiment:
   eval_arrays: Any = None  # client id -> (x, y) evaluation arrays; None = the task's test split.
   process_factory: Optional[Callable] = None  # (experiment) -> Process (hierarchical).
   process_checks: list = dataclasses.field(default_factory=list)
+  release: Any = None  # outputs.ReleasePolicy under --dp / --sample_dp; None = everything is written.
   engine: str = 'packed'  # 'packed' or 'tff'.
   engine_slots: int = 1
   engine_runtime: Optional[str] = None  # 'local' / 'tff' (`tff_fl.engine.build_process`); None = by slots.

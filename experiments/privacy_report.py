@@ -70,9 +70,13 @@ def main() -> None:
     results = list(pool.map(lambda i: run(out_dir, f'run{i}', commands[i]), range(len(runs))))
   table = []
   for (label, z, _), r in zip(runs, results):
-    cohorts = [int(row['clients']) for row in r['rows']]
-    table.append([label, z, _fmt_eps(r['epsilon']), f"{r['eval_accuracy']:.4f}", f"{r['client_accuracy_p10']:.3f}",
-                  f"{r['client_accuracy_mean']:.3f}", r['rounds_completed'], f'{sum(cohorts) / len(cohorts):.1f}',
+    # Under --dp the run suppresses per-client evaluation and, with Poisson sampling, the cohort sizes
+    # (summary.json privacy.released): those cells are '-'.
+    cohorts = [int(row['clients']) for row in r['rows'] if row.get('clients') not in (None, '')]
+    p10 = r.get('client_accuracy_p10')
+    table.append([label, z, _fmt_eps(r['epsilon']), f"{r['eval_accuracy']:.4f}", '-' if p10 is None else f'{p10:.3f}',
+                  f"{r['client_accuracy_mean']:.3f}", r['rounds_completed'],
+                  f'{sum(cohorts) / len(cohorts):.1f}' if cohorts else '-',
                   final_clip(r['rows']), f"{r['train_seconds_this_run']:.0f}", f"{r['wall_seconds']:.0f}"])
     print(' | '.join(str(c) for c in table[-1]), flush=True)
   budget = results[-1]
@@ -87,7 +91,9 @@ def main() -> None:
       f'client SGD 0.5, batch 10, 1 local epoch, server SGD 1.0, {args.rounds} rounds. Epsilon: client-level, '
       f'dp-accounting RDP accountant for `PoissonSampledDpEvent(q, GaussianDpEvent(z))` composed over the rounds '
       f'run, at delta = {DELTA:g}. Eval accuracy is over all clients\' held-out examples of the released model; the '
-      'per-client columns are over the 300 clients (each holds only ~1 to 2 eval examples, so p10 is coarse). '
+      'per-client columns are over the 300 clients (each holds only ~1 to 2 eval examples, so p10 is coarse); '
+      'DP runs do not release per-client accuracy or, with Poisson sampling, the cohort size (summary.json '
+      'privacy.released), so those cells are - for them. '
       'The adaptive row\'s z is the total noise multiplier (value + clipped-count noise) and its clip column is '
       'the last clip norm the aggregator reported. Seconds: training loop (`train_seconds_this_run`) and whole '
       f'process, with {args.jobs} runs at a time on a shared 2-core machine.',

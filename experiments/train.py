@@ -165,7 +165,7 @@ def train(exp: experiment_lib.Experiment, log=lambda line: print(line, flush=Tru
   return training_loop.run_training(exp.process, exp.task, exp.loop_cfg, exp.exp_dir, hparams,
                                     fingerprint=fingerprint, fingerprint_defaults=flag_groups.defaults(),
                                     sampler=exp.sampler, participation=exp.participation, hooks=exp.hooks,
-                                    eval_arrays=exp.eval_arrays, log=log)
+                                    eval_arrays=exp.eval_arrays, release=exp.release, log=log)
 
 
 def main(argv):

@@ -10,12 +10,19 @@
   --sample_dp --sample_noise_multiplier --sample_clip_norm   DP-SGD inside local training (example-level DP): the
                                              `SampleDP` extension, so every algorithm's local steps run DP-SGD;
                                              reported as example_epsilon
+
+Under --dp or --sample_dp the run writes only what `privacy_release.RELEASES` declares covered (accounted by
+epsilon, public, or pooled evaluation of the released model on held-out data); it suppresses the rest (e.g.
+training loss, per-client accuracy, clients.csv) and refuses, before training, flags that would compute values from
+client data outside the mechanism (e.g. --drift_metrics); summary.json's privacy.released lists what was released,
+what covers it, and what was suppressed.
 """
 
 from absl import flags
 import tensorflow as tf
 
 from experiments import flag_groups
+from experiments.components import privacy_release
 from tff_fl import tasks as tasks_lib
 from tff_fl.algorithms import dp_sgd_client
 from tff_fl.privacy import plan as plan_lib
@@ -54,6 +61,7 @@ def configure(exp) -> None:
   client_dp = FLAGS.dp != 'none' or FLAGS.client_sampling != 'uniform' or FLAGS.target_epsilon is not None
   if not (client_dp or FLAGS.sample_dp):
     return
+  privacy_release.check_flags(FLAGS)
   if exp.sampler is not None:
     raise ValueError('--dp/--client_sampling choose the sampler (it must match the accounting); they cannot be '
                      'combined with components that sample clients themselves (e.g. --availability, --regime).')
@@ -90,3 +98,11 @@ def configure(exp) -> None:
         tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE)))
     sample_level = plan_lib.SampleLevelAccountant(FLAGS.sample_noise_multiplier, exp.loop_cfg.client_epochs_per_round)
   exp.hooks.append(hooks.PrivacyHook(plan, exp.sampler, sample_level))
+  delta = f'delta={FLAGS.target_delta:g}'
+  exp.release = privacy_release.policy(FLAGS, {
+      'client_dp': f'epsilon (client level, {delta}, {FLAGS.accountant} accountant, {FLAGS.client_sampling} '
+                   'sampling)',
+      'sample_dp': f'example_epsilon (example level, {delta}, the most often sampled client)'})
+  if FLAGS.dp != 'none':  # Needs the built algorithm: does its server sum uploads outside the DP aggregator?
+    exp.process_checks.append(lambda process: privacy_release.check_algorithm(FLAGS, exp.algo_cfg.algorithm,
+                                                                             exp.algorithm))

@@ -19,7 +19,8 @@ algorithm's initial client state). Two backends share one interface:
 
 `ClientStateHook` plugs a store into the training loop: it saves the store (and per-client bookkeeping: rounds
 participated, last training loss) with every checkpoint, restores it on resume, and at the end writes `clients.csv`
-(client_id, rounds_participated, last_loss, accuracy_<kind> for each evaluator, e.g. global / personal / finetuned).
+(client_id, rounds_participated, last_loss, accuracy_<kind> for each evaluator, e.g. global / personal / finetuned)
+unless the run's release policy (`training_loop.RoundHook.release`) withholds 'clients.csv' (DP runs).
 
 Invariant: after `restore_arrays(a)` with `a` from `checkpoint_arrays()`, every `get` returns what it returned when
 `a` was taken.
@@ -295,6 +296,8 @@ class ClientStateHook(training_loop.RoundHook):
     self.last_loss = {c: float(l) for c, l in zip(ids, arrays['last_loss']) if np.isfinite(l)} if ids else {}
 
   def on_train_end(self, process, state, summary):
+    if self.release is not None and not self.release.allows('clients.csv'):
+      return  # Per-client figures under a privacy claim: neither evaluated nor written (see `release`).
     accuracies = {kind: fn(process, state) for kind, fn in self.evaluators.items()}
     header = ['client_id', 'rounds_participated', 'last_loss'] + [f'accuracy_{k}' for k in accuracies]
     buf = io.StringIO()

@@ -4,13 +4,15 @@ Every file is replaced atomically, so a kill never leaves a torn file; on resume
 are dropped, so metrics.csv always describes exactly the rounds the model has seen.
 """
 
+import collections
 import csv
+import fnmatch
 import io
 import json
 import math
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -65,13 +67,58 @@ def flatten_metrics(metrics, prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-class ExperimentOutputs:
-  """Writes the experiment's files. `rows` is the in-memory metrics table (list of dicts, one per round)."""
+RELEASED_STATUSES = ('accounted', 'public', 'evaluation')
 
-  def __init__(self, exp_dir: str):
+
+class ReleasePolicy:
+  """What leaves a run that makes a privacy claim: metrics.csv columns (and so TensorBoard), summary.json keys and
+  whole files (e.g. 'clients.csv') are matched against `rules`, `(fnmatch pattern, status, reason)` in order, first
+  match wins. A status in `RELEASED_STATUSES` is written; any other status, and a name no rule matches, is not
+  written (default deny: a new metric stays unreleased until a rule says what covers it). `released()` /
+  `suppressed()` are what the run actually met; `report(policy)`, if given, turns them into the summary's
+  privacy.released section."""
+
+  def __init__(self, rules, report: Optional[Callable[['ReleasePolicy'], Any]] = None):
+    self.rules = [tuple(r) for r in rules]
+    self.report = report
+    self._released: dict[str, str] = collections.OrderedDict()
+    self._suppressed: dict[str, str] = collections.OrderedDict()
+
+  def rule(self, name: str):
+    """(status, reason) of the first rule matching `name`; ('suppressed', 'no release rule') if none does."""
+    for pattern, status, reason in self.rules:
+      if fnmatch.fnmatchcase(name, pattern):
+        return status, reason
+    return 'suppressed', 'no release rule covers it (default deny)'
+
+  def allows(self, name: str) -> bool:
+    status, reason = self.rule(name)
+    if status in RELEASED_STATUSES:
+      self._released.setdefault(name, status)
+      return True
+    self._suppressed.setdefault(name, f'{status}: {reason}')
+    return False
+
+  def filter(self, values: dict) -> 'collections.OrderedDict':
+    """The entries of `values` (metrics row or summary) that may be written, in order."""
+    return collections.OrderedDict((k, v) for k, v in values.items() if self.allows(k))
+
+  def released(self) -> dict[str, str]:
+    return dict(self._released)
+
+  def suppressed(self) -> dict[str, str]:
+    return dict(self._suppressed)
+
+
+class ExperimentOutputs:
+  """Writes the experiment's files. `rows` is the in-memory metrics table (list of dicts, one per round). With a
+  `release` policy, rows and the summary are filtered by it before anything is written."""
+
+  def __init__(self, exp_dir: str, release: Optional[ReleasePolicy] = None):
     self.exp_dir = exp_dir
     self.metrics_path = os.path.join(exp_dir, 'metrics.csv')
     self.rows: list[dict[str, Any]] = []
+    self.release = release
     self._tb = None
 
   def write_json(self, name: str, obj) -> None:
@@ -86,7 +133,9 @@ class ExperimentOutputs:
     with open(self.metrics_path, newline='') as f:
       for row in csv.DictReader(f):
         if int(row['round']) <= upto_round:
-          self.rows.append({k: _parse(v) for k, v in row.items() if v != ''})
+          kept = {k: _parse(v) for k, v in row.items() if v != ''}
+          # A run written before its release policy existed keeps only what the policy allows.
+          self.rows.append(self.release.filter(kept) if self.release is not None else kept)
 
   def rewrite_tensorboard(self) -> None:
     """Replaces tb/ with the events of `rows` only. Called on resume: events an interrupted run wrote after its
@@ -96,7 +145,10 @@ class ExperimentOutputs:
     for row in self.rows:
       self._write_tensorboard(row)
 
-  def add_row(self, row: dict[str, Any]) -> None:
+  def add_row(self, row: dict[str, Any]) -> dict[str, Any]:
+    """Appends `row` (filtered by the release policy, if any) and rewrites metrics.csv; returns what was written."""
+    if self.release is not None:
+      row = self.release.filter(row)
     self.rows.append(row)
     columns = []
     for r in self.rows:
@@ -107,6 +159,18 @@ class ExperimentOutputs:
     writer.writerows(self.rows)
     checkpoint._atomic_write_bytes(self.metrics_path, buf.getvalue().encode())  # pylint: disable=protected-access
     self._write_tensorboard(row)
+    return row
+
+  def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json, filtered by the release policy (whose report, if any, becomes summary['privacy']['released']);
+    returns what was written."""
+    if self.release is not None:
+      summary = self.release.filter(summary)
+      if self.release.report is not None:
+        summary['privacy'] = collections.OrderedDict(summary.get('privacy') or {},
+                                                     released=self.release.report(self.release))
+    self.write_json('summary.json', summary)
+    return summary
 
   def _write_tensorboard(self, row: dict[str, Any]) -> None:
     if self._tb is None:

@@ -61,8 +61,11 @@ class RoundHook:
   `after_round(round_num, output, row)` adds columns to the round's metrics row.
   `checkpoint_arrays()` / `restore_arrays(arrays)` save and restore the hook's own state with each checkpoint.
   `on_train_end(process, state, summary)` sees the final state; `summary()` adds keys to summary.json.
+  `release`: the run's `outputs.ReleasePolicy` (None = everything is written), set by `run_training`; a hook that
+  writes its own file asks `release.allows(file name)` first.
   """
   name = 'hook'
+  release: Optional[outputs_lib.ReleasePolicy] = None
 
   def stop_before(self, round_num: int) -> Optional[str]:
     del round_num
@@ -91,6 +94,7 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
                  participation: Optional[Callable[[int, Sequence[str]], engine.Cohort]] = None,
                  hooks: Sequence[RoundHook] = (),
                  eval_arrays: Optional[Mapping[str, tuple]] = None,
+                 release: Optional[outputs_lib.ReleasePolicy] = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs (or resumes) training; returns the summary also written to `summary.json`.
 
@@ -98,12 +102,16 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
   `eval_arrays` (client id -> (x, y)) is every client's evaluation data (default the task's test split); components
   that change the input representation (e.g. normalisation) supply it so evaluation sees what training saw. It is
   evaluated packed on the engine (`tff_fl.engine.evaluation`), every client of the task each eval round.
+  `release` (a run with a privacy claim): only what it allows is written (metrics.csv, TensorBoard, summary.json,
+  hooks' files) or logged.
   """
   cfg.validate()
   contexts.ensure_local_cpp_context()  # Evaluation and stock processes invoke TFF computations.
   sampler = sampler or sampling.UniformSampler(task.client_ids, cfg.clients_per_round, cfg.seed)
   participation = participation or engine.Cohort.full
-  outputs = outputs_lib.ExperimentOutputs(exp_dir)
+  outputs = outputs_lib.ExperimentOutputs(exp_dir, release=release)
+  for hook in hooks:
+    hook.release = release
   ckpt = checkpoint_lib.CheckpointManager(f'{exp_dir}/checkpoints', fingerprint if fingerprint is not None
                                           else {k: v for k, v in hparams.items() if k != 'total_rounds'},
                                           defaults=fingerprint_defaults)
@@ -168,7 +176,7 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
     if round_num % cfg.rounds_per_eval == 0 or round_num == cfg.total_rounds:
       last_eval, evaluated_round = evaluate(), round_num
       row.update((k, v) for k, v in last_eval.items() if k != 'per_client_accuracy')
-    outputs.add_row(row)
+    row = outputs.add_row(row)
     if round_num % cfg.rounds_per_checkpoint == 0 or round_num == cfg.total_rounds:
       save(round_num)
     log(_progress_line(row, cfg.total_rounds))
@@ -184,16 +192,23 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
     hook.on_train_end(process, state, summary)
     summary.update(hook.summary())
   summary['hparams'] = hparams
-  outputs.write_json('summary.json', summary)
+  summary = outputs.write_summary(summary)
   outputs.close()
-  log(f"Done: {round_num} rounds, eval accuracy {summary['eval_accuracy']:.4f} (per-client p10 "
-      f"{summary['client_accuracy_p10']:.3f}, median {summary['client_accuracy_p50']:.3f}), eval loss "
-      f"{summary['eval_loss']:.4f}. Outputs in {exp_dir}")
+  log(_done_line(round_num, summary, exp_dir))
   return summary
 
 
+def _done_line(round_num, summary, exp_dir) -> str:
+  parts = [f"Done: {round_num} rounds, eval accuracy {summary['eval_accuracy']:.4f}"]
+  if 'client_accuracy_p10' in summary:  # Not under a release policy that suppresses per-client evaluation.
+    parts.append(f" (per-client p10 {summary['client_accuracy_p10']:.3f}, median {summary['client_accuracy_p50']:.3f})")
+  return ''.join(parts) + f", eval loss {summary['eval_loss']:.4f}. Outputs in {exp_dir}"
+
+
 def _progress_line(row, total_rounds) -> str:
-  parts = [f"round {row['round']:4d}/{total_rounds}", f"train_loss {row['train_loss']:.4f}"]
+  parts = [f"round {row['round']:4d}/{total_rounds}"]
+  if 'train_loss' in row:
+    parts.append(f"train_loss {row['train_loss']:.4f}")
   if 'eval_accuracy' in row:
     parts.append(f"eval_accuracy {row['eval_accuracy']:.4f}")
   parts.append(f"{row['round_seconds']:.2f}s")
