@@ -19,17 +19,21 @@ from tff_fl import registry
 
 COMPONENTS = registry.Registry('component')  # name -> module or its dotted path (imported by `modules()`)
 
-# Order still matters where a component reads a part another declared: each entry says what it must follow.
+# What each declares. No component reads a part another declares while configuring (cross-part checks are
+# `exp.build_checks`); extensions transforming the same stage touch disjoint fields (label flipping: labels;
+# preprocessing: inputs) and the others measure after every transform. So any order gives the same runs and the
+# same refusals (tests/experiments/test_component_order.py); this order only fixes the order of hooks, and so of
+# metrics.csv columns.
 for _name in (
-    'engine',  # --engine / --engine_slots: sets exp.engine, which later components may refuse combinations with
+    'engine',  # --engine / --engine_slots: exp.engine, exp.engine_slots
     'algorithms',  # fednova's binary-level checks (its step count and the aggregator / dp / compression flags)
-    'real_data',  # adds the central evaluation hook
-    'regimes',  # sampler (availability, cross-silo) and, with --straggler_model=per_client, the participation
-    'stragglers',  # the participation with --straggler_model=fedprox (reads the regimes' straggler flags)
-    'aggregation',  # --aggregator chain and attacks (an extension); before privacy, which refuses a custom chain
-    'privacy',  # after any sampler-setting component (refuses them); DP aggregator, sampler + accounting, DP-SGD
-    'stateful',  # client-state store and clients.csv; top-k with error feedback (a registry wrapper)
-    'hierarchical',
+    'real_data',  # the central evaluation hook
+    'regimes',  # the sampler (availability, cross-silo); with --straggler_model=per_client, the participation
+    'stragglers',  # the participation with --straggler_model=fedprox
+    'aggregation',  # the model aggregator (--aggregator chain); attacks (an extension)
+    'privacy',  # the sampler + accounting and the DP aggregator; DP-SGD (an extension); the release policy
+    'stateful',  # client-state store and clients.csv; top-k EF (an algorithm wrapper + an aggregator wrapper)
+    'hierarchical',  # the process factory (edge and global steps); cluster hook
     'pruning',  # an extension (any algorithm): masks in training, aggregate and server step; export hook
     'drift',  # an extension (any algorithm): per-client figures and the aggregate pass
     'preprocessing',  # an extension (any algorithm): example order, augmentation, normalisation; eval_arrays

@@ -39,8 +39,8 @@ def define_flags() -> None:
 
 def configure(exp) -> None:
   if FLAGS.aggregator.strip() != 'mean':
-    exp.model_aggregator = aggregators.build_aggregator(FLAGS.aggregator, cohort_size=exp.loop_cfg.clients_per_round,
-                                                        seed=exp.loop_cfg.seed)
+    exp.set_model_aggregator(aggregators.build_aggregator(FLAGS.aggregator, cohort_size=exp.loop_cfg.clients_per_round,
+                                                          seed=exp.loop_cfg.seed), f'--aggregator={FLAGS.aggregator}')
     if {'secagg', 'secagg_plus'} & set(spec_lib.stage_names(FLAGS.aggregator)):
       exp.extensions.append(secagg_input.SecAggInput(exp.loop_cfg.clients_per_round))
       exp.hooks.append(SecAggHook())

@@ -99,8 +99,12 @@ def configure(exp) -> None:
   except ValueError as e:
     raise _flag_error(e) from None
   sizes = np.bincount(clusters, minlength=cfg.num_clusters)
-  full = exp.sampler is None or loop.clients_per_round >= len(exp.task.client_ids)
-  check_edge_aggregator(_aggregator_spec(), sizes, loop.clients_per_round if full else 0)
+
+  def check_edges(e):  # When every component is configured: the sampler is another component's part.
+    full = e.sampler is None or loop.clients_per_round >= len(e.task.client_ids)
+    check_edge_aggregator(_aggregator_spec(), sizes, loop.clients_per_round if full else 0)
+
+  exp.build_checks.append(check_edges)
   exp.process_factory = lambda e: build(e, cfg, clusters)
   exp.hooks.append(ClusterHook(lambda: exp.process, exp.task, clusters, loop.rounds_per_eval, loop.total_rounds,
                                eval_arrays_fn=lambda: exp.eval_arrays))
@@ -147,7 +151,7 @@ def build(exp, cfg: HierarchyConfig, clusters: np.ndarray) -> hierarchical_proce
   loop = exp.loop_cfg
   edge = engine.build_task_process(
       exp.algorithm, exp.task, epochs=loop.client_epochs_per_round, batch_size=loop.client_batch_size,
-      seed=loop.seed, client_optimizer=exp.client_optimizer, model_aggregator=exp.model_aggregator,
+      seed=loop.seed, client_optimizer=exp.client_optimizer, model_aggregator=exp.aggregator(),
       client_weighting=builders.weighting(exp.algo_cfg), extensions=exp.extensions, num_slots=exp.engine_slots,
       store=exp.store, runtime=exp.engine_runtime)
   try:

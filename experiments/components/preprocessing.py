@@ -36,7 +36,4 @@ def configure(exp) -> None:
   exp.extensions.append(ext)
   eval_arrays = ext.eval_arrays(exp.task.data.test)
   if eval_arrays is not None:
-    if exp.eval_arrays is not None:
-      raise ValueError('--client_preprocess=normalize(...) sets the evaluation arrays, and another component '
-                       'already changed them; use one.')
-    exp.eval_arrays = eval_arrays
+    exp.set_eval_arrays(eval_arrays, f'--client_preprocess={FLAGS.client_preprocess}')

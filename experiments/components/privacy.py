@@ -55,6 +55,19 @@ def flag_defaults() -> None:
     FLAGS['client_weighting'].value = 'uniform'
 
 
+def _sampling_flags() -> str:
+  on = [f'--dp={FLAGS.dp}'] if FLAGS.dp != 'none' else []
+  on += [f'--client_sampling={FLAGS.client_sampling}'] if FLAGS.client_sampling != 'uniform' else []
+  on += ['--target_epsilon'] if FLAGS.target_epsilon is not None else []
+  return '/'.join(on or ['--sample_dp'])
+
+
+def _check_secure_bits_engine(exp) -> None:
+  if exp.engine != 'tff':
+    # TFF's distributed-DP client encoding imports TF1 control flow that cannot run inside the engine's client loop.
+    raise ValueError(f'--secure_bits (distributed DP) runs on --engine=tff only; got --engine={exp.engine}.')
+
+
 def configure(exp) -> None:
   if FLAGS.secure_bits and FLAGS.dp not in ('fixed', 'adaptive'):
     raise ValueError(f'--secure_bits needs --dp=fixed|adaptive (distributed DP over secure sum); got --dp={FLAGS.dp}.')
@@ -62,30 +75,25 @@ def configure(exp) -> None:
   if not (client_dp or FLAGS.sample_dp):
     return
   privacy_release.check_flags(FLAGS)
-  if exp.sampler is not None:
-    raise ValueError('--dp/--client_sampling choose the sampler (it must match the accounting); they cannot be '
-                     'combined with components that sample clients themselves (e.g. --availability, --regime).')
-  if FLAGS.dp != 'none' and exp.model_aggregator is not None:
-    raise ValueError(f"--dp={FLAGS.dp} is the aggregator; use --aggregator=mean with it (got a custom chain).")
   if FLAGS.dp != 'none' and exp.algo_cfg.client_weighting != 'uniform':
     raise ValueError('--dp needs --client_weighting=uniform, its default with --dp (DP-FedAvg weights clients '
                      'equally; a weight would leak the example count).')
   if FLAGS.secure_bits < 0:
     raise ValueError(f'--secure_bits must be >= 0 (0 disables secure aggregation); got {FLAGS.secure_bits}.')
-  if FLAGS.secure_bits and exp.engine != 'tff':
-    # TFF's distributed-DP client encoding imports TF1 control flow that cannot run inside the engine's client loop.
-    raise ValueError(f'--secure_bits (distributed DP) runs on --engine=tff only; got --engine={exp.engine}.')
+  if FLAGS.secure_bits:
+    exp.build_checks.append(_check_secure_bits_engine)
   plan = plan_lib.build_client_dp_plan(
       FLAGS.dp, len(exp.task.client_ids), exp.loop_cfg.clients_per_round,
       noise_multiplier=FLAGS.noise_multiplier, clip_norm=FLAGS.clip_norm,
       target_unclipped_quantile=FLAGS.target_unclipped_quantile, client_sampling=FLAGS.client_sampling,
       accountant=FLAGS.accountant, target_delta=FLAGS.target_delta, target_epsilon=FLAGS.target_epsilon,
       secure_bits=FLAGS.secure_bits or None, seed=exp.task_cfg.seed)
-  exp.sampler = hooks.BoundSampler(plan, exp.task.client_ids)
+  # The sampler must match the accounting: a component sampling clients itself is refused (Experiment.set_sampler).
+  exp.set_sampler(hooks.BoundSampler(plan, exp.task.client_ids), _sampling_flags())
   if FLAGS.dp != 'none':
     # Reproducible noise for fixed/adaptive/tree: same --seed, same noise, also after a resume.
-    exp.model_aggregator = plan.build_aggregator(exp.task.model_fn, noise_seed=tasks_lib.derived_seed(
-        exp.loop_cfg.seed, 0, 'dp_noise'))
+    exp.set_model_aggregator(plan.build_aggregator(exp.task.model_fn, noise_seed=tasks_lib.derived_seed(
+        exp.loop_cfg.seed, 0, 'dp_noise')), f'--dp={FLAGS.dp}')
   sample_level = None
   if FLAGS.sample_dp:
     if not FLAGS.sample_clip_norm > 0:

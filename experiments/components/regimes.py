@@ -64,10 +64,8 @@ def configure(exp) -> None:
     sampler = regimes.AvailabilitySampler(exp.task.client_ids, exp.loop_cfg.clients_per_round,
                                           exp.loop_cfg.seed, cfg.availability)
   if sampler is not None:
-    if exp.sampler is not None:
-      raise ValueError(f'--regime={cfg.regime} / --availability={cfg.availability} choose the sampler, and another '
-                       'component already set one; use one.')
-    exp.sampler = sampler
+    flag = '--regime=cross_silo' if cfg.regime == 'cross_silo' else f'--availability={cfg.availability}'
+    exp.set_sampler(sampler, flag)
     exp.hooks.append(regimes.AvailabilityHook(sampler))
   if (cfg.dropout_rate > 0 or cfg.straggler_fraction > 0) and not fedprox_stragglers():
     regime = regimes.RegimeParticipation(exp.task, exp.loop_cfg, participation)

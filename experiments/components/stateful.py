@@ -15,8 +15,8 @@ Client states live in a `tff_fl.simulation.client_state` store that the engine p
 `exp.store = store_fn(dim)` once the algorithm (and so the state size) is known. A `ClientStateHook` checkpoints
 the store and per-client bookkeeping and writes clients.csv (client_id, rounds_participated, last_loss,
 accuracy_global[, accuracy_finetuned][, accuracy_personal]); it joins `exp.hooks` when the process is stateful or
-fine-tuning evaluation is on. Must come after the components that set `exp.model_aggregator` (aggregation,
-privacy): the top-k stage wraps their aggregator.
+fine-tuning evaluation is on. The top-k stage is an `aggregator_wrappers` entry: it wraps whichever aggregator
+another component set (aggregation, privacy), whatever the order they are configured in.
 """
 
 import functools
@@ -67,7 +67,7 @@ def _validate(exp):
 def configure(exp):
   fraction = _validate(exp)
   if fraction is not None:  # The server side of top-k EF: the sparsifying stage (identity on k-sparse) + bits.
-    exp.model_aggregator = error_feedback.aggregator(fraction, inner=exp.model_aggregator)
+    exp.aggregator_wrappers.append(lambda inner: error_feedback.aggregator(fraction, inner=inner))
   exp.algorithm_wrappers.append(functools.partial(_wrap, fraction=fraction, compression=FLAGS.compression,
                                                   state_dir=FLAGS.client_state_dir))
   hook = client_state.ClientStateHook(exp.task.client_ids, exp.exp_dir)

@@ -46,8 +46,8 @@ def test_stock_engine_refuses_extensions():
 def test_participation_is_set_once():
   exp = _exp()
   exp.set_participation(lambda r, ids: None, '--dropout_rate=0.1')
-  with pytest.raises(ValueError, match='^--straggler_model=fedprox and --dropout_rate=0.1 both decide which '
-                                       'clients report; use one.$'):
+  with pytest.raises(ValueError, match='^--dropout_rate=0.1 and --straggler_model=fedprox both decide which '
+                                       'clients report; use one.$'):  # The same words in either order.
     exp.set_participation(lambda r, ids: None, '--straggler_model=fedprox')
 
 

@@ -107,7 +107,8 @@ def test_preprocessing_adds_its_extension_and_normalised_eval_arrays(parse):
   x_train = exp.task.data.train[cid][0].astype(np.float64)
   np.testing.assert_allclose(exp.eval_arrays[cid][0], (exp.task.data.test[cid][0] - x_train.mean()) / x_train.std(),
                              rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match='sets the evaluation arrays, and another component already changed them'):
+  with pytest.raises(ValueError, match=r'^--client_preprocess=normalize\(client\),take\(3\) and '
+                                       r'--client_preprocess=normalize\(client\),take\(3\) both change the evaluation data'):
     preprocessing_component.configure(exp)
   parse('--client_preprocess=take(3)')
   exp = _exp()

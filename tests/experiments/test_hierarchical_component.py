@@ -70,7 +70,10 @@ def test_edge_aggregator_check(spec, sizes, cohort, expected):
 def test_bad_flags_are_one_line_errors_before_training(tmp_path, parse, argv, expected):
   parse(*argv)
   with pytest.raises(ValueError) as e:
-    component.configure(_experiment(tmp_path))
+    exp = _experiment(tmp_path)
+    component.configure(exp)
+    for check in exp.build_checks:  # Checks on parts of other components run once all are configured.
+      check(exp)
   assert expected in _one_line(e)
 
 

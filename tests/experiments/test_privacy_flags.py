@@ -109,7 +109,8 @@ MISMATCHES = {
                          '--accountant=pld supports only --client_sampling=poisson'),
     'weighted_clients': (['--dp=fixed', '--client_weighting=num_examples'], '--client_weighting=uniform'),
     'budget_without_dp': (['--target_epsilon=1', '--dp=none'], '--target_epsilon needs --dp='),
-    'robust_aggregator': (['--dp=fixed', '--aggregator=median', '--client_weighting=uniform'], '--aggregator=mean'),
+    'robust_aggregator': (['--dp=fixed', '--aggregator=median', '--client_weighting=uniform'],
+                          '--aggregator=median and --dp=fixed both set the model update aggregator'),
     'secure_sum_without_dp': (['--secure_bits=16'], '--secure_bits needs --dp=fixed|adaptive'),
 }
 
