@@ -56,6 +56,7 @@ class Experiment:
   participation_flag: str = ''
   extensions: list = dataclasses.field(default_factory=list)
   algorithm_wrappers: list = dataclasses.field(default_factory=list)
+  extension_flags: dict = dataclasses.field(default_factory=dict)  # extension name -> the flag that added it
   hooks: list = dataclasses.field(default_factory=list)
   store: Any = None  # Client-state store, or store_fn(state_dim) -> store; None = in memory.
   eval_arrays: Any = None  # client id -> (x, y) evaluation arrays; None = the task's test split. set_eval_arrays.
@@ -100,6 +101,11 @@ class Experiment:
       factory = wrap(factory)
     return factory
 
+  def add_extension(self, extension, flag: str) -> None:
+    """Adds an extension of the round; `flag` (e.g. '--pruning_schedule=constant') names it in refusals."""
+    self.extensions.append(extension)
+    self.extension_flags[extension.name] = flag
+
   def build_process(self):
     """The algorithm definition from the registry, then the process that runs it (module docstring)."""
     for check in self.build_checks:
@@ -130,7 +136,8 @@ class Experiment:
 
   def _stock_process(self):
     if not self.algorithm.stateless or self.extensions:
-      used = ', '.join(e.name for e in self.extensions) or f'--algorithm={self.algo_cfg.algorithm}'
+      used = (', '.join(self.extension_flags.get(e.name, e.name) for e in self.extensions)
+              or f'--algorithm={self.algo_cfg.algorithm}')
       raise ValueError(f'--engine=tff runs stateless algorithms (fedavg, fedprox, fedsgd, fednova) without '
                        f'extensions as stock TFF processes; got {used}. Use --engine=packed.')
     learning_process = stock.build_learning_process(

@@ -51,6 +51,8 @@ def run(*flags, subprocess: bool = False, timeout: float = 600) -> Result:
                               stdin=subprocess_lib.DEVNULL, env=ENV)
     return Result(proc.returncode, proc.stdout, proc.stderr)
   from experiments import train  # pylint: disable=g-import-not-at-top  (defines the binary's flags)
+  from tensorflow_federated.python.core.impl.context_stack import context_stack_impl  # pylint: disable=g-import-not-at-top
+  context = context_stack_impl.context_stack.current  # --workers installs its own, whose workers main stops.
   out, err = io.StringIO(), io.StringIO()
   code = 0
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
@@ -66,4 +68,5 @@ def run(*flags, subprocess: bool = False, timeout: float = 600) -> Result:
       code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
       absl_flags.FLAGS.unparse_flags()
+      context_stack_impl.context_stack.set_default_context(context)
   return Result(code, out.getvalue(), err.getvalue())

@@ -42,7 +42,7 @@ def configure(exp) -> None:
     exp.set_model_aggregator(aggregators.build_aggregator(FLAGS.aggregator, cohort_size=exp.loop_cfg.clients_per_round,
                                                           seed=exp.loop_cfg.seed), f'--aggregator={FLAGS.aggregator}')
     if {'secagg', 'secagg_plus'} & set(spec_lib.stage_names(FLAGS.aggregator)):
-      exp.extensions.append(secagg_input.SecAggInput(exp.loop_cfg.clients_per_round))
+      exp.add_extension(secagg_input.SecAggInput(exp.loop_cfg.clients_per_round), f'--aggregator={FLAGS.aggregator}')
       exp.hooks.append(SecAggHook())
   if FLAGS.attack not in attacks.ATTACKS:
     raise ValueError(f"--attack must be one of {', '.join(attacks.ATTACKS)}; got '{FLAGS.attack}'.")
@@ -58,7 +58,7 @@ def configure(exp) -> None:
   attack = attacks.ByzantineAttack(FLAGS.attack, FLAGS.byzantine_fraction, exp.task_cfg.seed,
                                    scale=FLAGS.attack_scale, noise_std=FLAGS.attack_noise_std,
                                    num_classes=exp.task.num_classes)
-  exp.extensions.append(attack)
+  exp.add_extension(attack, f'--attack={FLAGS.attack}')
   exp.hooks.append(AttackHook(attack))
 
 

@@ -33,4 +33,4 @@ def configure(exp) -> None:
   if FLAGS.drift_warning_threshold < 0:
     raise ValueError(f'--drift_warning_threshold must be >= 0; got {FLAGS.drift_warning_threshold}.')
   exp.hooks.append(drift_hook.DriftHook(FLAGS.drift_warning_threshold))
-  exp.extensions.append(drift.DriftMeasurements())
+  exp.add_extension(drift.DriftMeasurements(), '--drift_metrics')

@@ -33,7 +33,8 @@ def configure(exp) -> None:
   cfg = exp.loop_cfg
   ext = preprocessing.ClientPreprocessing(spec, exp.task.data.train, seed=cfg.seed,
                                           epochs=cfg.client_epochs_per_round, batch_size=cfg.client_batch_size)
-  exp.extensions.append(ext)
+  exp.add_extension(ext, ' '.join(f'--{name}={FLAGS[name].value}' for name in ('client_preprocess', 'augment')
+                                   if FLAGS[name].value))
   eval_arrays = ext.eval_arrays(exp.task.data.test)
   if eval_arrays is not None:
     exp.set_eval_arrays(eval_arrays, f'--client_preprocess={FLAGS.client_preprocess}')

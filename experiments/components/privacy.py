@@ -101,9 +101,10 @@ def configure(exp) -> None:
     if not FLAGS.sample_noise_multiplier >= 0:
       raise ValueError(f'--sample_noise_multiplier must be >= 0; got {FLAGS.sample_noise_multiplier}.')
     # Every task's model is trained on cross-entropy of logits (per example: mean over a sequence's targets).
-    exp.extensions.append(dp_sgd_client.SampleDP(
+    exp.add_extension(dp_sgd_client.SampleDP(
         FLAGS.sample_clip_norm, FLAGS.sample_noise_multiplier,
-        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE)))
+        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE)),
+        '--sample_dp')
     sample_level = plan_lib.SampleLevelAccountant(FLAGS.sample_noise_multiplier, exp.loop_cfg.client_epochs_per_round)
   exp.hooks.append(hooks.PrivacyHook(plan, exp.sampler, sample_level))
   delta = f'delta={FLAGS.target_delta:g}'

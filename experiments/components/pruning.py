@@ -13,6 +13,8 @@ and raw / gzip sizes (`pruned_*`).
 import dataclasses
 import os
 
+import numpy as np
+
 from experiments import flag_groups
 from tff_fl.algorithms import pruning
 from tff_fl.simulation import training_loop
@@ -51,12 +53,22 @@ class PruningHook(training_loop.RoundHook):
 
   def on_train_end(self, process, state, summary) -> None:
     del summary
-    info = pruning.export_pruned_model(self.keras_fn, process.get_model_weights(state), pruning.masks_of(state),
+    weights = process.get_model_weights(state)
+    info = pruning.export_pruned_model(self.keras_fn, weights, released_masks(state, weights),
                                        os.path.join(self.exp_dir, 'pruned_model'))
     self.info = {f'pruned_{k}': v for k, v in info.items()}
 
   def summary(self):
     return self.info
+
+
+def released_masks(state, weights) -> list:
+  """The masks of the released model `weights`: the engine state's; with --hierarchical (each cluster's edge
+  prunes its own model, the global step combines them, so no one mask holds) its own non-zeros, so the export is
+  the released model and its measured sparsity what the clusters' masks left."""
+  if 'extensions' not in state:
+    return [(np.asarray(w) != 0).astype(np.float32) for w in weights.trainable]
+  return pruning.masks_of(state)
 
 
 def schedule_from_config(cfg: PruningConfig, total_rounds: int):
@@ -77,5 +89,5 @@ def configure(exp) -> None:
     extension = pruning.Pruning(exp.task.keras_model, schedule)
   except ValueError as e:
     raise ValueError(f'--pruning_schedule={cfg.pruning_schedule} with --model={exp.task.model_name}: {e}') from None
-  exp.extensions.append(extension)
+  exp.add_extension(extension, f'--pruning_schedule={cfg.pruning_schedule}')
   exp.hooks.append(PruningHook(exp.task.keras_model, exp.exp_dir))
