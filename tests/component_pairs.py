@@ -9,6 +9,7 @@ Used by tests/experiments/test_component_pairs.py (every pair validated before t
 runs, each component's effect) and experiments/pair_matrix.py (every accepted pair trained, the effect per pair).
 """
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -61,11 +62,10 @@ COMPONENTS = (
     # Optimizers and weighting.
     C('client_momentum', ('--client_optimizer=momentum', '--client_momentum=0.5')),
     C('server_adam', ('--server_optimizer=adam', '--server_learning_rate=0.01')),
-    # Aggregator chains (one flag: pairs among them are not expressible).
-    C('robust', ('--aggregator=clip(1.0)>trimmed_mean(0.2)',)),
+    # Aggregator chains (one flag: pairs among them are not expressible): clipping, compression and a robust mean in
+    # one chain; Krum's selection; secure aggregation as a protocol.
+    C('chain', ('--aggregator=clip(1.0)>topk(0.3)>quantize(8)>trimmed_mean(0.2)',)),
     C('krum', ('--aggregator=krum(1)',)),
-    C('quantize', ('--aggregator=quantize(4)>mean',)),
-    C('topk', ('--aggregator=topk(0.3)>mean',)),
     C('secagg', ('--aggregator=secagg(24,0.6)>mean',)),
     C('attack', ('--attack=sign_flip', '--byzantine_fraction=0.2')),
     # Privacy.
@@ -255,3 +255,57 @@ def effect_problem(component: Component, run: dict, without: dict) -> Optional[s
       return 'declared personal models, but clients.csv has no new accuracy_personal'
     return None
   return 'accepted, but the run is the same as without it' if trained_same else None
+
+
+# --- Refused by design, and the covering ---------------------------------------------------------------------------
+
+def _refusals(reason: str, *pairs_: str) -> dict:
+  return {frozenset(p.split('+')): reason for p in pairs_}
+
+
+# Every refused pair (names joined by '+') with why; the test asserts the binary refuses exactly these before training.
+REFUSED = {
+    **_refusals('FedNova sends its step count through the aggregator with the update; a stage that changes values '
+                'would change it too', 'fednova+chain', 'fednova+secagg', 'fednova+dp', 'fednova+topk_ef'),
+    **_refusals("SCAFFOLD's gradient correction is a plain-SGD step", 'scaffold+client_momentum'),
+    **_refusals('--engine=tff runs the stock TFF process of a stateless algorithm without extensions',
+                *[f'{n}+engine_tff' for n in ('scaffold', 'feddyn', 'ditto', 'fedper', 'hierarchical', 'secagg',
+                                              'attack', 'sample_dp', 'topk_ef', 'pruning', 'drift', 'normalize',
+                                              'augment', 'workers')]),
+    **_refusals("a cluster's share of this 6-client cohort is too small for the robust aggregator",
+                'hierarchical+chain', 'hierarchical+krum'),
+    **_refusals('--dp is the aggregator', 'chain+dp', 'krum+dp', 'secagg+dp'),
+    **_refusals('the privacy plan owns the sampler its accounting assumes', 'dp+availability',
+                'sample_dp+availability'),
+    **_refusals("FedProx's straggler model has no dropouts", 'dropout+fedprox_stragglers'),
+}
+assert all(len(p) == 2 and p <= set(BY_NAME) for p in REFUSED), [sorted(p) for p in REFUSED if not p <= set(BY_NAME)]
+
+
+def accepted_pairs() -> set:
+  return {frozenset((a.name, b.name)) for a, b in pairs()} - set(REFUSED)
+
+
+def covering_runs(accepted: set, components: Sequence[Component] = COMPONENTS) -> list[list[Component]]:
+  """A greedy strength-2 covering: runs of mutually accepted, expressible components such that every pair in
+  `accepted` (frozensets of two names) is in some run. Each run starts from the uncovered pair whose members have
+  the most uncovered pairs left and adds the component covering the most new pairs until none does."""
+  uncovered, runs = set(accepted), []
+  while uncovered:
+    degree = collections.Counter(n for p in uncovered for n in p)
+    seed = max(sorted(sorted(p) for p in uncovered), key=lambda p: degree[p[0]] + degree[p[1]])
+    run = [BY_NAME[n] for n in seed]
+    while True:
+      gains = []
+      for c in components:
+        if c in run or not expressible(*run, c) or any(frozenset((c.name, r.name)) not in accepted for r in run):
+          continue
+        gain = sum(frozenset((c.name, r.name)) in uncovered for r in run)
+        if gain:
+          gains.append((gain, degree[c.name], c.name))
+      if not gains:
+        break
+      run.append(BY_NAME[max(gains)[2]])
+    uncovered -= {frozenset((a.name, b.name)) for a, b in itertools.combinations(run, 2)}
+    runs.append(run)
+  return runs
