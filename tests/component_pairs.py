@@ -58,7 +58,7 @@ COMPONENTS = (
     C('feddyn', ('--algorithm=feddyn',)),
     C('ditto', ('--algorithm=ditto',), PERSONAL),
     C('fedper', ('--algorithm=fedper',)),
-    C('hierarchical', ('--hierarchical', '--num_clusters=2')),
+    C('hierarchical', ('--hierarchical', '--num_clusters=2', '--cluster_by=labels')),
     # Optimizers and weighting.
     C('client_momentum', ('--client_optimizer=momentum', '--client_momentum=0.5')),
     C('server_adam', ('--server_optimizer=adam', '--server_learning_rate=0.01')),
@@ -278,6 +278,10 @@ REFUSED = {
     **_refusals('the privacy plan owns the sampler its accounting assumes', 'dp+availability',
                 'sample_dp+availability'),
     **_refusals("FedProx's straggler model has no dropouts", 'dropout+fedprox_stragglers'),
+    **_refusals('clusters from label histograms are computed outside the DP mechanism (release audit)',
+                'hierarchical+dp', 'hierarchical+sample_dp'),
+    **_refusals('drift figures and per-client normalization statistics leave the clients outside the DP mechanism '
+                '(release audit)', 'dp+drift', 'sample_dp+drift', 'dp+normalize', 'sample_dp+normalize'),
 }
 assert all(len(p) == 2 and p <= set(BY_NAME) for p in REFUSED), [sorted(p) for p in REFUSED if not p <= set(BY_NAME)]
 
