@@ -74,17 +74,17 @@ def _marked_workers(marker):
 
 def test_training_binary_stopped_by_sigterm_leaves_no_worker(tmp_path):
   """A background training run (e.g. a reproduction driver's child) stopped with SIGTERM mid-run: the worker its
-  evaluation started dies with it."""
+  rounds started (two engine slots run on TFF's runtime; one slot would start none) dies with it."""
   marker = f'sigterm-{os.getpid()}-{time.time()}'
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TFF_FL_TEST_MARKER=marker)
   cmd = [sys.executable, '-m', 'experiments.train', f'--root_output_dir={tmp_path}', '--task=digits', '--model=logreg',
-         '--num_clients=10', '--clients_per_round=5', '--total_rounds=1000', '--rounds_per_eval=1']
+         '--num_clients=10', '--clients_per_round=5', '--total_rounds=1000', '--rounds_per_eval=1', '--engine_slots=2']
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                           stdin=subprocess.DEVNULL)
   try:
     line = ''
-    while 'eval_accuracy' not in line:  # An evaluation has run: its worker exists.
+    while 'eval_accuracy' not in line:  # A round has run: its worker exists.
       line = proc.stdout.readline().decode()
       assert line, 'training exited early'
     assert _marked_workers(marker)
