@@ -16,8 +16,9 @@ tests/experiments/test_component_order.py):
   store          client-state store for stateful algorithms (`tff_fl.simulation.client_state`), or store_fn(dim)
   eval_arrays    client id -> (x, y) evaluation arrays when a component changes the input representation; set once
   process_factory  (experiment) -> Process for algorithms that run several engine rounds per round (hierarchical)
-  build_checks   (experiment) -> None, run when every component is configured, before the process is built: the
-                 checks that look at parts several components declared (e.g. the engine and the DP aggregator)
+  build_checks   (experiment) -> None, run once every component is configured and the algorithm definition is
+                 built, before the process is: checks that look at parts several components declared (e.g. the
+                 engine and the DP aggregator, the algorithm's uploads under --dp)
   process_checks (process) -> None, run on the built process before training (e.g. it splits over workers)
 A part set twice is a one-line ValueError naming both components' flags.
 The process is built last, by `build_process`: the packed engine (default) or, with `--engine=tff`, the stock
@@ -108,9 +109,9 @@ class Experiment:
 
   def build_process(self):
     """The algorithm definition from the registry, then the process that runs it (module docstring)."""
-    for check in self.build_checks:
-      check(self)
     self.algorithm = builders.build_algorithm(self)
+    for check in self.build_checks:  # Before anything is traced; they may look at the algorithm definition.
+      check(self)
     if self.process_factory is not None:
       self.process = self.process_factory(self)
     elif self.engine == 'tff':

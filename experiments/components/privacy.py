@@ -113,5 +113,4 @@ def configure(exp) -> None:
                    'sampling)',
       'sample_dp': f'example_epsilon (example level, {delta}, the most often sampled client)'})
   if FLAGS.dp != 'none':  # Needs the built algorithm: does its server sum uploads outside the DP aggregator?
-    exp.process_checks.append(lambda process: privacy_release.check_algorithm(FLAGS, exp.algo_cfg.algorithm,
-                                                                             exp.algorithm))
+    exp.build_checks.append(lambda e: privacy_release.check_algorithm(FLAGS, e.algo_cfg.algorithm, e.algorithm))
