@@ -62,6 +62,8 @@ _TASK_HELP = {
               "char_lstm token sequences); "
               f"'' = the task's default ({_task_defaults('default_model')})"),
     'num_clients': 'number of simulated clients (synthetic: devices)',
+    'examples_per_client': ('examples drawn with replacement per client by the *_population tasks (mnist_population, '
+                            'digits_population)'),
     'partition': (f"how examples are split over clients: {', '.join(partition_lib.PARTITIONS)}; '' = the task's "
                   f"default ({_task_defaults('default_partition')})"),
     'dirichlet_alpha': ('Dirichlet concentration for --partition=dirichlet (smaller = more label skew); NIID-Bench\'s '

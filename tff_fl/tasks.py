@@ -109,6 +109,7 @@ class TaskConfig:
   task: str = 'digits'
   model: str = ''
   num_clients: int = 20
+  examples_per_client: int = 10
   partition: str = ''
   dirichlet_alpha: float = 0.5
   shards_per_client: int = 2
