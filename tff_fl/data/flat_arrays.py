@@ -111,8 +111,18 @@ class FlatSplit(collections.abc.Mapping):
     rows = self.row_index(positions)
     return self.x[rows], self.y[rows], counts
 
+  def _position(self, cid: str) -> int:
+    k = int(self.ids.searchsorted(cid))
+    if k >= len(self.ids) or self.ids[k] != cid:
+      raise KeyError(cid)
+    return k
+
+  def num_examples_of(self, cid: str) -> int:
+    k = self._position(cid)
+    return int(self.offsets[k + 1] - self.offsets[k])
+
   def __getitem__(self, cid: str):
-    k = int(self.positions([cid])[0])
+    k = self._position(cid)
     lo, hi = self.offsets[k], self.offsets[k + 1]
     if self.index is None:
       return self.x[lo:hi], self.y[lo:hi]
