@@ -95,6 +95,8 @@ _LOOP_HELP = {
     'client_epochs_per_round': 'local epochs per round (E)',
     'client_batch_size': 'local batch size (B)',
     'rounds_per_eval': 'evaluate every this many rounds (and at the last round)',
+    'eval_clients': ('evaluate a sample of this many clients per evaluation, seeded by (seed, round); 0 = every '
+                     'client (metrics eval_sampled_clients, eval_population)'),
     'rounds_per_checkpoint': 'checkpoint every this many rounds (and at the last round)',
 }
 
@@ -112,7 +114,8 @@ for _component in _COMPONENTS:
   _component.define_flags()
 
 # Flags that do not change what the model sees; a checkpoint may be resumed with other values of these.
-_RESUMABLE_FLAGS = ('total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'root_output_dir', 'experiment_name',
+_RESUMABLE_FLAGS = ('total_rounds', 'rounds_per_eval', 'eval_clients', 'rounds_per_checkpoint', 'root_output_dir',
+                    'experiment_name',
                     'workers')
 
 
