@@ -62,6 +62,8 @@ _TASK_HELP = {
               "char_lstm token sequences); "
               f"'' = the task's default ({_task_defaults('default_model')})"),
     'num_clients': 'number of simulated clients (synthetic: devices)',
+    'examples_per_client': ('examples drawn with replacement per client by the *_population tasks (mnist_population, '
+                            'digits_population)'),
     'partition': (f"how examples are split over clients: {', '.join(partition_lib.PARTITIONS)}; '' = the task's "
                   f"default ({_task_defaults('default_partition')})"),
     'dirichlet_alpha': ('Dirichlet concentration for --partition=dirichlet (smaller = more label skew); NIID-Bench\'s '
@@ -93,6 +95,8 @@ _LOOP_HELP = {
     'client_epochs_per_round': 'local epochs per round (E)',
     'client_batch_size': 'local batch size (B)',
     'rounds_per_eval': 'evaluate every this many rounds (and at the last round)',
+    'eval_clients': ('evaluate a sample of this many clients per evaluation, seeded by (seed, round); 0 = every '
+                     'client (metrics eval_sampled_clients, eval_population)'),
     'rounds_per_checkpoint': 'checkpoint every this many rounds (and at the last round)',
 }
 
@@ -110,7 +114,8 @@ for _component in _COMPONENTS:
   _component.define_flags()
 
 # Flags that do not change what the model sees; a checkpoint may be resumed with other values of these.
-_RESUMABLE_FLAGS = ('total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'root_output_dir', 'experiment_name',
+_RESUMABLE_FLAGS = ('total_rounds', 'rounds_per_eval', 'eval_clients', 'rounds_per_checkpoint', 'root_output_dir',
+                    'experiment_name',
                     'workers')
 
 

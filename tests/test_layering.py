@@ -10,7 +10,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Lower number = lower layer; a module-level import may only reach its own layer or lower, and packages of the
 # same layer may not import each other both ways.
-LAYERS = {'registry': 0, 'data': 0, 'models': 1, 'tasks': 2, 'tasks_real': 2, 'tasks_regional': 2,
+LAYERS = {'registry': 0, 'data': 0, 'models': 1, 'tasks': 2, 'tasks_real': 2, 'tasks_regional': 2, 'tasks_population': 2,
           'aggregators': 3, 'privacy': 3, 'algorithms': 4, 'engine': 5, 'simulation': 6}
 
 _CHILD = '''
@@ -37,7 +37,7 @@ def test_import_installs_no_context_and_fills_the_registries():
                         stdin=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
   assert proc.returncode == 0, proc.stderr[-2000:]
   task_names, algorithms, models, stages = [line.split(',') for line in proc.stdout.split()]
-  assert {'shakespeare', 'emnist', 'mnist', 'regional_digits'} <= set(task_names)
+  assert {'shakespeare', 'emnist', 'mnist', 'regional_digits', 'mnist_population'} <= set(task_names)
   assert {'scaffold', 'feddyn', 'fedper', 'ditto', 'fedsgd', 'fednova'} <= set(algorithms)
   assert {'char_lstm', 'simple_cnn'} <= set(models) and {'secure', 'krum', 'clip', 'secagg', 'secagg_plus'} <= set(stages)
 

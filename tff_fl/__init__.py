@@ -10,5 +10,6 @@ a Python user calling TFF computations directly installs it (or any context) fir
 from tff_fl import tasks as _tasks  # pylint: disable=unused-import  (digits, synthetic; models)
 from tff_fl import tasks_real as _tasks_real  # pylint: disable=unused-import  (mnist, ..., shakespeare; char_lstm)
 from tff_fl import tasks_regional as _tasks_regional  # pylint: disable=unused-import  (regional_digits)
+from tff_fl import tasks_population as _tasks_population  # pylint: disable=unused-import  (*_population)
 from tff_fl.aggregators import spec as _spec  # pylint: disable=unused-import  (aggregator stages)
 from tff_fl.algorithms import builders as _builders  # pylint: disable=unused-import  (algorithms)

@@ -72,7 +72,12 @@ class Task:
   def train_order(self, client_id: str, *, epochs: int, seed: int, round_num: int,
                   num_examples: Optional[int] = None) -> np.ndarray:
     """Indices into the client's train arrays in the order of one round's local training: `epochs` permutations."""
-    n = len(self.data.train[client_id][1]) if num_examples is None else num_examples
+    if num_examples is not None:
+      n = num_examples
+    elif hasattr(self.data.train, 'num_examples_of'):  # A FlatSplit: the count without gathering the rows.
+      n = self.data.train.num_examples_of(client_id)
+    else:
+      n = len(self.data.train[client_id][1])
     rng = np.random.default_rng(derived_seed(seed, round_num, client_id))
     return np.concatenate([rng.permutation(n) for _ in range(epochs)])
 
@@ -109,6 +114,7 @@ class TaskConfig:
   task: str = 'digits'
   model: str = ''
   num_clients: int = 20
+  examples_per_client: int = 10
   partition: str = ''
   dirichlet_alpha: float = 0.5
   shards_per_client: int = 2

@@ -143,7 +143,7 @@ def _emnist(cfg: tasks_lib.TaskConfig) -> tasks_lib.Task:
   return tasks_lib.Task('emnist', fed, cfg.model, (28, 28, 1), 10)
 
 
-def _missing_data_is_value_error(builder):
+def missing_data_is_value_error(builder):
   @functools.wraps(builder)
   def build(cfg: tasks_lib.TaskConfig) -> tasks_lib.Task:
     try:
@@ -162,7 +162,7 @@ def register() -> None:
       ('shakespeare', _shakespeare, char_lstm.MODEL_NAME, 'natural'),
       ('emnist', _emnist, 'logreg', 'natural')):
     if name not in tasks_lib.TASKS:
-      tasks_lib.register(name, _missing_data_is_value_error(builder), default_model=model,
+      tasks_lib.register(name, missing_data_is_value_error(builder), default_model=model,
                          default_partition=partition)
 
 

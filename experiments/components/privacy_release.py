@@ -119,6 +119,8 @@ RELEASES = (
     Release('eval_loss', EVALUATION, EVALUATION, 'pooled over every client\'s held-out examples'),
     Release('eval_accuracy', EVALUATION, EVALUATION, 'pooled over every client\'s held-out examples'),
     Release('eval_clients', EVALUATION, EVALUATION, 'clients with held-out examples'),
+    Release('eval_sampled_clients', PUBLIC, PUBLIC, 'the --eval_clients sample size (configuration)'),
+    Release('eval_population', PUBLIC, PUBLIC, 'the number of clients (configuration)'),
     Release('client_accuracy_mean', EVALUATION, EVALUATION, 'mean over all clients of held-out accuracy'),
     Release('central_test_*', EVALUATION, EVALUATION, 'central evaluation on the test split'),
     Release('cluster/*/accuracy', EVALUATION, EVALUATION, "pooled over a cluster's clients' held-out examples"),

@@ -134,6 +134,10 @@ class _Population:
   """Every client's eval rows concatenated (x_all, y_all), with row offsets; `rows(ids)` gathers a list of them."""
 
   def __init__(self, eval_arrays: Mapping[str, tuple], x_dtype, y_dtype):
+    self.flat = eval_arrays if hasattr(eval_arrays, 'row_index') else None  # A FlatSplit: gathered on demand.
+    if self.flat is not None:
+      self.ids, self.counts, self._dtypes = self.flat.ids, self.flat.counts, (x_dtype, y_dtype)
+      return
     self.ids = list(eval_arrays)
     self.position = {c: i for i, c in enumerate(self.ids)}
     xs = [np.asarray(eval_arrays[c][0], x_dtype) for c in self.ids]
@@ -145,6 +149,11 @@ class _Population:
     self.x_all, self.y_all = np.concatenate(xs), np.concatenate(ys)
 
   def positions(self, client_ids: Sequence[str]) -> np.ndarray:
+    if self.flat is not None:
+      try:
+        return self.flat.positions(client_ids)
+      except KeyError as e:
+        raise ValueError(f'client_ids without eval arrays: [{e}].') from None
     missing = [c for c in client_ids if c not in self.position]
     if missing:
       raise ValueError(f'client_ids without eval arrays: {missing[:5]}{" ..." if len(missing) > 5 else ""}.')
@@ -152,6 +161,9 @@ class _Population:
 
   def rows(self, pos: np.ndarray):
     """(x, y, counts) of the clients at positions `pos`, in that order (a view when they are contiguous)."""
+    if self.flat is not None:
+      x, y, counts = self.flat.rows(pos)
+      return np.asarray(x, self._dtypes[0]), np.asarray(y, self._dtypes[1]), counts
     counts = self.counts[pos]
     if len(pos) and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))):
       lo, hi = self.offsets[pos[0]], self.offsets[pos[-1] + 1]

@@ -95,6 +95,8 @@ def derived_seeds(seed: int, round_num: int, client_ids: Sequence[str]) -> np.nd
 
 class Packer:
   """Packs cohorts of `train_arrays` (client id -> (x [n, ...], y [n, ...])) into slot tensors (module docstring).
+  A `FlatSplit` (`tff_fl.data.flat_arrays`) is packed without a per-client loop: the same tensors, one take per
+  feature for the whole slot.
 
   `order_fn(client_id, round_num)` gives a client's example order for the round (with its E epochs); `field_specs`
   / `fields_fn` add per-client extension fields (name -> tf.TensorSpec of one client's value).
@@ -111,7 +113,10 @@ class Packer:
     self.num_slots, self.state_dim = num_slots, state_dim
     self.field_specs = collections.OrderedDict(field_specs or {})
     self.fields_fn = fields_fn
-    x0, y0 = next(iter(train_arrays.values()))
+    if hasattr(train_arrays, 'row_index'):
+      x0, y0 = train_arrays.x, train_arrays.y
+    else:
+      x0, y0 = next(iter(train_arrays.values()))
     self._x_spec, self._y_spec = (x0.shape[1:], x0.dtype), (y0.shape[1:], y0.dtype)
 
   def slot_type(self) -> tff.StructType:
@@ -140,9 +145,14 @@ class Packer:
       states = np.zeros([len(ids), self.state_dim], np.float32)
     fields = dict(self.fields_fn(cohort.round_num, ids, list(cohort.sampled))) if self.fields_fn else {}
     seeds = derived_seeds(self.seed, cohort.round_num, ids)
+    flat = hasattr(self.arrays, 'row_index')  # A `tff_fl.data.flat_arrays.FlatSplit`: one take per feature.
+    positions = self.arrays.positions(ids) if flat else None
     slots = []
     for s in split(len(ids), self.num_slots):
-      x, y, n, order = self._pack_rows([self.arrays[c] for c in ids[s]], orders[s])
+      if flat:
+        x, y, n, order = self._pack_flat(positions[s], orders[s])
+      else:
+        x, y, n, order = self._pack_rows([self.arrays[c] for c in ids[s]], orders[s])
       info = collections.OrderedDict(
           (k, np.asarray(fields[k][s], spec.dtype.as_numpy_dtype).reshape([len(n)] + spec.shape.as_list()))
           for k, spec in self.field_specs.items())
@@ -164,4 +174,27 @@ class Packer:
       x[c, :len(rows)] = xc[rows]
       y[c, :len(rows)] = yc[rows]
       order[c, :len(inverse)] = inverse.reshape(-1)
+    return x, y, lengths, order
+
+  def _pack_flat(self, positions: np.ndarray, orders):
+    """`_pack_rows` of the `FlatSplit` clients at `positions`, vectorised: the same tensors (each client's distinct
+    rows in increasing order, `order` indexing them), from one np.unique over (client, row) keys and one take."""
+    lengths = np.array([len(o) for o in orders], np.int32)
+    num = len(orders)
+    owner = np.repeat(np.arange(num, dtype=np.int64), lengths)
+    within = np.concatenate([np.asarray(o, np.int64).reshape(-1) for o in orders]) if num else np.zeros(0, np.int64)
+    span = int(within.max()) + 1 if within.size else 1
+    keys, inverse = np.unique(owner * span + within, return_inverse=True)
+    u_owner, u_row = keys // span, keys % span
+    per_client = np.bincount(u_owner, minlength=num)
+    rank = np.arange(keys.size) - np.repeat(np.cumsum(per_client) - per_client, per_client)
+    max_len = int(lengths.max()) if num else 0
+    max_rows = int(per_client.max()) if num else 0
+    x = np.zeros((num, max_rows) + self._x_spec[0], self._x_spec[1])
+    y = np.zeros((num, max_rows) + self._y_spec[0], self._y_spec[1])
+    rows = self.arrays.row_index(positions, within=u_row, owner=u_owner)
+    x[u_owner, rank] = self.arrays.x[rows]
+    y[u_owner, rank] = self.arrays.y[rows]
+    order = np.zeros((num, max_len), np.int32)
+    order[owner, np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = rank[inverse.reshape(-1)]
     return x, y, lengths, order

@@ -30,6 +30,7 @@ class LoopConfig:
   client_batch_size: int = 10
   rounds_per_eval: int = 1
   rounds_per_checkpoint: int = 1
+  eval_clients: int = 0
   seed: int = 0
 
   def validate(self) -> None:
@@ -37,6 +38,8 @@ class LoopConfig:
                  'rounds_per_eval', 'rounds_per_checkpoint'):
       if getattr(self, name) < 1:
         raise ValueError(f'--{name} must be >= 1; got {getattr(self, name)}.')
+    if self.eval_clients < 0:
+      raise ValueError(f'--eval_clients must be >= 0 (0 = every client); got {self.eval_clients}.')
 
 
 _TF_ASSERT_RE = re.compile(r'assertion failed: ((?:\[[^\]]*\]\s*)+)')
@@ -101,11 +104,15 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
   `participation(round, sampled ids)` says who reports (default: every sampled client, full work).
   `eval_arrays` (client id -> (x, y)) is every client's evaluation data (default the task's test split); components
   that change the input representation (e.g. normalisation) supply it so evaluation sees what training saw. It is
-  evaluated packed on the engine (`tff_fl.engine.evaluation`), every client of the task each eval round.
+  evaluated packed on the engine (`tff_fl.engine.evaluation`), every client of the task each eval round, or with
+  `cfg.eval_clients` = N > 0 a sample of N clients seeded by (seed, round) (`sampling.eval_sample`; metrics
+  `eval_sampled_clients` = N and `eval_population` say so).
   `release` (a run with a privacy claim): only what it allows is written (metrics.csv, TensorBoard, summary.json,
   hooks' files) or logged.
   """
   cfg.validate()
+  if cfg.eval_clients > len(task.client_ids):
+    raise ValueError(f'--eval_clients must be <= --num_clients ({len(task.client_ids)}); got {cfg.eval_clients}.')
   contexts.ensure_local_cpp_context()  # Evaluation and stock processes invoke TFF computations.
   sampler = sampler or sampling.UniformSampler(task.client_ids, cfg.clients_per_round, cfg.seed)
   participation = participation or engine.Cohort.full
@@ -136,8 +143,12 @@ def run_training(process: engine.Process, task: tasks_lib.Task, cfg: LoopConfig,
   last_eval, evaluated_round, stop_reason = None, None, 'completed'
 
   def evaluate():
-    results = evaluator(process.get_model_weights(state), task.client_ids)
-    return evaluation.summarize(task.client_ids, results)
+    if not cfg.eval_clients:
+      return evaluation.summarize(task.client_ids, evaluator(process.get_model_weights(state), task.client_ids))
+    ids = sampling.eval_sample(task.client_ids, cfg.eval_clients, cfg.seed, round_num)
+    summary = evaluation.summarize(ids, evaluator(process.get_model_weights(state), ids))
+    summary.update(eval_sampled_clients=len(ids), eval_population=len(task.client_ids))
+    return summary
 
   def save(round_num):
     extras = {}
