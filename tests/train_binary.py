@@ -28,6 +28,15 @@ class Result(NamedTuple):
   stderr: str
 
 
+def read_outputs(exp_dir: str) -> tuple[list, dict]:
+  """(metrics.csv rows as dicts of strings, summary.json) of a finished run's experiment directory."""
+  import csv, json  # pylint: disable=g-import-not-at-top,multiple-imports
+  with open(os.path.join(exp_dir, 'metrics.csv')) as f:
+    rows = list(csv.DictReader(f))
+  with open(os.path.join(exp_dir, 'summary.json')) as f:
+    return rows, json.load(f)
+
+
 def command(*flags) -> list[str]:
   return [sys.executable, '-m', 'experiments.train', *flags]
 

@@ -4,8 +4,6 @@ References are computed here, independently of tff_fl: dp-accounting's RDP accou
 that the flags describe, and tensorflow-privacy's example-level DP-SGD statement for `--sample_dp`.
 """
 
-import csv
-import json
 import math
 import os
 
@@ -28,11 +26,7 @@ def _flags(out_dir, name, *flags):
 def _run(out_dir, name, *flags):
   proc = train_binary.run(*_flags(out_dir, name, *flags))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  exp = os.path.join(out_dir, name)
-  with open(os.path.join(exp, 'metrics.csv')) as f:
-    rows = list(csv.DictReader(f))
-  with open(os.path.join(exp, 'summary.json')) as f:
-    summary = json.load(f)
+  rows, summary = train_binary.read_outputs(os.path.join(out_dir, name))
   return proc, rows, summary
 
 

@@ -7,9 +7,7 @@ The expected column sets are written out here from the DP definitions (what the 
 what is summed outside it), not read back from the declared list.
 """
 
-import csv
 import glob
-import json
 import os
 import types
 
@@ -40,10 +38,7 @@ def _run(out, name, *flags):
   proc = train_binary.run(*SMALL, f'--root_output_dir={out}', f'--experiment_name={name}', *flags)
   assert proc.returncode == 0, proc.stderr[-3000:]
   exp = os.path.join(out, name)
-  with open(os.path.join(exp, 'metrics.csv')) as f:
-    rows = list(csv.DictReader(f))
-  with open(os.path.join(exp, 'summary.json')) as f:
-    summary = json.load(f)
+  rows, summary = train_binary.read_outputs(exp)
   tags = set()
   for path in glob.glob(os.path.join(exp, 'tb', 'events*')):
     for event in tf.compat.v1.train.summary_iterator(path):
