@@ -74,6 +74,8 @@ class Algorithm:
   """FedAvg (McMahan et al. 2017); subclasses override the parts they change. Frozen: hyperparameters only."""
 
   name = 'fedavg'
+  client_axis = True  # Its client update runs on the engine's client axis (tff_fl.algorithms.client_axis).
+  client_axis_note = ''  # Why not, when client_axis is False (logged).
 
   # Server side -------------------------------------------------------------------------------------------------
   def server_extra(self, model) -> Any:

@@ -49,6 +49,8 @@ class SampleDP(extension.Extension):
   """DP-SGD in every client's local training (module docstring); composes with every algorithm."""
 
   name = 'sample_dp'
+  client_axis = False
+  client_axis_note = 'DP-SGD clips per-example gradients on the Keras model'
 
   def __init__(self, l2_norm_clip: float, noise_multiplier: float, per_example_loss: LossArg):
     self.dp = dp_options(per_example_loss, l2_norm_clip, noise_multiplier)

@@ -68,6 +68,8 @@ class DriftMeasurements(extension.Extension):
   """Per-client drift figures and their cohort summary (module docstring)."""
 
   name = 'drift'
+  client_axis = False
+  client_axis_note = 'its measurements take gradients on the Keras model'
   _PER_CLIENT = ('update_norm', 'cosine', 'aggregate_norm', 'gradient_norm_sq', 'gradient_distance_sq', 'loss')
 
   def vector_size(self, model, update_size):

@@ -47,6 +47,8 @@ class Extension:
 
   name = 'extension'
   aggregator_input = False  # True: the aggregator gets this extension's fields with each weight (docstring).
+  client_axis = True  # Its client stages run on the engine's client axis (tff_fl.algorithms.client_axis).
+  client_axis_note = ''  # Why not, when client_axis is False (logged).
 
   def server_init(self, model) -> Any:
     del model

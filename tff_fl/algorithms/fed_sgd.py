@@ -74,6 +74,8 @@ def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, dat
 class FedSGD(definition.Algorithm):
   """One gradient per client at the broadcast model; the server optimizer steps on the averaged gradient."""
   name = 'fedsgd'
+  client_axis = False
+  client_axis_note = 'its client update is one mean gradient over the client\'s data, on the Keras model'
 
   def default_server_learning_rate(self) -> float:
     return 0.1

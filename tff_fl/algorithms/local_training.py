@@ -110,34 +110,51 @@ def batch_gradient(model, weights, batch, dp: Optional[DPSGD] = None):
   return tape.gradient(output.loss, weights.trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO), output
 
 
-def train(model: tff.learning.models.VariableModel, optimizer: tff.learning.optimizers.Optimizer, initial_weights,
-          data, *, weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES, proximal_mu: float = 0.0,
-          anchor=None, correction=None, options: LocalOptions = LocalOptions(),
-          track_metrics: bool = True) -> collections.OrderedDict:
+def descend(optimizer, opt_state, trainable, grads, *, proximal_mu, anchor, correction, masks):
+  """One step of the loop on flat tuples: proximal term, correction, optimizer step, masks -> (opt_state, weights)."""
+  if proximal_mu:
+    grads = tuple(g + proximal_mu * (w - w0) for g, w, w0 in zip(grads, trainable, anchor))
+  if correction is not None:
+    grads = tuple(g + c for g, c in zip(grads, correction))
+  opt_state, updated = optimizer.next(opt_state, tuple(trainable), tuple(grads))
+  if masks is not None:
+    updated = tuple(w * m for w, m in zip(updated, masks))
+  return opt_state, tuple(updated)
+
+
+def _flat_or_none(structure):
+  return None if structure is None else tuple(tf.nest.flatten(structure))
+
+
+def train(model, optimizer: tff.learning.optimizers.Optimizer, initial_weights, data, *,
+          weighting: ClientWeighting = ClientWeighting.NUM_EXAMPLES, proximal_mu: float = 0.0, anchor=None,
+          correction=None, options: LocalOptions = LocalOptions(), track_metrics: bool = True) -> collections.OrderedDict:
   """Local training from `initial_weights` (ModelWeights) over `data` (see module docstring). Graph/tf.function only.
 
-  `track_metrics=False` leaves the model's metric variables as they were (e.g. Ditto's second, personal pass).
+  `model` is a `tff.learning.models.VariableModel`, or a `client_axis.ClientAxisModel` (a client run on the
+  engine's client axis, which trains it with the same steps: `client_axis.train_stacked`). `track_metrics=False` leaves the model's metrics as they
+  were (e.g. Ditto's second, personal pass).
   """
+  if hasattr(model, 'train_call'):  # A client on the engine's client axis (`client_axis.ClientAxisModel`).
+    return model.train_call(optimizer, initial_weights, data, weighting=weighting, proximal_mu=proximal_mu,
+                            anchor=anchor, correction=correction, options=options, track_metrics=track_metrics)
   weights = tff.learning.models.ModelWeights.from_model(model)
   saved_metrics = None if track_metrics else [v.read_value() for v in model.local_variables]
   with tf.control_dependencies(saved_metrics or []):
     assign = tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
-  masks = None if options.masks is None else tf.nest.flatten(options.masks)
-  anchor_trainable = (initial_weights if anchor is None else anchor).trainable
+  masks = _flat_or_none(options.masks)
+  anchor_trainable = tuple(tf.nest.flatten((initial_weights if anchor is None else anchor).trainable))
+  correction = _flat_or_none(correction)
+  variables = tf.nest.flatten(weights.trainable)
 
   def reduce_fn(state, batch):
     num_examples, num_steps, loss_sum, opt_state = state
     grads, output = batch_gradient(model, weights, batch, options.dp)
-    if proximal_mu:
-      grads = tf.nest.map_structure(lambda g, w, w0: g + proximal_mu * (w - w0), grads, weights.trainable,
-                                    anchor_trainable)
-    if correction is not None:
-      grads = tf.nest.map_structure(tf.add, grads, correction)
-    opt_state, updated = optimizer.next(opt_state, tuple(tf.nest.flatten(weights.trainable)),
-                                        tuple(tf.nest.flatten(grads)))
-    if masks is not None:
-      updated = tuple(w * m for w, m in zip(updated, masks))
-    tf.nest.map_structure(lambda a, b: a.assign(b), tf.nest.flatten(weights.trainable), list(updated))
+    opt_state, updated = descend(optimizer, opt_state, tuple(variables), tuple(tf.nest.flatten(grads)),
+                                  proximal_mu=proximal_mu, anchor=anchor_trainable, correction=correction,
+                                  masks=masks)
+    for v, w in zip(variables, updated):
+      v.assign(w)
     if output.num_examples is None:
       batch_size = tf.shape(output.predictions, out_type=tf.int64)[0]
     else:
@@ -145,7 +162,7 @@ def train(model: tff.learning.models.VariableModel, optimizer: tff.learning.opti
     loss_sum += tf.cast(output.loss, tf.float64) * tf.cast(batch_size, tf.float64)
     return num_examples + batch_size, num_steps + 1, loss_sum, opt_state
 
-  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in tf.nest.flatten(weights.trainable))
+  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables)
   with tf.control_dependencies(tf.nest.flatten(assign)):
     init = (tf.zeros([], tf.int64), tf.zeros([], tf.int64), tf.zeros([], tf.float64), optimizer.initialize(specs))
   num_examples, num_steps, loss_sum, _ = data.reduce(init, reduce_fn)
@@ -156,6 +173,10 @@ def train(model: tff.learning.models.VariableModel, optimizer: tff.learning.opti
       restore = [v.assign(s) for v, s in zip(model.local_variables, saved_metrics)]
     with tf.control_dependencies(restore):
       num_examples = tf.identity(num_examples)
+  return result(delta, has_non_finite, weighting, num_examples, num_steps, loss_sum)
+
+
+def result(delta, has_non_finite, weighting, num_examples, num_steps, loss_sum) -> collections.OrderedDict:
   loss = loss_sum / tf.maximum(tf.cast(num_examples, tf.float64), 1.0)
   return collections.OrderedDict(
       update=delta,

@@ -28,7 +28,8 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
                   model_aggregator=None,
                   client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
                   extensions: Sequence[extension_lib.Extension] = (), seed: int = 0, num_slots: int = 1,
-                  store=None, runtime: Optional[str] = None) -> process_lib.EngineProcess:
+                  store=None, runtime: Optional[str] = None,
+                  client_axis: Optional[bool] = None) -> process_lib.EngineProcess:
   """`EngineProcess` running `algorithm` on `train_arrays` (client id -> (x, y)).
 
   Args:
@@ -47,6 +48,8 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
       algorithms only); default in memory.
     runtime: 'local' (one slot, run in this process; the default for one slot) or 'tff' (the installed TFF
       execution context; the default for several slots).
+    client_axis: run a slot's clients together on a client axis (None: whenever the model, algorithm and
+      extensions allow it, else sequentially with the reason logged; True: required; False: sequentially).
   """
   algorithm.validate()
   runtime = process_lib.resolve_runtime(runtime, num_slots)
@@ -76,7 +79,7 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
                           fields_fn=fields_fn if fields else None)
   round_ = round_lib.build_round(
       algorithm, model_fn, client_optimizer, server_optimizer, packer.slot_type(), batch_size=batch_size,
-      model_aggregator=model_aggregator, client_weighting=client_weighting, parts=parts)
+      model_aggregator=model_aggregator, client_weighting=client_weighting, parts=parts, client_axis=client_axis)
   return process_lib.EngineProcess(round_, packer, store, runtime)
 
 

@@ -78,6 +78,21 @@ class TensorBatches:
     return tf.while_loop(lambda i, _: i < num_batches, step, (tf.constant(0), initial_state))[1]
 
 
+def padded_batch(rows: collections.OrderedDict, num_examples, batch_size: int, step, order=None, transform=None):
+  """(batch, mask) of local step `step` of one client for the engine's client axis: `TensorBatches`' batch padded
+  to `batch_size` rows (rows past the client's n repeat a real row) and a float32 row mask (1 = a real example;
+  all 0 past the client's last step)."""
+  lo = step * batch_size
+  position = lo + tf.range(batch_size)
+  mask = tf.cast(position < num_examples, tf.float32)
+  position = tf.minimum(position, tf.maximum(num_examples - 1, 0))
+  idx = position if order is None else tf.gather(order, position)
+  batch = collections.OrderedDict((k, tf.gather(v, idx)) for k, v in rows.items())
+  if transform is not None:
+    batch = transform(batch, lo)
+  return batch, mask
+
+
 def split(num_clients: int, num_slots: int) -> list[slice]:
   """Contiguous, near-equal slices of the cohort, one per CLIENTS slot (one empty slice for an empty cohort)."""
   if num_slots < 1:
@@ -165,8 +180,8 @@ class Packer:
     """(x [C, M, ...], y, n int32[C], order int32[C, L]): each client's distinct rows once, addressed by `order`."""
     lengths = np.array([len(o) for o in orders], np.int32)
     uniques = [np.unique(np.asarray(o, np.int64), return_inverse=True) for o in orders]
-    max_len = int(lengths.max()) if len(lengths) else 0
-    max_rows = max([len(u) for u, _ in uniques], default=0)
+    max_len = max(int(lengths.max()) if len(lengths) else 0, 1)  # >= 1: PaddedBatches gathers index 0.
+    max_rows = max([len(u) for u, _ in uniques] + [1])
     x = np.zeros((len(arrays), max_rows) + self._x_spec[0], self._x_spec[1])
     y = np.zeros((len(arrays), max_rows) + self._y_spec[0], self._y_spec[1])
     order = np.zeros((len(arrays), max_len), np.int32)
@@ -188,8 +203,8 @@ class Packer:
     u_owner, u_row = keys // span, keys % span
     per_client = np.bincount(u_owner, minlength=num)
     rank = np.arange(keys.size) - np.repeat(np.cumsum(per_client) - per_client, per_client)
-    max_len = int(lengths.max()) if num else 0
-    max_rows = int(per_client.max()) if num else 0
+    max_len = max(int(lengths.max()) if num else 0, 1)  # >= 1: PaddedBatches gathers index 0.
+    max_rows = max(int(per_client.max()) if num else 0, 1)
     x = np.zeros((num, max_rows) + self._x_spec[0], self._x_spec[1])
     y = np.zeros((num, max_rows) + self._y_spec[0], self._y_spec[1])
     rows = self.arrays.row_index(positions, within=u_row, owner=u_owner)

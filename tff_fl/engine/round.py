@@ -26,6 +26,7 @@ OrderedDict per slot): loss [C], num_examples [C], state float32[C, S] (the clie
 import collections
 from typing import Optional, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -33,25 +34,12 @@ import tensorflow_federated as tff
 from tff_fl.aggregators import flat
 from tff_fl.algorithms import definition
 from tff_fl.algorithms import extension as extension_lib
-from tff_fl.algorithms import local_training
 from tff_fl.algorithms import model_types as model_types_lib
 from tff_fl.engine import aggregation as aggregation_lib
-from tff_fl.engine import packing
+from tff_fl.engine import slot_training
 
-PLACEHOLDER = 0.0  # Stands for an empty extra / extension state / upload (TFF values must not be empty structs).
-
-
-def nonempty(value):
-  return tf.constant(PLACEHOLDER, tf.float32) if not tf.nest.flatten(value) else value
-
-
-def field_key(ext_name: str, field: str) -> str:
-  return f'{ext_name}__{field}'
-
-
-def field_specs(extensions: Sequence[extension_lib.Extension]) -> collections.OrderedDict:
-  """Packed per-client fields of all extensions, keyed `<extension>__<field>`."""
-  return collections.OrderedDict((field_key(e.name, k), s) for e in extensions for k, s in e.field_specs().items())
+PLACEHOLDER, nonempty = slot_training.PLACEHOLDER, slot_training.nonempty
+field_key, field_specs = slot_training.field_key, slot_training.field_specs
 
 
 class RoundParts:
@@ -145,13 +133,16 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
                 model_aggregator=None,
                 client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
                 extensions: Sequence[extension_lib.Extension] = (),
-                parts: Optional[RoundParts] = None) -> Round:
-  """The round (module docstring); `slot_type` from `Packer.slot_type()`."""
+                parts: Optional[RoundParts] = None, client_axis: Optional[bool] = None) -> Round:
+  """The round (module docstring); `slot_type` from `Packer.slot_type()`. `client_axis`: run a slot's clients
+  together on a client axis (`slot_training.train_vectorized`); None = whenever the model, algorithm and
+  extensions allow it (otherwise sequentially, with the reason logged), True = required (ValueError naming the
+  reason otherwise), False = always sequentially."""
   if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
     raise TypeError(f'client_optimizer must be a tff.learning.optimizers.Optimizer; got {type(client_optimizer)}.')
   parts = parts or RoundParts(algorithm, model_fn, extensions)
   fns = RoundFunctions(parts, client_optimizer, server_optimizer, batch_size=batch_size,
-                       model_aggregator=model_aggregator, client_weighting=client_weighting)
+                       model_aggregator=model_aggregator, client_weighting=client_weighting, client_axis=client_axis)
   return Round(fns, slot_type)
 
 
@@ -161,7 +152,7 @@ class RoundFunctions:
   wraps each function in a `tff.tensorflow.computation`; `tff_fl.engine.local_round` calls them in one graph."""
 
   def __init__(self, parts: RoundParts, client_optimizer, server_optimizer, *, batch_size: int, model_aggregator,
-               client_weighting):
+               client_weighting, client_axis: Optional[bool] = None):
     self.parts, self.client_optimizer, self.batch_size = parts, client_optimizer, batch_size
     self.client_weighting = client_weighting
     self.server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(
@@ -175,78 +166,23 @@ class RoundFunctions:
     self.posted = [e for e in parts.extensions if e.has('server_post')]
     self.vectored = [e for e in parts.extensions if e.has('client_vector')]
     self.vector_sizes = _vector_sizes(parts.model_fn, self.vectored, flat.flat_size(parts.update_type))
+    self.functional_model, reason = None, 'client_axis=False'
+    if client_axis is not False:
+      self.functional_model, reason = slot_training.client_axis_reason(parts.algorithm, parts.extensions,
+                                                                       parts.model_fn)
+    if client_axis and self.functional_model is None:
+      raise ValueError(f'client_axis=True, but the clients cannot run on a client axis: {reason}.')
+    self.client_execution = 'client axis' if self.functional_model is not None else f'sequential ({reason})'
+    logging.info('Clients of a slot run %s.', self.client_execution)
 
   def train_slot(self, model, weights, extra, ext_bcast, client_input, slot):
-    """One slot's clients in turn on `model` (a fresh `model_fn()`: its metrics start at zero) -> (accumulator,
-    upload sum, unfinalized metrics, per-client arrays[, vectors])."""
-    parts, agg, extensions = self.parts, self.agg, self.parts.extensions
-    algorithm, measured, vectored = parts.algorithm, self.measured, self.vectored
-    num = tf.shape(slot['n'])[0]
-
-    def info_of(e, c):
-      fields = collections.OrderedDict((k, slot['info'][field_key(e.name, k)][c]) for k in e.field_specs())
-      fields['seed'] = slot['seed'][c]
-      return fields
-
-    def body(c, acc, upload_acc, arrays):
-      infos = {e.name: info_of(e, c) for e in extensions}
-      bcast = {e.name: ext_bcast[e.name] for e in extensions}
-
-      def transform(batch, offset):
-        for e in extensions:
-          batch = e.transform_batch(batch, infos[e.name], bcast[e.name], offset)
-        return batch
-
-      options = _local_options(extensions, bcast, infos)
-      rows = collections.OrderedDict((k, slot[k][c]) for k in ('x', 'y'))
-      data = packing.TensorBatches(rows, slot['n'][c], self.batch_size,
-                                   transform if any(e.has('transform_batch') for e in extensions) else None,
-                                   order=slot['order'][c])
-      ctx = definition.ClientContext(model, weights, extra, parts.client_state_struct(slot['state'][c]), data,
-                                     self.client_optimizer, self.client_weighting, options)
-      out = algorithm.client_update(ctx)
-      update = out['update']
-      for e in extensions:
-        update = e.transform_update(update, infos[e.name], bcast[e.name])
-      weight = out['update_weight']
-      if self.agg_input is not None:  # The extension's fields travel with the weight (Extension.aggregator_input).
-        weight = collections.OrderedDict(
-            weight=weight, **{self.agg_input.name: collections.OrderedDict(
-                (k, v) for k, v in infos[self.agg_input.name].items() if k != 'seed')})
-      acc = agg.accumulate_client(acc, update, weight, client_input)
-      upload_acc = tf.nest.map_structure(tf.add, upload_acc, nonempty(out['upload']))
-      state = flat.flatten_value(out['state']) if parts.stateful else tf.zeros([0], tf.float32)
-      values = collections.OrderedDict(loss=out['loss'], num_examples=out['num_examples'], state=state)
-      for e in measured:
-        for k, v in e.client_measurements(ctx, out, infos[e.name]).items():
-          values[field_key(e.name, k)] = tf.cast(v, tf.float32)
-      for e in vectored:
-        values[_VECTOR + e.name] = tf.ensure_shape(
-            tf.cast(e.client_vector(ctx, out, update, infos[e.name]), tf.float32), [self.vector_sizes[e.name]])
-      arrays = collections.OrderedDict((k, arrays[k].write(c, values[k])) for k in arrays)
-      return c + 1, acc, upload_acc, arrays
-
-    shapes = _per_client_shapes(parts, measured)
-    shapes.update((_VECTOR + e.name, [self.vector_sizes[e.name]]) for e in vectored)
-    arrays = collections.OrderedDict(
-        (k, tf.TensorArray(tf.float32, size=num, element_shape=s)) for k, s in shapes.items())
-    zero_upload = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
-                                        tff.types.type_to_tf_tensor_specs(parts.upload_type))
-    # Accumulators of robust aggregators grow with the clients: they start as [0, d] and gain a row per client.
-    zero_acc = agg.zero()
-    acc_shapes = tf.nest.map_structure(
-        lambda t: tf.TensorShape([None if d == 0 else d for d in t.shape.as_list()]), zero_acc)
-    invariants = (tf.TensorShape([]), acc_shapes, tf.nest.map_structure(lambda t: t.shape, zero_upload),
-                  collections.OrderedDict((k, tf.TensorShape([])) for k in arrays))
-    _, acc, upload, arrays = tf.while_loop(lambda c, *_: c < num, body,
-                                           (tf.constant(0), zero_acc, zero_upload, arrays),
-                                           shape_invariants=invariants)
-    per_client = collections.OrderedDict((k, a.stack()) for k, a in arrays.items() if not k.startswith(_VECTOR))
-    metrics = model.report_local_unfinalized_metrics()
-    if not vectored:
-      return acc, upload, metrics, per_client
-    vectors = collections.OrderedDict((e.name, arrays[_VECTOR + e.name].stack()) for e in vectored)
-    return acc, upload, metrics, per_client, vectors
+    """One slot's clients on `model` (a fresh `model_fn()`: its metrics start at zero), on the client axis when
+    the round allows it (`slot_training`) -> (accumulator, upload sum, unfinalized metrics, per-client
+    arrays[, vectors])."""
+    if self.functional_model is not None:
+      return slot_training.train_vectorized(self, model, self.functional_model, weights, extra, ext_bcast,
+                                            client_input, slot)
+    return slot_training.train_sequential(self, model, weights, extra, ext_bcast, client_input, slot)
 
   def server_delta(self, aggregate, ext_states):
     for e in self.parts.extensions:
@@ -354,9 +290,6 @@ def _federated_round(fns: RoundFunctions, slot_type, init_fn: tff.Computation) -
   return tff.templates.IterativeProcess(init_fn, next_fn)
 
 
-_VECTOR = '__vector__'  # Prefix of the aggregate-pass vectors among a slot's per-client arrays.
-
-
 def _vector_sizes(model_fn, vectored, update_size: int) -> dict:
   if not vectored:
     return {}
@@ -397,19 +330,3 @@ def _weight_type(agg_input):
   return tff.StructWithPythonType([('weight', tff.TensorType(np.float32)),
                                    (agg_input.name, tff.StructWithPythonType(fields, collections.OrderedDict))],
                                   collections.OrderedDict)
-
-
-def _local_options(extensions, bcast, infos) -> local_training.LocalOptions:
-  options = local_training.LocalOptions()
-  for e in extensions:
-    if e.has('local_options'):
-      options = options.merge(e.local_options(bcast[e.name], infos[e.name]))
-  return options
-
-
-def _per_client_shapes(parts: RoundParts, measured) -> collections.OrderedDict:
-  shapes = collections.OrderedDict(loss=[], num_examples=[], state=[parts.state_dim])
-  for e in measured:
-    for k in e.measurement_names():
-      shapes[field_key(e.name, k)] = []
-  return shapes

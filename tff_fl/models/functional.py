@@ -1,0 +1,160 @@
+"""The functional form of a `tff.learning` Keras model, for clients run vectorised over a client axis.
+
+A `tff.learning.models.VariableModel` keeps its weights in variables, so one model can train one client at a time.
+`from_model(model)` reads the Keras model inside a model made by `tff.learning.models.from_keras_model` and returns
+a `FunctionalModel`: the same forward pass and loss as pure functions of weight tensors, which `tf.vectorized_map`
+can map over clients (FedJAX's `for_each_client`). Also exact: the model's metric variables' increments for a
+masked batch (`metric_increments`), so the round's unfinalized metrics equal the sequential ones.
+
+  fm = functional.from_model(model)          # raises Unsupported(reason) for what it cannot express
+  logits = fm.apply(trainable, x)            # trainable: list in `model.trainable_variables` order; x [B, ...]
+  losses = fm.per_example_loss(y, logits)    # [B]; the batch loss is their mean over the real examples
+
+Supported: `tf.keras.Sequential` models of InputLayer, Flatten, Reshape, Dense, Conv2D (channels_last, no
+groups), MaxPooling2D, AveragePooling2D, Activation, ReLU and Dropout(rate=0), with no regularization losses and no
+non-trainable weights; one Keras loss whose per-example values are [B]; metrics that are Keras
+`MeanMetricWrapper`s (accuracy-like) besides TFF's loss / num_examples / num_batches counters.
+"""
+
+import dataclasses
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+
+class Unsupported(ValueError):
+  """The model cannot be expressed functionally (the message says why); clients then run sequentially."""
+
+
+_ACTIVATIONS = {'linear': tf.identity, 'relu': tf.nn.relu, 'sigmoid': tf.sigmoid, 'tanh': tf.tanh,
+                'softmax': tf.nn.softmax}
+
+
+def _activation(fn) -> Callable:
+  name = getattr(fn, '__name__', None)
+  if name not in _ACTIVATIONS:
+    raise Unsupported(f'activation {name!r} is not one of {sorted(_ACTIVATIONS)}')
+  return _ACTIVATIONS[name]
+
+
+def _layer_fn(layer, index_of) -> Callable:
+  """(weights list, x) -> y for one Keras layer; `index_of(variable)` is its position among the trainables."""
+  layers = tf.keras.layers
+  kind = type(layer).__name__
+  if isinstance(layer, layers.InputLayer):
+    return lambda w, x: x
+  if isinstance(layer, layers.Flatten):
+    return lambda w, x: tf.reshape(x, [tf.shape(x)[0], -1])
+  if isinstance(layer, layers.Reshape):
+    shape = list(layer.target_shape)
+    return lambda w, x: tf.reshape(x, [tf.shape(x)[0]] + shape)
+  if isinstance(layer, layers.Dropout):
+    if layer.rate:
+      raise Unsupported(f'layer {layer.name} is Dropout with rate {layer.rate}')
+    return lambda w, x: x
+  if isinstance(layer, layers.Activation):
+    act = _activation(layer.activation)
+    return lambda w, x: act(x)
+  if isinstance(layer, layers.ReLU):
+    if layer.max_value is not None or float(layer.negative_slope) or float(layer.threshold):
+      raise Unsupported(f'layer {layer.name} is a ReLU with max_value/negative_slope/threshold')
+    return lambda w, x: tf.nn.relu(x)
+  if isinstance(layer, (layers.Dense, layers.Conv2D)):
+    act = _activation(layer.activation)
+    k = index_of(layer.kernel)
+    b = index_of(layer.bias) if layer.use_bias else None
+    if isinstance(layer, layers.Dense):
+      linear = lambda w, x: tf.matmul(x, w[k]) if x.shape.rank == 2 else tf.tensordot(x, w[k], axes=1)  # As Keras.
+    else:
+      if type(layer) is not layers.Conv2D or layer.data_format != 'channels_last' or layer.groups != 1:
+        raise Unsupported(f'layer {layer.name} ({kind}) is not a channels_last Conv2D without groups')
+      strides, dilations, padding = list(layer.strides), list(layer.dilation_rate), layer.padding.upper()
+      linear = lambda w, x: tf.nn.conv2d(x, w[k], strides, padding, dilations=dilations)
+    if b is None:
+      return lambda w, x: act(linear(w, x))
+    return lambda w, x: act(tf.nn.bias_add(linear(w, x), w[b]))
+  if isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D)):
+    if layer.data_format != 'channels_last':
+      raise Unsupported(f'layer {layer.name} is not channels_last')
+    pool = tf.nn.max_pool2d if isinstance(layer, layers.MaxPooling2D) else tf.nn.avg_pool2d
+    size, strides, padding = list(layer.pool_size), list(layer.strides), layer.padding.upper()
+    return lambda w, x: pool(x, size, strides, padding)
+  raise Unsupported(f'layer {layer.name} ({kind}) has no functional form')
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalModel:
+  """Pure forward pass, per-example loss and metric increments of one `tff.learning` Keras model."""
+  layer_fns: tuple
+  loss: tf.keras.losses.Loss
+  metrics: tuple  # Per metric of `model.get_metrics()`: (kind, variable dtypes, Keras fn or None).
+
+  def apply(self, trainable: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    """Logits [B, K] of inputs x [B, ...] under `trainable` (list, `model.trainable_variables` order)."""
+    for fn in self.layer_fns:
+      x = fn(trainable, x)
+    return x
+
+  def per_example_loss(self, y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """float32 [B]: the Keras loss of each example (its batch loss is the mean of these)."""
+    return tf.ensure_shape(tf.cast(self.loss.call(y, logits), tf.float32), [None])
+
+  def metric_increments(self, y, logits, mask, batch_loss) -> list:
+    """Per metric variable (flattened in `model.get_metrics()` order): what one batch adds to it, counting only the
+    rows with mask 1 (float32 [B]); a batch with no real row adds nothing. `batch_loss`: its mean loss."""
+    size = tf.reduce_sum(mask)
+    batches = tf.cast(size > 0, tf.float32)
+    out = []
+    for kind, dtypes, fn in self.metrics:
+      if kind == 'loss':
+        values = [batch_loss * size, size]
+      elif kind == 'num_examples':
+        values = [size]
+      elif kind == 'num_batches':
+        values = [batches]
+      else:
+        matches = tf.reshape(tf.cast(fn(y, logits), tf.float32), [-1])
+        values = [tf.reduce_sum(matches * mask), size]
+      out.extend(tf.cast(v, d) for v, d in zip(values, dtypes))
+    return out
+
+
+def _metric_entry(metric):
+  """(kind, dtypes, fn) for one metric of a `from_keras_model` model, or Unsupported."""
+  dtypes = tuple(v.dtype for v in metric.variables)
+  cls = type(metric).__name__
+  if cls == '_WeightedMeanLossMetric' and len(dtypes) == 2:
+    return 'loss', dtypes, None
+  if cls in ('NumExamplesCounter', 'NumBatchesCounter') and len(dtypes) == 1:
+    return ('num_examples' if cls == 'NumExamplesCounter' else 'num_batches'), dtypes, None
+  if isinstance(metric, tf.keras.metrics.MeanMetricWrapper) and len(dtypes) == 2 and not metric._fn_kwargs:  # pylint: disable=protected-access
+    return 'mean', dtypes, metric._fn  # pylint: disable=protected-access
+  raise Unsupported(f'metric {metric.name} ({cls}) has no functional form')
+
+
+def from_model(model) -> FunctionalModel:
+  """The `FunctionalModel` of a `tff.learning.models.from_keras_model` model; Unsupported(reason) otherwise."""
+  keras_model = getattr(model, '_keras_model', None)  # TFF's Keras wrapper keeps the Keras model here.
+  loss_fns = getattr(model, '_loss_fns', None)
+  if not isinstance(keras_model, tf.keras.Sequential) or not loss_fns:
+    raise Unsupported('the model is not a tff.learning.models.from_keras_model model of a tf.keras.Sequential')
+  if len(loss_fns) != 1 or not isinstance(loss_fns[0], tf.keras.losses.Loss):
+    raise Unsupported('the model has several losses or a loss that is not a tf.keras.losses.Loss')
+  if keras_model.losses:
+    raise Unsupported('the model has regularization losses')
+  if keras_model.non_trainable_variables:
+    raise Unsupported('the model has non-trainable weights')
+  positions = {v.ref(): i for i, v in enumerate(keras_model.trainable_variables)}
+
+  def index_of(variable):
+    if variable.ref() not in positions:
+      raise Unsupported(f'weight {variable.name} is not trainable')
+    return positions[variable.ref()]
+
+  layer_fns = tuple(_layer_fn(layer, index_of) for layer in keras_model.layers)
+  used = {index_of(w) for layer in keras_model.layers for w in layer.trainable_weights}
+  if used != set(positions.values()):
+    raise Unsupported('some trainable weights are not read by the supported layers')
+  metrics = tuple(_metric_entry(m) for m in model.get_metrics())
+  return FunctionalModel(layer_fns, loss_fns[0], metrics)
+
