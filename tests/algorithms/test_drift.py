@@ -40,11 +40,11 @@ def _numpy_sgd_update(x, y, w, b):
   return np.concatenate([(w - w1).ravel(), b - b1])
 
 
-def _process(task, extensions):
+def _process(task, extensions, client_axis=None):
   order_fn = lambda cid, r: task.train_order(cid, epochs=1, seed=0, round_num=r)
   p = engine.build_process(fed_avg.FedAvg(), task.model_fn, task.data.train, order_fn, batch_size=BATCH,
                            client_optimizer=tff.learning.optimizers.build_sgdm(LR), extensions=extensions,
-                           num_slots=2)
+                           num_slots=2, client_axis=client_axis)
   return p, p.set_model_weights(p.initialize(), tff.learning.models.ModelWeights(_weights(), []))
 
 
@@ -82,8 +82,10 @@ def test_drift_figures_match_numpy_and_training_is_untouched(task):
   np.testing.assert_allclose([m['loss_mean'], m['loss_std'], m['loss_min'], m['loss_max']],
                              [losses.mean(), losses.std(), losses.min(), losses.max()], rtol=1e-4)
 
-  # The extension only measures: training and the model's training metrics are those without it, bit for bit.
-  plain, plain_state = _process(task, [attack()])
+  # The extension only measures: training and the model's training metrics are those without it, bit for bit
+  # (clients run one at a time in both: drift measurements keep them off the client axis).
+  assert p.client_execution.startswith('sequential (DriftMeasurements')
+  plain, plain_state = _process(task, [attack()], client_axis=False)
   ref = plain.next(plain_state, engine.Cohort.full(1, cohort))
   assert out.metrics['client_work'] == ref.metrics['client_work']
   for a, c in zip(p.get_model_weights(out.state).trainable, plain.get_model_weights(ref.state).trainable):

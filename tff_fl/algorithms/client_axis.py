@@ -12,8 +12,9 @@ iteration). So `client_update` is traced in stages, with a `ClientAxisModel` as 
 
 Unused work of a recording stage (the update math after the call) feeds no output, so TF prunes it. In
 `train_stacked` the first step, where clients start from the broadcast weights, is one mapped step on shared
-weights, which `tf.vectorized_map` turns into one matmul over the whole cohort. Steps past a client's own (the slot
-has clients with fewer batches) see all-padding batches and change nothing.
+weights, which `tf.vectorized_map` turns into one matmul over the whole cohort; a later step runs only on the
+clients that have it (gathered, then scattered back), so clients of different sizes cost no padded steps; only a
+client's last batch is padded (to B rows, masked).
 """
 
 import collections
@@ -58,6 +59,9 @@ class ClientAxisModel:
     k, self._calls = self._calls, self._calls + 1
     if k < len(self.results):
       return self.results[k]
+    if _holds_graph_tensors(optimizer):
+      raise functional.Unsupported(f'the client optimizer {type(optimizer).__name__} holds tensors of the client '
+                                   'update (e.g. a per-client shift), which cannot leave the client function')
     shared = initial_weights is self.broadcast
     if self.recorded is None:
       call = Call(optimizer, weighting, float(proximal_mu), bool(track_metrics), shared, anchor is not None,
@@ -70,6 +74,19 @@ class ClientAxisModel:
     scalar = tf.zeros([], tf.float32)
     return collections.OrderedDict(update=zeros, update_weight=scalar, num_steps=scalar, finite=scalar, loss=scalar,
                                    num_examples=scalar)
+
+
+def _holds_graph_tensors(obj, depth: int = 3) -> bool:
+  """True if `obj` (an optimizer) keeps symbolic tensors among its attributes (looked up to `depth` levels)."""
+  if tf.is_tensor(obj):
+    return not hasattr(obj, 'numpy')
+  if depth == 0:
+    return False
+  if isinstance(obj, (list, tuple)):
+    return any(_holds_graph_tensors(v, depth - 1) for v in obj)
+  if isinstance(obj, dict):
+    return any(_holds_graph_tensors(v, depth - 1) for v in obj.values())
+  return hasattr(obj, '__dict__') and any(_holds_graph_tensors(v, depth - 1) for v in vars(obj).values())
 
 
 def _step_fn(fm: functional.FunctionalModel, call: Call, anchor, correction, masks):

@@ -114,6 +114,11 @@ class EngineProcess:
     return self.round.iterative_process
 
   @property
+  def client_execution(self) -> str:
+    """How a slot's clients run: 'client axis', or 'sequential (<why>)' (`round.build_round`'s client_axis)."""
+    return self.round.functions.client_execution
+
+  @property
   def stateful(self) -> bool:
     return self.parts.stateful
 

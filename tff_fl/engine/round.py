@@ -37,6 +37,7 @@ from tff_fl.algorithms import extension as extension_lib
 from tff_fl.algorithms import model_types as model_types_lib
 from tff_fl.engine import aggregation as aggregation_lib
 from tff_fl.engine import slot_training
+from tff_fl.models import functional
 
 PLACEHOLDER, nonempty = slot_training.PLACEHOLDER, slot_training.nonempty
 field_key, field_specs = slot_training.field_key, slot_training.field_specs
@@ -166,10 +167,11 @@ class RoundFunctions:
     self.posted = [e for e in parts.extensions if e.has('server_post')]
     self.vectored = [e for e in parts.extensions if e.has('client_vector')]
     self.vector_sizes = _vector_sizes(parts.model_fn, self.vectored, flat.flat_size(parts.update_type))
+    self.client_axis_required = bool(client_axis)
     self.functional_model, reason = None, 'client_axis=False'
     if client_axis is not False:
       self.functional_model, reason = slot_training.client_axis_reason(parts.algorithm, parts.extensions,
-                                                                       parts.model_fn)
+                                                                       parts.model_fn, required=bool(client_axis))
     if client_axis and self.functional_model is None:
       raise ValueError(f'client_axis=True, but the clients cannot run on a client axis: {reason}.')
     self.client_execution = 'client axis' if self.functional_model is not None else f'sequential ({reason})'
@@ -180,8 +182,14 @@ class RoundFunctions:
     the round allows it (`slot_training`) -> (accumulator, upload sum, unfinalized metrics, per-client
     arrays[, vectors])."""
     if self.functional_model is not None:
-      return slot_training.train_vectorized(self, model, self.functional_model, weights, extra, ext_bcast,
-                                            client_input, slot)
+      try:
+        return slot_training.train_vectorized(self, model, self.functional_model, weights, extra, ext_bcast,
+                                              client_input, slot)
+      except functional.Unsupported as e:  # Found while tracing the client update (e.g. its optimizer).
+        if self.client_axis_required:
+          raise ValueError(f'client_axis=True, but the clients cannot run on a client axis: {e}.') from None
+        self.functional_model, self.client_execution = None, f'sequential ({e})'
+        logging.info('Clients of a slot run %s.', self.client_execution)
     return slot_training.train_sequential(self, model, weights, extra, ext_bcast, client_input, slot)
 
   def server_delta(self, aggregate, ext_states):
@@ -255,8 +263,10 @@ def _federated_round(fns: RoundFunctions, slot_type, init_fn: tff.Computation) -
                               agg.client_input_type, slot_type)
   def train_slot(weights, extra, ext_bcast, client_input, slot):
     model = parts.model_fn()
-    # Autograph would rewrite TFF's graph import of the aggregator's pieces.
-    return tf.function(lambda: fns.train_slot(model, weights, extra, ext_bcast, client_input, slot),
+    # Autograph would rewrite TFF's graph import of the aggregator's pieces. The inputs are re-created inside the
+    # function: `tf.vectorized_map` (the client axis) cannot convert ops of the enclosing graph.
+    inside = lambda *args: tf.nest.map_structure(lambda t: tf.identity(t) if tf.is_tensor(t) else t, args)
+    return tf.function(lambda: fns.train_slot(model, *inside(weights, extra, ext_bcast, client_input, slot)),
                        autograph=False)()
 
   server_delta = tff.tensorflow.computation(fns.server_delta, parts.update_type, parts.extension_state_type)

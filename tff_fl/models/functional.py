@@ -88,6 +88,7 @@ class FunctionalModel:
   layer_fns: tuple
   loss: tf.keras.losses.Loss
   metrics: tuple  # Per metric of `model.get_metrics()`: (kind, variable dtypes, Keras fn or None).
+  layer_kinds: tuple = ()  # Keras class name of each layer.
 
   def apply(self, trainable: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
     """Logits [B, K] of inputs x [B, ...] under `trainable` (list, `model.trainable_variables` order)."""
@@ -156,5 +157,5 @@ def from_model(model) -> FunctionalModel:
   if used != set(positions.values()):
     raise Unsupported('some trainable weights are not read by the supported layers')
   metrics = tuple(_metric_entry(m) for m in model.get_metrics())
-  return FunctionalModel(layer_fns, loss_fns[0], metrics)
+  return FunctionalModel(layer_fns, loss_fns[0], metrics, tuple(type(l).__name__ for l in keras_model.layers))
 
