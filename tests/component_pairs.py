@@ -271,6 +271,7 @@ REFUSED = {
     **_refusals('FedNova sends its step count through the aggregator with the update; a stage that changes values '
                 'would change it too', 'fednova+chain', 'fednova+adaptive_clip', 'fednova+secagg', 'fednova+dp', 'fednova+topk_ef'),
     **_refusals("SCAFFOLD's gradient correction is a plain-SGD step", 'scaffold+client_momentum'),
+    **_refusals('FedSGD takes no local step: a client optimizer has no effect', 'fedsgd+client_momentum'),
     **_refusals('--engine=tff runs the stock TFF process of a stateless algorithm without extensions',
                 *[f'{n}+engine_tff' for n in ('scaffold', 'feddyn', 'ditto', 'fedper', 'hierarchical', 'secagg',
                                               'attack', 'sample_dp', 'topk_ef', 'pruning', 'drift', 'normalize',

@@ -7,7 +7,8 @@
                          (`tff_fl.algorithms.fednova.FedNova`; NIID-Bench's a_i with rho = the momentum)
 
 Both run on the engine with every extension (pruning, DP-SGD, attacks, ...) and as stock TFF with --engine=tff.
-Both are in `tff_fl.algorithms.builders.ALGORITHMS`; `configure` refuses flag combinations FedNova cannot honour.
+Both are in `tff_fl.algorithms.builders.ALGORITHMS`; `configure` refuses flag combinations FedNova cannot honour, and
+a FedSGD client optimizer other than sgd (it would have no effect).
 """
 
 from absl import flags
@@ -22,6 +23,9 @@ def define_flags() -> None:
 
 
 def configure(exp) -> None:
+  if exp.algo_cfg.algorithm == 'fedsgd' and FLAGS.client_optimizer != 'sgd':
+    raise ValueError(f'--algorithm=fedsgd takes one gradient per client and no local step, so '
+                     f'--client_optimizer={FLAGS.client_optimizer} would have no effect; leave --client_optimizer=sgd.')
   if exp.algo_cfg.algorithm != 'fednova':
     return
   if FLAGS.client_optimizer not in FEDNOVA_OPTIMIZERS:
