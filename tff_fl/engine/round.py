@@ -175,7 +175,7 @@ class RoundFunctions:
     if client_axis and self.functional_model is None:
       raise ValueError(f'client_axis=True, but the clients cannot run on a client axis: {reason}.')
     self.client_execution = 'client axis' if self.functional_model is not None else f'sequential ({reason})'
-    logging.info('Clients of a slot run %s.', self.client_execution)
+    logging.info('Clients of a slot: %s.', self.client_execution)
 
   def train_slot(self, model, weights, extra, ext_bcast, client_input, slot):
     """One slot's clients on `model` (a fresh `model_fn()`: its metrics start at zero), on the client axis when
@@ -189,7 +189,7 @@ class RoundFunctions:
         if self.client_axis_required:
           raise ValueError(f'client_axis=True, but the clients cannot run on a client axis: {e}.') from None
         self.functional_model, self.client_execution = None, f'sequential ({e})'
-        logging.info('Clients of a slot run %s.', self.client_execution)
+        logging.info('Clients of a slot: %s.', self.client_execution)
     return slot_training.train_sequential(self, model, weights, extra, ext_bcast, client_input, slot)
 
   def server_delta(self, aggregate, ext_states):
