@@ -180,7 +180,7 @@ class Packer:
     """(x [C, M, ...], y, n int32[C], order int32[C, L]): each client's distinct rows once, addressed by `order`."""
     lengths = np.array([len(o) for o in orders], np.int32)
     uniques = [np.unique(np.asarray(o, np.int64), return_inverse=True) for o in orders]
-    max_len = max(int(lengths.max()) if len(lengths) else 0, 1)  # >= 1: PaddedBatches gathers index 0.
+    max_len = max(int(lengths.max()) if len(lengths) else 0, 1)  # >= 1: padded_batch gathers index 0.
     max_rows = max([len(u) for u, _ in uniques] + [1])
     x = np.zeros((len(arrays), max_rows) + self._x_spec[0], self._x_spec[1])
     y = np.zeros((len(arrays), max_rows) + self._y_spec[0], self._y_spec[1])
@@ -203,7 +203,7 @@ class Packer:
     u_owner, u_row = keys // span, keys % span
     per_client = np.bincount(u_owner, minlength=num)
     rank = np.arange(keys.size) - np.repeat(np.cumsum(per_client) - per_client, per_client)
-    max_len = max(int(lengths.max()) if num else 0, 1)  # >= 1: PaddedBatches gathers index 0.
+    max_len = max(int(lengths.max()) if num else 0, 1)  # >= 1: padded_batch gathers index 0.
     max_rows = max(int(per_client.max()) if num else 0, 1)
     x = np.zeros((num, max_rows) + self._x_spec[0], self._x_spec[1])
     y = np.zeros((num, max_rows) + self._y_spec[0], self._y_spec[1])

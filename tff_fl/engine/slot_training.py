@@ -9,11 +9,12 @@ state float32[C, S], <extension>__<measurement> [C]) and the aggregate-pass vect
 * `train_vectorized`: every client's `algorithm.client_update` mapped over the client axis with `tf.vectorized_map`
   (FedJAX's `for_each_client`) on the model's functional form (`tff_fl.models.functional`): per-client weights are
   stacked on a leading axis, matmuls become batched matmuls, and the first local step, where every client starts
-  from the broadcast weights, is one matmul over the whole cohort. Clients with fewer examples than the slot's
-  longest see all-padding batches (`packing.PaddedBatches`), which leave their weights, optimizer state and metrics
-  unchanged. The aggregator's client part then runs per client, as in the sequential form.
+  from the broadcast weights, is one matmul over the whole cohort; local training runs in
+  `tff_fl.algorithms.client_axis` (later steps only on the clients that have them; a client's last batch padded
+  and masked, `packing.padded_batch`). The aggregator's client part then runs per client, as in the sequential
+  form.
 
-`client_axis_reason(...)` says why a round cannot run on the client axis (None when it can); the round falls back
+`client_axis_reason(...)` says why a round cannot run on the client axis ('' when it can); the round falls back
 to the sequential form and logs the reason.
 """
 
@@ -201,6 +202,8 @@ def train_vectorized(fns, model, functional_model, weights, extra, ext_bcast, cl
 
   results, increments = [], []  # Per `ctx.train` call: its results stacked on the client axis (client_axis docs).
   while True:
+    recording = []  # Per traced client function: the (Call, args) of its first train call without a result.
+
     def client(inputs, known=len(results)):
       infos, bcast, _, options = _client_inputs(fns, inputs['client'], ext_bcast, lambda t: t)
       axis_model = client_axis.ClientAxisModel(functional_model, weights, inputs['results'][:known])
@@ -210,7 +213,6 @@ def train_vectorized(fns, model, functional_model, weights, extra, ext_bcast, cl
       recording.append(axis_model.recorded[0] if axis_model.recorded else None)
       return axis_model.recorded[1] if axis_model.recorded else outputs
 
-    recording = []
     outputs = tf.vectorized_map(client, dict(client=clients, results=list(results)))
     if recording[-1] is None:
       break
