@@ -146,7 +146,7 @@ def test_preprocessing_and_augmentation_match_sequential_clients(task):
 def test_rounds_the_client_axis_cannot_express_fall_back_and_say_why(task, monkeypatch):
   said = []
   monkeypatch.setattr(logging, 'info', lambda msg, *args: said.append(msg % args))
-  process = engine.build_task_process(fed_sgd.FedSGD(), task, epochs=1, batch_size=BATCH, seed=0,
+  process = engine.build_task_process(fed_sgd.FedSGD(), task, epochs=1, batch_size=BATCH, seed=0, client_axis=None,
                                       client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1))
   assert process.client_execution.startswith('sequential (FedSGD runs its clients one at a time')
   assert any('sequential (FedSGD' in s for s in said)
@@ -159,7 +159,7 @@ def test_rounds_the_client_axis_cannot_express_fall_back_and_say_why(task, monke
 
 def test_convolutional_models_run_sequentially_unless_required(task):
   cnn = dataclasses.replace(task, model_name='cnn')
-  process = engine.build_task_process(fed_avg.FedAvg(), cnn, epochs=1, batch_size=BATCH, seed=0,
+  process = engine.build_task_process(fed_avg.FedAvg(), cnn, epochs=1, batch_size=BATCH, seed=0, client_axis=None,
                                       client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1))
   assert process.client_execution == ('sequential (convolutions with per-client filters are faster one client at '
                                       'a time)')
