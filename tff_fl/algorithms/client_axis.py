@@ -22,7 +22,6 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
-import tensorflow_federated as tff
 
 from tff_fl.algorithms import local_training
 from tff_fl.models import functional
