@@ -286,6 +286,8 @@ REFUSED = {
                 'hierarchical+dp', 'hierarchical+sample_dp'),
     **_refusals('drift figures and per-client normalization statistics leave the clients outside the DP mechanism '
                 '(release audit)', 'dp+drift', 'sample_dp+drift', 'dp+normalize', 'sample_dp+normalize'),
+    **_refusals("Ditto adds only personal models, whose per-client accuracies are outside the DP mechanism (release "
+                'audit)', 'ditto+dp', 'ditto+sample_dp'),
 }
 assert all(len(p) == 2 and p <= set(BY_NAME) for p in REFUSED), [sorted(p) for p in REFUSED if not p <= set(BY_NAME)]
 

@@ -57,6 +57,10 @@ def _finetune(flags) -> str:
   return f"--finetune_epochs={_flag(flags, 'finetune_epochs')}" if (_flag(flags, 'finetune_epochs') or 0) > 0 else ''
 
 
+def _ditto(flags) -> str:
+  return '--algorithm=ditto' if _flag(flags, 'algorithm') == 'ditto' else ''
+
+
 def _central_train(flags) -> str:
   splits = [s.strip() for s in (_flag(flags, 'central_eval') or '').split(',')]
   return f"--central_eval={_flag(flags, 'central_eval')}" if 'train' in splits else ''
@@ -157,6 +161,9 @@ RELEASES = (
             'training data outside the DP mechanism; use --central_eval=test', refuse_when=_central_train),
     Release('clients.csv accuracy_finetuned', REFUSED, REFUSED, 'models fine-tuned on client training data '
             'outside the DP mechanism', refuse_when=_finetune),
+    Release('clients.csv accuracy_personal', REFUSED, REFUSED, "Ditto's global model is FedAvg's and its personal "
+            "models' accuracies are per-client evaluations outside the DP mechanism, so the run could release "
+            'nothing Ditto adds; use --algorithm=fedavg', refuse_when=_ditto),
     Release('hierarchical cluster assignment', REFUSED, REFUSED, "clusters from the clients' label histograms or "
             'first-round updates are computed outside the DP mechanism and shape training and every per-cluster '
             'figure; use --cluster_by=natural', refuse_when=_cluster_by),

@@ -48,6 +48,15 @@ def test_secure_sum_matches_numpy_sum_of_clipped_values():
   assert out.measurements['clipped_coordinates'] == int(np.sum(np.abs(rows) > 1.0))
 
 
+def test_seeded_secure_sum_repeats_and_stays_within_quantization():
+  rows = np.random.default_rng(4).normal(scale=0.5, size=(6, 8))
+  step = 2.0 / (2**4 - 1)
+  sums = [_flat(_run(secure.secure_sum(4, 1.0, seed=s).create(VALUE_TYPE), _clients(rows)).result) for s in (3, 3, 4)]
+  np.testing.assert_array_equal(sums[0], sums[1])
+  assert np.max(np.abs(sums[0] - sums[2])) > 0
+  np.testing.assert_allclose(sums[0], np.clip(rows, -1.0, 1.0).sum(0), atol=6 * step + 1e-5)
+
+
 def test_secure_mean_is_the_weighted_mean():
   rows = np.random.default_rng(1).uniform(-0.3, 0.3, size=(5, 8))
   weights = [1.0, 2.0, 3.0, 4.0, 10.0]

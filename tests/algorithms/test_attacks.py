@@ -116,11 +116,11 @@ def test_scaffold_with_sign_flip_attacks_the_update_not_the_control_variates():
   # Round 1: c = c_i = 0, so SCAFFOLD's local work is plain SGD. The model moves by the uniform mean of the sent
   # (attacked) updates; c by (1/N) sum_i dc_i, dc_i = honest update / (K lr) (the upload is not attacked).
   arrays, ids = _arrays(), ('0', '1', '2')
-  ext = attacks.ByzantineAttack('sign_flip', 0.34, seed=3, scale=10.0)
+  ext = attacks.ByzantineAttack('sign_flip', 1 / 3, seed=3, scale=10.0)
   p, state = _process(arrays, ext, scaffold.Scaffold(LR, num_clients=3),
                       client_weighting=tff.learning.ClientWeighting.UNIFORM)
   out = p.next(state, engine.Cohort.full(1, ids))
-  (bad,) = attacks.choose_byzantine(ids, 0.34, 3, 1)
+  (bad,) = attacks.choose_byzantine(ids, 1 / 3, 3, 1)
   honest = {c: _numpy_update(*arrays[c]) for c in ids}
   sent = [-10.0 * honest[c] if c == bad else honest[c] for c in ids]
   np.testing.assert_allclose(_flat(p.get_model_weights(state)) - _flat(p.get_model_weights(out.state)),
@@ -167,7 +167,11 @@ def test_choose_byzantine_is_reproducible_and_sized():
   rounds = {frozenset(attacks.choose_byzantine(ids, 0.2, seed=1, round_num=r)) for r in range(20)}
   assert len(rounds) > 1  # Different rounds pick different clients.
   assert attacks.choose_byzantine(ids, 0.0, 1, 0) == set()
-  assert len(attacks.choose_byzantine(ids, 0.25, 1, 0)) == 2  # floor: never more than the fraction.
+  # 2.5 expected: 2 or 3, stochastically rounded so the mean count over rounds is the fraction's.
+  counts = [len(attacks.choose_byzantine(ids, 0.25, 1, r)) for r in range(400)]
+  assert set(counts) == {2, 3} and abs(np.mean(counts) - 2.5) < 4 * 0.5 / np.sqrt(400)
+  small = [len(attacks.choose_byzantine(ids[:3], 0.2, 1, r)) for r in range(400)]  # 0.6 expected: 0 or 1.
+  assert set(small) == {0, 1} and abs(np.mean(small) - 0.6) < 4 * 0.49 / np.sqrt(400)
   with pytest.raises(ValueError, match='byzantine_fraction'):
     attacks.choose_byzantine(ids, 1.5, 1, 0)
 

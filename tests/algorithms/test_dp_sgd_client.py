@@ -61,13 +61,13 @@ def _updates(process, datasets, weights):
   return [_flat(r.update) for r in out.result], out.measurements
 
 
-def _engine(arrays, clip, z, lr, batch_size):
+def _engine(arrays, clip, z, lr, batch_size, num_slots=1):
   """FedAvg + SampleDP on the engine, server SGD at 1 and uniform weights: one round's weight change is the mean
   client update."""
   return engine.build_process(
       fed_avg.FedAvg(), model_fn, arrays, lambda cid, r: np.arange(len(arrays[cid][0])), batch_size=batch_size,
       client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=lr), client_weighting=UNIFORM,
-      extensions=[dp_sgd_client.SampleDP(clip, z, LOSS)])
+      extensions=[dp_sgd_client.SampleDP(clip, z, LOSS)], num_slots=num_slots)
 
 
 def _engine_update(process, ids, weights, round_num=1):
@@ -148,6 +148,21 @@ def test_engine_noise_is_fresh_per_client_with_std_z_clip_over_batch():
   sigma = z * clip / batch / np.sqrt(num_clients)
   stat = np.sum(noise**2) / sigma**2
   assert stats.chi2.ppf(1e-4, noise.size) < stat < stats.chi2.ppf(1 - 1e-4, noise.size)
+
+
+def test_engine_noise_repeats_with_the_seed_under_any_slot_layout():
+  """The noise is keyed by each client's seed of the round: the same round gives the same update again, also with
+  the cohort split over two slots; another round draws other noise."""
+  x, y = _client_data(7, n=8)
+  ids = [f'c{k}' for k in range(4)]
+  arrays = {c: (x + 0.1 * k, y) for k, c in enumerate(ids)}
+  weights = _initial_weights(1)
+  one_slot = _engine(arrays, 0.1, 2.0, 1.0, batch_size=4)
+  two_slots = _engine(arrays, 0.1, 2.0, 1.0, batch_size=4, num_slots=2)
+  first = _engine_update(one_slot, ids, weights)
+  np.testing.assert_array_equal(first, _engine_update(one_slot, ids, weights))
+  np.testing.assert_allclose(first, _engine_update(two_slots, ids, weights), rtol=1e-5, atol=1e-7)
+  assert np.max(np.abs(first - _engine_update(one_slot, ids, weights, round_num=2))) > 1e-3
 
 
 def test_stock_learning_process_equals_stock_unweighted_fed_avg():

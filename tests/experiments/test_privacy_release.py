@@ -25,7 +25,7 @@ import train_binary  # tests/train_binary.py: the binary in this process
 
 SMALL = ['--task=digits', '--model=logreg', '--num_clients=10', '--clients_per_round=5', '--client_batch_size=20',
          '--total_rounds=1']
-DITTO_DROPOUT = ['--algorithm=ditto', '--dropout_rate=0.2']  # clients.csv (per-client) and regime/* (simulated)
+STATEFUL_DROPOUT = ['--algorithm=fedper', '--model=2nn', '--dropout_rate=0.2']  # clients.csv (per-client), regime/* (simulated)
 NON_PRIVATE = {'train_loss', 'train_accuracy', 'client_work/train/loss', 'client_work/train/num_examples',
                'client_work/train/num_batches', 'client_work/train/sparse_categorical_accuracy',
                'client_accuracy_min', 'client_accuracy_p10', 'client_accuracy_p50', 'client_accuracy_p90'}
@@ -50,8 +50,8 @@ def _run(out, name, *flags):
 def runs(tmp_path_factory):
   out = tmp_path_factory.mktemp('release')
   return types.SimpleNamespace(
-      dp=_run(out, 'dp', '--dp=fixed', '--noise_multiplier=1.0', *DITTO_DROPOUT),
-      plain=_run(out, 'plain', *DITTO_DROPOUT),
+      dp=_run(out, 'dp', '--dp=fixed', '--noise_multiplier=1.0', *STATEFUL_DROPOUT),
+      plain=_run(out, 'plain', *STATEFUL_DROPOUT),
       sample_dp=_run(out, 'sample_dp', '--sample_dp', '--aggregator=krum(1)'))
 
 
@@ -110,6 +110,7 @@ REFUSED = {
     'normalize_client': (['--sample_dp', '--client_preprocess=normalize(client)'],
                          '--client_preprocess=normalize(client)', '--sample_dp'),
     'scaffold': (['--dp=fixed', '--algorithm=scaffold'], '--algorithm=scaffold', '--dp=fixed'),
+    'ditto': (['--sample_dp', '--algorithm=ditto'], '--algorithm=ditto', '--sample_dp'),
 }
 
 

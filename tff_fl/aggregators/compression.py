@@ -39,15 +39,30 @@ def stochastic_round(y: tf.Tensor, seed=None) -> tf.Tensor:
   return tf.floor(y + u)
 
 
-def _stochastic_quantize(x: tf.Tensor, bits: int) -> tf.Tensor:
-  """Unbiased stochastic rounding of `x` to a (2^bits)-level grid on [min(x), max(x)]; returns decoded floats."""
+def value_key(seed: int, value) -> tf.Tensor:
+  """int64[2] key of the rounding of a client `value` (a structure of float tensors) when the stage has a `seed`
+  (an aggregator does not know which client a value is from): [seed, hash of the value's float32 bits]. The same
+  value gets the same stream (a seeded run repeats exactly); any two distinct values, however close, get
+  independent-looking streams."""
+  digest = tf.constant(0, tf.int64)
+  for leaf in tf.nest.flatten(value):
+    bits = tf.reshape(tf.cast(tf.bitcast(tf.cast(leaf, tf.float32), tf.int32), tf.int64), [-1])
+    positions = tf.range(tf.size(bits, out_type=tf.int64), dtype=tf.int64)
+    mixed = tf.math.floormod(positions * 2654435761 + 40503, 2**31)  # Knuth's multiplicative hash of the position.
+    digest = tf.math.floormod(digest * 1000003 + tf.reduce_sum(tf.math.floormod(bits * mixed, 2**31)), 2**31)
+  return tf.stack([tf.constant(seed, tf.int64), digest])
+
+
+def _stochastic_quantize(x: tf.Tensor, bits: int, key=None) -> tf.Tensor:
+  """Unbiased stochastic rounding of `x` to a (2^bits)-level grid on [min(x), max(x)]; returns decoded floats.
+  `key`: int64[2] stateless key of the rounding (None: unseeded)."""
   levels = float(2**bits - 1)
   x32 = tf.cast(x, tf.float32)
   lo, hi = tf.reduce_min(x32), tf.reduce_max(x32)
   step = (hi - lo) / levels
   safe_step = tf.where(step > 0.0, step, 1.0)
   scaled = (x32 - lo) / safe_step
-  q = tf.clip_by_value(stochastic_round(scaled), 0.0, levels)
+  q = tf.clip_by_value(stochastic_round(scaled, key), 0.0, levels)
   decoded = tf.where(step > 0.0, lo + q * step, x32)
   return tf.cast(decoded, x.dtype)
 
@@ -129,14 +144,18 @@ def _wrap(inner, encode_fn, bits_fn):
   return _UnweightedEncodingFactory(inner, encode_fn, bits_fn)
 
 
-def quantize(bits: int, inner: Optional[tff.aggregators.AggregationFactory] = None):
-  """Unbiased stochastic `bits`-bit quantization (1 <= bits <= 16) of each client value, then `inner`."""
+def quantize(bits: int, inner: Optional[tff.aggregators.AggregationFactory] = None, seed: Optional[int] = None):
+  """Unbiased stochastic `bits`-bit quantization (1 <= bits <= 16) of each client value, then `inner`. `seed`
+  None: unseeded rounding (fresh per call); an int: rounding keyed by (`value_key(seed, value)`, leaf), reproducible."""
   if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
     raise ValueError(f'quantize bits must be an int in [1, 16]; got {bits!r}')
 
   def encode(value, value_type):
     del value_type  # Per-leaf encoding.
-    return tf.nest.map_structure(lambda x: _stochastic_quantize(x, bits), value)
+    leaves = tf.nest.flatten(value)
+    base = None if seed is None else value_key(seed, value)
+    keys = [None if base is None else tf.random.experimental.stateless_fold_in(base, i) for i in range(len(leaves))]
+    return tf.nest.pack_sequence_as(value, [_stochastic_quantize(x, bits, k) for x, k in zip(leaves, keys)])
 
   def wire_bits(value_type):
     return bits * flat.flat_size(value_type) + 64 * len(flat.leaf_types(value_type))

@@ -23,6 +23,7 @@ Robust aggregators (median, trimmed mean, Krum) cannot sit under secure sum: the
 """
 
 import collections
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -44,10 +45,11 @@ def _check_args(bits, clip_range):
 class ClippedSecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
   """Sum of client values, clipped per coordinate to [-clip_range, clip_range], over `bits`-bit SecAgg."""
 
-  def __init__(self, bits: int, clip_range: float = 1.0):
+  def __init__(self, bits: int, clip_range: float = 1.0, seed: Optional[int] = None):
     _check_args(bits, clip_range)
     self._bits = bits
     self._range = float(clip_range)
+    self._seed = seed  # None: unseeded rounding; an int: keyed by `compression.value_key` (reproducible).
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
     d = flat.flat_size(value_type)  # Also checks that value_type is a structure of floats.
@@ -62,13 +64,16 @@ class ClippedSecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(value_type)
     def encode(value):
-      def one(x):
+      base = None if self._seed is None else compression.value_key(self._seed, value)
+
+      def one(x, i):
         x = tf.cast(x, tf.float32)
         scaled = (tf.clip_by_value(x, -r, r) + r) / step
-        q = tf.clip_by_value(compression.stochastic_round(scaled), 0.0, levels)
+        key = None if base is None else tf.random.experimental.stateless_fold_in(base, i)
+        q = tf.clip_by_value(compression.stochastic_round(scaled, key), 0.0, levels)
         return tf.cast(q, tf.int32), tf.reduce_sum(tf.cast(tf.abs(x) > r, tf.int32))
 
-      pairs = [one(x) for x in tf.nest.flatten(value)]
+      pairs = [one(x, i) for i, x in enumerate(tf.nest.flatten(value))]
       ints = tf.nest.pack_sequence_as(value, [q for q, _ in pairs])
       return ints, tf.add_n([c for _, c in pairs]), tf.constant(1, tf.int32)
 
@@ -101,8 +106,8 @@ class ClippedSecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
 class SecureMeanFactory(tff.aggregators.WeightedAggregationFactory):
   """Weighted mean whose value sum runs over `bits`-bit SecAgg; `clip_range` bounds x_i * w_i * n / W."""
 
-  def __init__(self, bits: int, clip_range: float = 1.0):
-    self._sum_factory = ClippedSecureSumFactory(bits, clip_range)
+  def __init__(self, bits: int, clip_range: float = 1.0, seed: Optional[int] = None):
+    self._sum_factory = ClippedSecureSumFactory(bits, clip_range, seed)
 
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
     sum_process = self._sum_factory.create(value_type)
@@ -138,11 +143,12 @@ class SecureMeanFactory(tff.aggregators.WeightedAggregationFactory):
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
-def secure_sum(bits: int, clip_range: float = 1.0) -> ClippedSecureSumFactory:
-  """`bits`-bit secure sum of values clipped per coordinate to [-clip_range, clip_range]."""
-  return ClippedSecureSumFactory(bits, clip_range)
+def secure_sum(bits: int, clip_range: float = 1.0, seed: Optional[int] = None) -> ClippedSecureSumFactory:
+  """`bits`-bit secure sum of values clipped per coordinate to [-clip_range, clip_range]; `seed` keys the
+  stochastic rounding (None: unseeded)."""
+  return ClippedSecureSumFactory(bits, clip_range, seed)
 
 
-def secure_mean(bits: int, clip_range: float = 1.0) -> SecureMeanFactory:
-  """Weighted mean over `bits`-bit secure sum (see module docstring for the rescaling)."""
-  return SecureMeanFactory(bits, clip_range)
+def secure_mean(bits: int, clip_range: float = 1.0, seed: Optional[int] = None) -> SecureMeanFactory:
+  """Weighted mean over `bits`-bit secure sum (see module docstring for the rescaling); `seed` as `secure_sum`."""
+  return SecureMeanFactory(bits, clip_range, seed)

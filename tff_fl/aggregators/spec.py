@@ -35,7 +35,7 @@ class Stage:
   """One spelling of the spec. A terminal stage builds `build(*values, cohort_size=...)` (the server aggregate; it
   must come last); a wrapper builds `build(*values, inner=factory)` around the stages after it. `params` are
   (name, int|float); those past `required` are optional. `only_before` names the one stage that must follow it;
-  a `needs_cohort` wrapper's build also gets `cohort_size=` and `seed=`."""
+  a `needs_cohort` wrapper's build also gets `cohort_size=` and `seed=`, a `seeded` one `seed=` (its randomness)."""
   params: tuple[tuple[str, type], ...]
   required: int
   build: Callable
@@ -43,21 +43,24 @@ class Stage:
   help: str
   only_before: Optional[str] = None
   needs_cohort: bool = False
+  seeded: bool = False
 
 
 STAGES = registry.Registry('aggregator stage')  # name -> Stage
 
 
 def register_stage(name: str, build: Callable, *, terminal: bool, params: tuple = (), required: Optional[int] = None,
-                   help_text: str = '', only_before: Optional[str] = None, needs_cohort: bool = False) -> Stage:
+                   help_text: str = '', only_before: Optional[str] = None, needs_cohort: bool = False,
+                   seeded: bool = False) -> Stage:
   """Adds stage `name` to the spec grammar (a name taken is a ValueError); see `Stage`. `build` returns a
   `tff.aggregators.WeightedAggregationFactory` (or an unweighted one for a wrapper's value path). A wrapper with
-  `needs_cohort` also gets `cohort_size=` and `seed=` (build_aggregator's) and refuses a spec without cohort_size."""
+  `needs_cohort` also gets `cohort_size=` and `seed=` (build_aggregator's) and refuses a spec without cohort_size;
+  a `seeded` wrapper gets `seed=` (its random draws repeat with the seed)."""
   for param in params:
     if len(param) != 2 or param[1] not in (int, float):
       raise ValueError(f'params of stage {name!r} are (name, int|float) pairs; got {param!r}.')
   stage = Stage(tuple(params), len(params) if required is None else required, build, terminal, help_text,
-                only_before, needs_cohort)
+                only_before, needs_cohort, seeded)
   return STAGES.register(name, stage)
 
 
@@ -88,13 +91,13 @@ register_stage('zeroing', lambda n, inner: clipping.zeroing(n, inner), terminal=
                help_text='zero values with L2 norm > norm')
 register_stage('adaptive_zeroing', lambda q, inner: clipping.adaptive_zeroing(q, inner), terminal=False,
                params=(('quantile', float),), help_text='zero values above 2*quantile+1')
-register_stage('quantize', lambda b, inner: compression.quantize(b, inner), terminal=False, params=(('bits', int),),
-               help_text='stochastic b-bit quantization, 1<=bits<=16')
+register_stage('quantize', lambda b, inner, seed: compression.quantize(b, inner, seed), terminal=False,
+               params=(('bits', int),), seeded=True, help_text='stochastic b-bit quantization, 1<=bits<=16')
 register_stage('topk', lambda f, inner: compression.topk(f, inner), terminal=False, params=(('fraction', float),),
                help_text='keep the top fraction of coordinates by magnitude')
 # The secure sum replaces the mean after it (it hides individual values, which robust aggregates need).
-register_stage('secure', lambda *values, inner: secure.secure_mean(*values), terminal=False,
-               params=(('bits', int), ('range', float)), required=1, only_before='mean',
+register_stage('secure', lambda *values, inner, seed: secure.secure_mean(*values, seed=seed), terminal=False,
+               params=(('bits', int), ('range', float)), required=1, only_before='mean', seeded=True,
                help_text=f'secure sum with bits in [1,{secure.MAX_BITS}], per-coordinate clip range (default 1.0); '
                'only directly before mean')
 register_stage('secagg', _secagg, terminal=False, params=(('bits', int), ('threshold', float), ('range', float)),
@@ -187,7 +190,7 @@ def build_aggregator(spec: str, cohort_size: Optional[int] = None,
     spec: The spec (the binary's `--aggregator` flag value).
     cohort_size: Clients per round, if known: robust stages then check it is large enough (ValueError); secagg
       stages need it (the most clients a round samples).
-    seed: Seeds the secagg protocol's per-round secrets.
+    seed: Seeds the secagg protocol's per-round secrets and the stochastic rounding of quantize and secure.
   """
   if not isinstance(spec, str) or not spec.strip():
     raise _error(str(spec), 'empty spec')
@@ -204,7 +207,8 @@ def build_aggregator(spec: str, cohort_size: Optional[int] = None,
     name, stage, values = parsed[-1]
     factory = stage.build(*values, cohort_size=cohort_size)
     for name, stage, values in reversed(parsed[:-1]):
-      extra = dict(cohort_size=cohort_size, seed=seed) if stage.needs_cohort else {}
+      extra = (dict(cohort_size=cohort_size, seed=seed) if stage.needs_cohort else
+               dict(seed=seed) if stage.seeded else {})
       factory = stage.build(*values, inner=factory, **extra)
   except (ValueError, TypeError) as e:
     raise _error(spec, str(e).splitlines()[0]) from None

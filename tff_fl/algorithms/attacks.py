@@ -1,7 +1,9 @@
 """Simulated Byzantine clients as an `Extension`: update attacks (sign flip, scaling, Gaussian noise), label flipping.
 
 `ByzantineAttack(attack, fraction, seed, ...)` composes with every algorithm. Each round, `choose_byzantine` picks
-floor(fraction * |sampled|) malicious clients among the round's SAMPLED cohort; of those, only the clients that
+fraction * |sampled| malicious clients among the round's SAMPLED cohort, rounded stochastically (floor, plus one with
+probability of the fractional part; seeded) so the expected count is exact also for cohorts too small for one (3
+available clients at fraction 0.2, or a hierarchical round's per-cluster cohorts); of those, only the clients that
 report attack (a dropped client sends nothing, malicious or not). The choice travels as the packed per-client field
 `malicious` (int32, 0 honest / 1 malicious). For malicious clients:
 
@@ -18,6 +20,7 @@ packed cohort (reporting clients, in order) for the training loop's `AttackHook`
 
 import collections
 import math
+import zlib
 from typing import Hashable, Optional, Sequence
 
 import numpy as np
@@ -30,11 +33,16 @@ UPDATE_ATTACKS = ('sign_flip', 'scaled', 'gaussian_noise')
 
 
 def choose_byzantine(client_ids: Sequence[Hashable], fraction: float, seed: int, round_num: int) -> set:
-  """The floor(fraction * len(client_ids)) malicious clients of a round, reproducible from (seed, round_num)."""
+  """The malicious clients of a round: fraction * len(client_ids) of them, rounded stochastically (E[count] is
+  exact), reproducible from (seed, round_num, client_ids)."""
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
     raise ValueError(f'byzantine_fraction must be a float in [0, 1]; got {fraction!r}')
   ids = sorted(client_ids, key=str)
-  count = math.floor(fraction * len(ids) + 1e-9)
+  expected = fraction * len(ids)
+  count = math.floor(expected + 1e-9)
+  if expected - count > 1e-9:
+    cohort_hash = zlib.crc32('\x00'.join(map(str, ids)).encode())
+    count += int(np.random.default_rng([int(seed), int(round_num), cohort_hash]).random() < expected - count)
   rng = np.random.default_rng([int(seed), int(round_num)])
   return {ids[i] for i in rng.choice(len(ids), size=count, replace=False)}
 

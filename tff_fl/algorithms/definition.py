@@ -42,11 +42,18 @@ class ClientContext:
   optimizer: tff.learning.optimizers.Optimizer
   weighting: ClientWeighting
   options: local_training.LocalOptions = local_training.LocalOptions()
+  passes: int = dataclasses.field(default=0, init=False)  # `train` calls so far (trace time).
 
   def train(self, start=None, **kwargs) -> collections.OrderedDict:
-    """`local_training.train` from `start` (default: the broadcast weights) with the components' options."""
+    """`local_training.train` from `start` (default: the broadcast weights) with the components' options. Each
+    call (pass) draws its own DP-SGD noise: pass p folds p into the options' noise key (Ditto's two passes)."""
     kwargs.setdefault('weighting', self.weighting)
-    kwargs.setdefault('options', self.options)
+    options = self.options
+    if options.noise_key is not None:
+      options = dataclasses.replace(
+          options, noise_key=tf.random.experimental.stateless_fold_in(options.noise_key, self.passes))
+    self.passes += 1
+    kwargs.setdefault('options', options)
     return local_training.train(self.model, kwargs.pop('optimizer', self.optimizer),
                                 self.weights if start is None else start, self.data, **kwargs)
 

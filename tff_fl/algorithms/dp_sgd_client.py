@@ -8,8 +8,11 @@ then uses, for a batch of B examples:
   gradient fed to optimizer  = noised sum / B
 
 That is the law of tensorflow-privacy's `GaussianSumQuery(l2_norm_clip=C, stddev=z * C)` (the query behind its DP
-Keras optimizers; tests/algorithms/test_dp_sgd_client.py checks a step against its DP Keras SGD), so every example moves the summed gradient by at most C in L2 norm; the noise is drawn fresh for every batch of
-every client. Regularization losses of the model are not used; a sequence example's loss is the mean over its
+Keras optimizers; tests/algorithms/test_dp_sgd_client.py checks a step against its DP Keras SGD), so every example
+moves the summed gradient by at most C in L2 norm; the noise is drawn fresh for every batch of every client. On the
+engine (`SampleDP`) it is a pseudo-random function of (client's seed of the round, pass, step, leaf), so runs repeat
+exactly under any layout of slots and workers, like `aggregators.seeded_queries`; the stock exports draw unseeded
+noise (a deployment should use a secure source). Regularization losses of the model are not used; a sequence example's loss is the mean over its
 targets. Algorithms add their terms (proximal, SCAFFOLD's correction) after the DP gradient; FedSGD's one gradient
 per batch is the DP gradient. Example-level epsilon: `tff_fl.privacy.accounting.example_level_epsilon`.
 
@@ -45,6 +48,9 @@ def dp_options(per_example_loss: LossArg, l2_norm_clip: float, noise_multiplier:
   return local_training.DPSGD(float(l2_norm_clip), float(noise_multiplier), per_example_loss)
 
 
+NOISE_STREAM = 0x5D9  # Second word of the DP-SGD noise key (first: the client's seed of the round).
+
+
 class SampleDP(extension.Extension):
   """DP-SGD in every client's local training (module docstring); composes with every algorithm."""
 
@@ -56,8 +62,10 @@ class SampleDP(extension.Extension):
     self.dp = dp_options(per_example_loss, l2_norm_clip, noise_multiplier)
 
   def local_options(self, bcast, info) -> local_training.LocalOptions:
-    del bcast, info
-    return local_training.LocalOptions(dp=self.dp)
+    """DP-SGD with its noise keyed by the client's seed of the round (reproducible, whatever the engine layout)."""
+    del bcast
+    key = tf.stack([tf.cast(info['seed'], tf.int64), tf.constant(NOISE_STREAM, tf.int64)])
+    return local_training.LocalOptions(dp=self.dp, noise_key=key)
 
 
 def build_dp_sgd_client_work(

@@ -42,20 +42,22 @@ def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, dat
   trainable = weights.trainable
 
   def reduce_fn(state, batch):
-    grad_sum, num_examples, loss_sum = state
-    grads, output = local_training.batch_gradient(model, weights, batch, options.dp)
+    grad_sum, num_examples, loss_sum, batches = state
+    key = (None if options.noise_key is None
+           else tf.random.experimental.stateless_fold_in(options.noise_key, batches))
+    grads, output = local_training.batch_gradient(model, weights, batch, options.dp, key)
     if output.num_examples is None:
       batch_size = tf.cast(tf.shape(output.predictions)[0], tf.float32)
     else:
       batch_size = tf.cast(output.num_examples, tf.float32)
     grad_sum = tuple(s + g * batch_size for s, g in zip(grad_sum, tf.nest.flatten(grads)))
     loss_sum += tf.cast(output.loss, tf.float64) * tf.cast(batch_size, tf.float64)
-    return grad_sum, num_examples + batch_size, loss_sum
+    return grad_sum, num_examples + batch_size, loss_sum, batches + 1
 
   with tf.control_dependencies(tf.nest.flatten(assign)):
     init = (tuple(tf.zeros(v.shape, v.dtype) for v in tf.nest.flatten(trainable)), tf.constant(0.0),
-            tf.constant(0.0, tf.float64))
-  grad_sum, num_examples, loss_sum = data.reduce(init, reduce_fn)
+            tf.constant(0.0, tf.float64), tf.constant(0, tf.int64))
+  grad_sum, num_examples, loss_sum, _ = data.reduce(init, reduce_fn)
   grads = [g / tf.maximum(num_examples, 1.0) for g in grad_sum]
   if options.masks is not None:
     grads = [g * m for g, m in zip(grads, tf.nest.flatten(options.masks))]

@@ -48,13 +48,16 @@ class LocalOptions:
   """Extension points of the loop that components set (algorithms set theirs as `train` arguments)."""
   masks: Any = None  # Structure of the trainable weights with 0/1 entries (pruning).
   dp: Optional[DPSGD] = None
+  # int64[2] key of DP-SGD's noise (None: unseeded ops). Step s's noise on leaf i is
+  # stateless_normal(fold_in(fold_in(noise_key, s), i)): same key, same noise (reproducible runs, any engine layout).
+  noise_key: Any = None
 
   def merge(self, other: 'LocalOptions') -> 'LocalOptions':
-    for name in ('masks', 'dp'):
+    names = ('masks', 'dp', 'noise_key')
+    for name in names:
       if getattr(self, name) is not None and getattr(other, name) is not None:
         raise ValueError(f'two components set the local-training option {name!r}.')
-    return LocalOptions(masks=self.masks if other.masks is None else other.masks,
-                        dp=self.dp if other.dp is None else other.dp)
+    return LocalOptions(**{n: getattr(self, n) if getattr(other, n) is None else getattr(other, n) for n in names})
 
 
 def client_weight(weighting: ClientWeighting, has_non_finite, num_examples):
@@ -72,7 +75,7 @@ def _labels(batch):
   return batch['y'] if isinstance(batch, dict) else batch[1]
 
 
-def _dp_gradient(model, weights, batch, dp: DPSGD):
+def _dp_gradient(model, weights, batch, dp: DPSGD, noise_key=None):
   """Clipped, summed, noised per-example gradients / B, and the output. The law of tensorflow-privacy's
   GaussianSumQuery: each example's gradient scaled by C / max(||g||, C) (NaN if ||g|| is not finite, as
   `tf.clip_by_global_norm`), summed, plus N(0, (z C)^2) per coordinate. The clip is one weighted sum over the
@@ -92,19 +95,23 @@ def _dp_gradient(model, weights, batch, dp: DPSGD):
   stddev = dp.l2_norm_clip * dp.noise_multiplier
   denominator = tf.cast(tf.maximum(tf.shape(losses)[0], 1), tf.float32)
   grads = []
-  for j in jacobians:
+  for i, j in enumerate(jacobians):
     summed = tf.tensordot(scale, j, axes=1)
-    if stddev > 0:
+    if stddev > 0 and noise_key is None:
       summed += tf.random.normal(tf.shape(summed), stddev=stddev, dtype=summed.dtype)
+    elif stddev > 0:
+      key = tf.random.experimental.stateless_fold_in(noise_key, i)
+      summed += tf.random.stateless_normal(tf.shape(summed), key, stddev=stddev, dtype=summed.dtype)
     grads.append(summed / denominator)
   return tf.nest.pack_sequence_as(weights.trainable, grads), output
 
 
-def batch_gradient(model, weights, batch, dp: Optional[DPSGD] = None):
+def batch_gradient(model, weights, batch, dp: Optional[DPSGD] = None, noise_key=None):
   """(gradient of the batch's mean loss w.r.t. `weights.trainable`, forward-pass output); with `dp`, DP-SGD's
-  clipped, summed, noised per-example gradients / B. Shared by `train` and FedSGD's one-gradient client."""
+  clipped, summed, noised per-example gradients / B (noise keyed by `noise_key`, int64[2], if given). Shared by
+  `train` and FedSGD's one-gradient client."""
   if dp is not None:
-    return _dp_gradient(model, weights, batch, dp)
+    return _dp_gradient(model, weights, batch, dp, noise_key)
   with tf.GradientTape() as tape:
     output = model.forward_pass(batch, training=True)
   return tape.gradient(output.loss, weights.trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO), output
@@ -149,7 +156,9 @@ def train(model, optimizer: tff.learning.optimizers.Optimizer, initial_weights, 
 
   def reduce_fn(state, batch):
     num_examples, num_steps, loss_sum, opt_state = state
-    grads, output = batch_gradient(model, weights, batch, options.dp)
+    step_key = (None if options.noise_key is None
+                else tf.random.experimental.stateless_fold_in(options.noise_key, num_steps))
+    grads, output = batch_gradient(model, weights, batch, options.dp, step_key)
     opt_state, updated = descend(optimizer, opt_state, tuple(variables), tuple(tf.nest.flatten(grads)),
                                   proximal_mu=proximal_mu, anchor=anchor_trainable, correction=correction,
                                   masks=masks)
