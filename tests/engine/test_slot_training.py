@@ -163,4 +163,6 @@ def test_convolutional_models_run_sequentially_unless_required(task):
                                       client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1))
   assert process.client_execution == ('sequential (convolutions with per-client filters are faster one client at '
                                       'a time)')
-  _assert_same(cnn, fed_avg.FedAvg(), rounds=1, tol=1e-4)  # client_axis=True: still exact, just slower.
+  # client_axis=True: the same training (one step is exact to 1e-5: tests/models/test_functional.py); the grouped
+  # convolution sums in another order than Keras' per-client one, which a round of steps grows to ~4e-4.
+  _assert_same(cnn, fed_avg.FedAvg(), rounds=1, tol=1e-3)

@@ -52,6 +52,50 @@ def test_logits_loss_and_metrics_equal_the_keras_model(name):
   assert all(float(e) == 0.0 for e in empty)  # An all-padding batch adds no example, batch or metric.
 
 
+@pytest.mark.parametrize('name', sorted(SPECS))
+def test_stacked_clients_equal_each_client_alone(name):
+  """apply_stacked with per-client weights [C, ...] on [C, B, ...]: each client's logits and gradient are those
+  of `apply` on its own weights; stacked metric increments are the sum of the clients' increments."""
+  shape = SPECS[name]
+  model = _model_fn(lambda: keras_models.get_builder(name)(shape, 10), shape)()
+  fm = functional.from_model(model)
+  rng = np.random.default_rng(1)
+  clients, batch = 3, 5
+  base = [v.numpy() for v in model.trainable_variables]
+  weights = [np.stack([w + 0.1 * rng.normal(size=w.shape).astype(np.float32) for _ in range(clients)]) for w in base]
+  x = rng.normal(size=[clients, batch] + shape).astype(np.float32)
+  y = rng.integers(0, 10, [clients, batch]).astype(np.int32)
+  mask = np.ones([clients, batch], np.float32)
+  mask[1, 3:] = 0.0
+
+  def loss_of(apply, w, xs, ys, ms):
+    per_example = fm.per_example_loss(ys, apply(w, xs))
+    return tf.reduce_sum(tf.reduce_sum(per_example * ms, -1) / tf.reduce_sum(ms, -1))
+
+  stacked_w = [tf.constant(w) for w in weights]
+  with tf.GradientTape() as tape:
+    tape.watch(stacked_w)
+    stacked_logits = fm.apply_stacked(stacked_w, x)
+    total = loss_of(fm.apply_stacked, stacked_w, x, y, mask)
+  stacked_grads = tape.gradient(total, stacked_w)
+  losses = tf.reduce_sum(fm.per_example_loss(y, stacked_logits) * mask, 1) / tf.reduce_sum(mask, 1)
+  expected_increments = None
+  for c in range(clients):
+    own = [tf.constant(w[c]) for w in weights]
+    with tf.GradientTape() as tape:
+      tape.watch(own)
+      logits = fm.apply(own, x[c])
+      loss = loss_of(fm.apply, own, x[c], y[c], mask[c])
+    np.testing.assert_allclose(stacked_logits[c], logits, rtol=1e-5, atol=1e-5)
+    for g, s in zip(tape.gradient(loss, own), stacked_grads):
+      np.testing.assert_allclose(s[c], g, rtol=1e-4, atol=1e-5)
+    increments = fm.metric_increments(y[c], logits, mask[c], loss)
+    expected_increments = increments if expected_increments is None else [
+        a + b for a, b in zip(expected_increments, increments)]
+  for got, want in zip(fm.metric_increments(y, stacked_logits, mask, losses), expected_increments):
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 @pytest.mark.parametrize('keras_fn, reason', [
     (lambda: tf.keras.Sequential([tf.keras.layers.InputLayer([4]), tf.keras.layers.Dense(8),
                                   tf.keras.layers.Dropout(0.5), tf.keras.layers.Dense(10)]), 'Dropout with rate 0.5'),

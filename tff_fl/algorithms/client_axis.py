@@ -10,9 +10,12 @@ iteration). So `client_update` is traced in stages, with a `ClientAxisModel` as 
            outputs the recorded arguments, and `train_stacked` runs that call for every client.
   last stage (no new call): the map's outputs are the clients' real outputs.
 
-Unused work of a recording stage (the update math after the call) feeds no output, so TF prunes it. In
-`train_stacked` the first step, where clients start from the broadcast weights, is one mapped step on shared
-weights, which `tf.vectorized_map` turns into one matmul over the whole cohort; a later step runs only on the
+Unused work of a recording stage (the update math after the call) feeds no output, so TF prunes it.
+`train_stacked` steps the clients together without `tf.vectorized_map` (whose conversion of a whole training step
+cost ~10 s of tracing per round function): weights are stacked [C, ...], the forward pass is the functional
+model's `apply_stacked` (a batched matmul per Dense layer, a grouped convolution per Conv2D), the gradient of the
+sum of the clients' mean losses is each client's own gradient, and the optimizer steps all clients at once, which
+holds for elementwise optimizers only (`_ELEMENTWISE`; others run sequentially). A later step runs only on the
 clients that have it (gathered, then scattered back), so clients of different sizes cost no padded steps; only a
 client's last batch is padded (to B rows, masked).
 """
@@ -23,8 +26,19 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
+from tensorflow_federated.python.learning.optimizers import adagrad
+from tensorflow_federated.python.learning.optimizers import adam
+from tensorflow_federated.python.learning.optimizers import adamw
+from tensorflow_federated.python.learning.optimizers import rmsprop
+from tensorflow_federated.python.learning.optimizers import sgdm
+from tensorflow_federated.python.learning.optimizers import yogi
+
 from tff_fl.algorithms import local_training
+from tff_fl.algorithms import optimizers
 from tff_fl.models import functional
+
+# pylint: disable=protected-access
+_ELEMENTWISE = (sgdm._SGD, adam._Adam, adamw._AdamW, adagrad._Adagrad, rmsprop._RmsProp, yogi._Yogi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +75,9 @@ class ClientAxisModel:
     if _holds_graph_tensors(optimizer):
       raise functional.Unsupported(f'the client optimizer {type(optimizer).__name__} holds tensors of the client '
                                    'update (e.g. a per-client shift), which cannot leave the client function')
+    if not _elementwise(optimizer):
+      raise functional.Unsupported(f'the client optimizer {type(optimizer).__name__} is not one the client axis '
+                                   'steps elementwise (SGD(M), Adam, AdamW, Adagrad, RMSProp, Yogi)')
     shared = initial_weights is self.broadcast
     if self.recorded is None:
       call = Call(optimizer, weighting, float(proximal_mu), bool(track_metrics), shared, anchor is not None,
@@ -88,29 +105,37 @@ def _holds_graph_tensors(obj, depth: int = 3) -> bool:
   return hasattr(obj, '__dict__') and any(_holds_graph_tensors(v, depth - 1) for v in vars(obj).values())
 
 
-def _step_fn(fm: functional.FunctionalModel, call: Call, anchor, correction, masks):
-  """(state, batch, mask) -> state: one local step of `local_training.train` on the functional model; rows with
-  mask 0 (padding) count for nothing. A client only runs the steps it has (`train_stacked`), except a client
-  without any batch, which runs step 0 on padding: it adds no example, step or metric, and its delta is zeroed.
-  state = (weights, opt state, examples, steps, loss sum, metric increments)."""
+def _elementwise(optimizer) -> bool:
+  """True for optimizers whose step is elementwise with scalar hyperparameters (TFF's SGD(M), Adam, AdamW,
+  Adagrad, RMSProp, Yogi, optionally under `optimizers.WeightDecay`): they step stacked clients as one."""
+  while isinstance(optimizer, optimizers.WeightDecay):
+    optimizer = optimizer.inner
+  return isinstance(optimizer, _ELEMENTWISE)
 
-  def step(state, batch, mask):
-    weights, opt_state, num_examples, num_steps, loss_sum, metric_sums = state
+
+def _stack(t, num):
+  return tf.broadcast_to(t[tf.newaxis], tf.concat([[num], tf.shape(t)], 0))
+
+
+def _step_fn(fm: functional.FunctionalModel, call: Call):
+  """(weights, opt state, batch, mask, anchor, correction, masks) -> (opt state, weights, sizes [c], losses [c],
+  metric increments): one local step of `local_training.train` for c stacked clients on the functional model
+  (rows with mask 0 are padding and count for nothing). Every client's loss is the mean over its real rows, so the
+  gradient of their sum gives each client its own gradient."""
+
+  def step(weights, opt_state, batch, mask, anchor, correction, masks):
     with tf.GradientTape() as tape:
       tape.watch(weights)
-      logits = fm.apply(list(weights), batch['x'])
-      size = tf.reduce_sum(mask)
-      loss = tf.reduce_sum(fm.per_example_loss(batch['y'], logits) * mask) / tf.maximum(size, 1.0)
-    grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    new_opt_state, updated = local_training.descend(
-        call.optimizer, opt_state, weights, tuple(grads), proximal_mu=call.proximal_mu,
-        anchor=anchor, correction=correction, masks=masks)
-    active = size > 0
-    if call.track_metrics:
-      metric_sums = [a + b for a, b in zip(metric_sums, fm.metric_increments(batch['y'], logits, mask, loss))]
-    return (tuple(updated), new_opt_state, num_examples + tf.cast(size, tf.int64),
-            num_steps + tf.cast(active, tf.int64), loss_sum + tf.cast(loss, tf.float64) * tf.cast(size, tf.float64),
-            metric_sums)
+      logits = fm.apply_stacked(list(weights), batch['x'])
+      sizes = tf.reduce_sum(mask, axis=1)
+      losses = tf.reduce_sum(fm.per_example_loss(batch['y'], logits) * mask, axis=1) / tf.maximum(sizes, 1.0)
+      total = tf.reduce_sum(losses)
+    grads = tape.gradient(total, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    opt_state, updated = local_training.descend(call.optimizer, opt_state, weights, tuple(grads),
+                                                proximal_mu=call.proximal_mu, anchor=anchor, correction=correction,
+                                                masks=masks)
+    increments = fm.metric_increments(batch['y'], logits, mask, losses) if call.track_metrics else []
+    return opt_state, tuple(updated), sizes, losses, increments
 
   return step
 
@@ -120,66 +145,67 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
   """Runs a recorded `call` for every client -> (its results stacked on the client axis, metric increments summed
   over the clients). `args`: the call's per-client tensors stacked; `clients`: the slot's per-client inputs
   (stacked); `client_steps` int32[C]: each client's number of local steps: step i > 0 runs only on the clients
-  that have it (gathered, and scattered back into the stacked state); `batch_fn(client, i)` -> (batch, mask) of
-  one client's step i, inside the map."""
-  start = tuple(tf.nest.flatten(broadcast.trainable)) if call.shared_start else None
+  that have it (gathered, and scattered back into the stacked state; the optimizer's scalar state, e.g. Adam's
+  step count, is shared: every client that runs step i has run steps 0..i-1); `batch_fn(client, i)` -> (batch,
+  mask) of one client's step i, mapped over the clients with `tf.vectorized_map`."""
+  num = tf.shape(client_steps)[0]
+  flat = lambda name: tuple(tf.nest.flatten(args[name])) if name in args else None
+  start = (tuple(_stack(t, num) for t in tf.nest.flatten(broadcast.trainable)) if call.shared_start
+           else flat('start'))
+  anchor = flat('anchor') if call.has_anchor else start  # `train`'s anchor defaults to its start.
+  per_client = dict(anchor=anchor, correction=flat('correction'), masks=flat('masks'))
   specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in tf.nest.flatten(broadcast.trainable))
-  zero_metrics = [tf.zeros([], d) for _, dtypes, _ in fm.metrics for d in dtypes] if call.track_metrics else []
-  init = (start, call.optimizer.initialize(specs), tf.zeros([], tf.int64), tf.zeros([], tf.int64),
-          tf.zeros([], tf.float64), zero_metrics)
-  num_steps = tf.reduce_max(tf.concat([client_steps, [0]], 0))
+  opt_state = tf.nest.map_structure(
+      lambda t: _stack(t, num) if t.shape.rank else t,
+      tf.nest.map_structure(tf.convert_to_tensor, call.optimizer.initialize(specs)))
+  step = _step_fn(fm, call)
 
-  def mapped_step(i, state, rows=None):
-    def one(inputs):
-      flat = lambda name: tuple(tf.nest.flatten(inputs['args'][name])) if name in inputs['args'] else None
-      first = start if start is not None else flat('start')
-      s = inputs['state'] if state is not None else (first,) + init[1:]
-      anchor = flat('anchor') if call.has_anchor else first  # `train`'s anchor defaults to its start.
-      step = _step_fn(fm, call, anchor, flat('correction'), flat('masks'))
-      return step(s, *batch_fn(inputs['client'], i))
-
+  def batches(i, rows=None):
     pick = (lambda t: t) if rows is None else (lambda t: tf.gather(t, rows))
-    inputs = dict(client=tf.nest.map_structure(pick, clients), args=tf.nest.map_structure(pick, args))
-    if state is not None:
-      inputs['state'] = tf.nest.map_structure(pick, state)
-    return tf.vectorized_map(one, inputs)
+    return tf.vectorized_map(lambda client: batch_fn(client, i), tf.nest.map_structure(pick, clients))
 
-  state = mapped_step(tf.constant(0), None)
-  structure = state
+  def run_step(i, weights, opt_state, rows=None):
+    pick = (lambda t: t) if rows is None else (lambda t: tf.gather(t, rows))
+    extra = {k: None if v is None else tuple(pick(t) for t in v) for k, v in per_client.items()}
+    batch, mask = batches(i, rows)
+    return step(tuple(pick(w) for w in weights), opt_state, batch, mask, extra['anchor'], extra['correction'],
+                extra['masks'])
+
+  opt_state, weights, sizes, losses, increments = run_step(tf.constant(0), start, opt_state)
+  examples = tf.cast(sizes, tf.int64)
+  steps = tf.cast(sizes > 0, tf.int64)
+  loss_sums = tf.cast(losses, tf.float64) * tf.cast(sizes, tf.float64)
+  num_steps = tf.reduce_max(tf.concat([client_steps, [0]], 0))
+  structure = (weights, opt_state, examples, steps, loss_sums, increments)
 
   def later_step(i, leaves):
-    state = tf.nest.pack_sequence_as(structure, leaves)
-    active = client_steps > i
+    """Step i on the clients that have it: gathered rows, scattered back (per-client leaves have rank >= 1)."""
+    weights, opt_state, examples, steps, loss_sums, increments = tf.nest.pack_sequence_as(structure, leaves)
+    rows = tf.cast(tf.where(client_steps > i), tf.int32)
+    gather = lambda t: tf.gather(t, rows[:, 0]) if t.shape.rank else t
+    new_opt, new_weights, sizes, losses, new_increments = run_step(
+        i, weights, tf.nest.map_structure(gather, opt_state), rows[:, 0])
+    scatter = lambda t, n: tf.tensor_scatter_nd_update(t, rows, n) if t.shape.rank else n
+    weights = tuple(scatter(t, n) for t, n in zip(weights, new_weights))
+    opt_state = tf.nest.map_structure(scatter, opt_state, new_opt)
+    add = lambda t, n: tf.tensor_scatter_nd_add(t, rows, n)
+    examples = add(examples, tf.cast(sizes, tf.int64))
+    steps = add(steps, tf.cast(sizes > 0, tf.int64))
+    loss_sums = add(loss_sums, tf.cast(losses, tf.float64) * tf.cast(sizes, tf.float64))
+    increments = [a + b for a, b in zip(increments, new_increments)]
+    return i + 1, tf.nest.flatten((weights, opt_state, examples, steps, loss_sums, increments))
 
-    def some():  # Only the clients that have step i, scattered back into the stacked state.
-      rows = tf.cast(tf.where(active), tf.int32)
-      new = tf.nest.flatten(mapped_step(i, state, rows[:, 0]))
-      return [tf.tensor_scatter_nd_update(t, rows, n) for t, n in zip(leaves, new)]
+  _, leaves = tf.while_loop(lambda i, _: i < num_steps, later_step, (tf.constant(1), tf.nest.flatten(structure)))
+  final, _, num_examples, steps, loss_sum, increments = tf.nest.pack_sequence_as(structure, leaves)
 
-    return i + 1, tf.cond(tf.reduce_all(active), lambda: tf.nest.flatten(mapped_step(i, state)), some)
-
-  leaves = tf.nest.flatten(state)
-  _, leaves = tf.while_loop(lambda i, _: i < num_steps, later_step, (tf.constant(1), leaves))
-  final, _, num_examples, steps, loss_sum, metric_sums = tf.nest.pack_sequence_as(structure, leaves)
-
-  # Deltas on the stacked weights (a shared start broadcasts); zero where not finite or where no step ran.
-  first = start if start is not None else tuple(tf.nest.flatten(args['start']))
-  delta = [a - b for a, b in zip(first, final)]
-  per_client = lambda t: tf.reshape(t, [tf.shape(t)[0], -1])
-  finite = tf.reduce_all(tf.stack([tf.reduce_all(per_client(tf.math.is_finite(d)), axis=1) for d in delta], 1), 1)
+  # Deltas on the stacked weights; zero where not finite or where no step ran.
+  delta = [a - b for a, b in zip(start, final)]
+  rows_of = lambda t: tf.reshape(t, [tf.shape(t)[0], -1])
+  finite = tf.reduce_all(tf.stack([tf.reduce_all(rows_of(tf.math.is_finite(d)), axis=1) for d in delta], 1), 1)
   good = tf.logical_and(finite, steps > 0)
   finite = tf.logical_or(finite, tf.equal(steps, 0))  # A client without steps has a (zero) finite update.
-
-  def zero_bad():
-    return [tf.where(tf.reshape(good, [-1] + [1] * (d.shape.rank - 1)), d, tf.zeros_like(d)) for d in delta]
-
-  delta = tf.cond(tf.reduce_all(good), lambda: delta, zero_bad)
-  delta = tf.nest.pack_sequence_as(broadcast.trainable, delta)
-
-  def result(inputs):
-    return local_training.result((), tf.cast(tf.logical_not(inputs['finite']), tf.int32), call.weighting,
-                                 inputs['examples'], inputs['steps'], inputs['loss_sum'])
-
-  scalars = tf.vectorized_map(result, dict(finite=finite, examples=num_examples, steps=steps, loss_sum=loss_sum))
-  scalars['update'] = delta
-  return scalars, [tf.reduce_sum(m, axis=0) for m in metric_sums]
+  delta = [tf.where(tf.reshape(good, [-1] + [1] * (d.shape.rank - 1)), d, tf.zeros_like(d)) for d in delta]
+  results = local_training.result(tf.nest.pack_sequence_as(broadcast.trainable, delta),
+                                  tf.cast(tf.logical_not(finite), tf.int32), call.weighting, num_examples, steps,
+                                  loss_sum)
+  return results, list(increments)

@@ -80,14 +80,18 @@ class LocalRound:
     posted = bool(fns.posted)
     models = []
 
+    def make_model():
+      # The model is created inside a trace (tf.function lifts its variables): Keras swaps its classes to v1
+      # whenever TFF traces a model in a tf.Graph, and a model created eagerly before such a trace cannot be
+      # called afterwards. Its own small function, so that `step` creates no variables and is traced once (a
+      # function that creates variables is traced twice).
+      if not models:
+        models.append(fns.parts.model_fn())
+      return tf.constant(0)
+
     def step(state, slot):
       parts, spec = fns.parts, self._state_spec
-      # The model is created inside the first trace (tf.function lifts its variables and traces again, reusing
-      # it): Keras swaps its classes to v1 whenever TFF traces a model in a tf.Graph, and a model created
-      # eagerly before such a trace cannot be called afterwards. Its metrics are reset every round.
-      if not models:
-        models.append(parts.model_fn())
-      model = models[0]
+      model = models[0]  # Its metrics are reset every round.
       model.reset_metrics()
       ext_bcast = parts.extension_broadcast(state['extensions'])
       client_input = graph_calls.call_as_function(agg.form.prepare, state['aggregator'])
@@ -117,6 +121,8 @@ class LocalRound:
       return new_state, metrics, per_client
 
     self._finalize = None  # Built on the first round, from the type of the metric sums.
+    self.models_made = False
+    self._make_model = tf.function(make_model, autograph=False)
     self._step = tf.function(step, input_signature=(self._state_spec, self._slot_spec), autograph=False)
 
   def initialize(self):
@@ -133,6 +139,9 @@ class LocalRound:
   def next(self, state, slots):
     if len(slots) != 1:
       raise ValueError(f'LocalRound runs a cohort packed in one slot; got {len(slots)} slots.')
+    if not self.models_made:
+      self._make_model()
+      self.models_made = True
     new_state, metrics, per_client = _numpy(self._step(conform(state, self._state_spec), slots[0]))
     metrics['client_work'] = collections.OrderedDict(train=self._finalize_metrics(metrics['client_work']))
     return conform(new_state, self._state_spec), metrics, [per_client]

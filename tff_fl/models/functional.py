@@ -37,48 +37,86 @@ def _activation(fn) -> Callable:
   return _ACTIVATIONS[name]
 
 
+def _grouped_conv(x, kernel, strides, padding, dilations):
+  """Per-client convolutions as one grouped convolution: x [C, B, H, W, I], kernel [C, kh, kw, I, O] ->
+  [C, B, H', W', O] (clients become channel groups: group c reads channels c*I.. and writes c*O..)."""
+  c, b = tf.shape(x)[0], tf.shape(x)[1]
+  h, w, i = x.shape[2], x.shape[3], x.shape[4]
+  kh, kw, o = kernel.shape[1], kernel.shape[2], kernel.shape[4]
+  xt = tf.reshape(tf.transpose(x, [1, 2, 3, 0, 4]), [b, h, w, c * i])
+  kt = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, i, c * o])
+  y = tf.nn.conv2d(xt, kt, strides, padding, dilations=dilations)
+  return tf.transpose(tf.reshape(y, [b, tf.shape(y)[1], tf.shape(y)[2], c, o]), [3, 0, 1, 2, 4])
+
+
+def _merged(fn):
+  """A per-example op on [B, ...] applied to [C, B, ...] by merging the client and batch axes."""
+  def stacked(x):
+    lead = tf.shape(x)[:2]
+    y = fn(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)))
+    return tf.reshape(y, tf.concat([lead, tf.shape(y)[1:]], 0))
+  return stacked
+
+
 def _layer_fn(layer, index_of) -> Callable:
-  """(weights list, x) -> y for one Keras layer; `index_of(variable)` is its position among the trainables."""
+  """(weights list, x, stacked) -> y for one Keras layer; `index_of(variable)` is its position among the
+  trainables. stacked=False: x [B, ...] and weights of one model; True: x [C, B, ...] and every weight [C, ...]."""
   layers = tf.keras.layers
   kind = type(layer).__name__
   if isinstance(layer, layers.InputLayer):
-    return lambda w, x: x
+    return lambda w, x, stacked: x
   if isinstance(layer, layers.Flatten):
-    return lambda w, x: tf.reshape(x, [tf.shape(x)[0], -1])
+    return lambda w, x, stacked: tf.reshape(x, tf.concat([tf.shape(x)[:1 + stacked], [-1]], 0))
   if isinstance(layer, layers.Reshape):
     shape = list(layer.target_shape)
-    return lambda w, x: tf.reshape(x, [tf.shape(x)[0]] + shape)
+    return lambda w, x, stacked: tf.reshape(x, tf.concat([tf.shape(x)[:1 + stacked], shape], 0))
   if isinstance(layer, layers.Dropout):
     if layer.rate:
       raise Unsupported(f'layer {layer.name} is Dropout with rate {layer.rate}')
-    return lambda w, x: x
+    return lambda w, x, stacked: x
   if isinstance(layer, layers.Activation):
     act = _activation(layer.activation)
-    return lambda w, x: act(x)
+    return lambda w, x, stacked: act(x)
   if isinstance(layer, layers.ReLU):
     if layer.max_value is not None or float(layer.negative_slope) or float(layer.threshold):
       raise Unsupported(f'layer {layer.name} is a ReLU with max_value/negative_slope/threshold')
-    return lambda w, x: tf.nn.relu(x)
+    return lambda w, x, stacked: tf.nn.relu(x)
   if isinstance(layer, (layers.Dense, layers.Conv2D)):
     act = _activation(layer.activation)
     k = index_of(layer.kernel)
     b = index_of(layer.bias) if layer.use_bias else None
     if isinstance(layer, layers.Dense):
-      linear = lambda w, x: tf.matmul(x, w[k]) if x.shape.rank == 2 else tf.tensordot(x, w[k], axes=1)  # As Keras.
+      def linear(w, x, stacked):
+        if x.shape.rank == 2 + stacked:
+          return tf.matmul(x, w[k])  # Batched over clients when stacked.
+        return tf.einsum('c...i,cio->c...o', x, w[k]) if stacked else tf.tensordot(x, w[k], axes=1)  # As Keras.
     else:
       if type(layer) is not layers.Conv2D or layer.data_format != 'channels_last' or layer.groups != 1:
         raise Unsupported(f'layer {layer.name} ({kind}) is not a channels_last Conv2D without groups')
       strides, dilations, padding = list(layer.strides), list(layer.dilation_rate), layer.padding.upper()
-      linear = lambda w, x: tf.nn.conv2d(x, w[k], strides, padding, dilations=dilations)
+
+      def linear(w, x, stacked):
+        if stacked:
+          return _grouped_conv(x, w[k], strides, padding, dilations)
+        return tf.nn.conv2d(x, w[k], strides, padding, dilations=dilations)
     if b is None:
-      return lambda w, x: act(linear(w, x))
-    return lambda w, x: act(tf.nn.bias_add(linear(w, x), w[b]))
+      return lambda w, x, stacked: act(linear(w, x, stacked))
+
+    def biased(w, x, stacked):
+      y = linear(w, x, stacked)
+      if not stacked:
+        return act(tf.nn.bias_add(y, w[b]))
+      bias = tf.reshape(w[b], tf.concat([tf.shape(w[b])[:1], tf.ones([y.shape.rank - 2], tf.int32),
+                                         tf.shape(w[b])[1:]], 0))
+      return act(y + bias)
+    return biased
   if isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D)):
     if layer.data_format != 'channels_last':
       raise Unsupported(f'layer {layer.name} is not channels_last')
     pool = tf.nn.max_pool2d if isinstance(layer, layers.MaxPooling2D) else tf.nn.avg_pool2d
     size, strides, padding = list(layer.pool_size), list(layer.strides), layer.padding.upper()
-    return lambda w, x: pool(x, size, strides, padding)
+    one = lambda x: pool(x, size, strides, padding)
+    return lambda w, x, stacked: _merged(one)(x) if stacked else one(x)
   raise Unsupported(f'layer {layer.name} ({kind}) has no functional form')
 
 
@@ -93,22 +131,39 @@ class FunctionalModel:
   def apply(self, trainable: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
     """Logits [B, K] of inputs x [B, ...] under `trainable` (list, `model.trainable_variables` order)."""
     for fn in self.layer_fns:
-      x = fn(trainable, x)
+      x = fn(trainable, x, False)
+    return x
+
+  def apply_stacked(self, trainable: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    """Logits [C, B, K] of C clients' inputs x [C, B, ...], client c under its own weights (every `trainable`
+    leaf [C, ...]): one batched matmul per Dense layer, one grouped convolution per Conv2D."""
+    for fn in self.layer_fns:
+      x = fn(trainable, x, True)
     return x
 
   def per_example_loss(self, y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """float32 [B]: the Keras loss of each example (its batch loss is the mean of these)."""
+    """float32 [B] (or [C, B] for stacked clients' y [C, B], logits [C, B, K]): the Keras loss of each example
+    (a batch loss is the mean of these)."""
+    if logits.shape.rank == 3:
+      flat = self.per_example_loss(tf.reshape(y, tf.concat([[-1], tf.shape(y)[2:]], 0)),
+                                   tf.reshape(logits, [-1, logits.shape[-1]]))
+      return tf.reshape(flat, tf.shape(logits)[:2])
     return tf.ensure_shape(tf.cast(self.loss.call(y, logits), tf.float32), [None])
 
   def metric_increments(self, y, logits, mask, batch_loss) -> list:
     """Per metric variable (flattened in `model.get_metrics()` order): what one batch adds to it, counting only the
-    rows with mask 1 (float32 [B]); a batch with no real row adds nothing. `batch_loss`: its mean loss."""
-    size = tf.reduce_sum(mask)
-    batches = tf.cast(size > 0, tf.float32)
+    rows with mask 1 (float32 [B]); a batch with no real row adds nothing. `batch_loss`: its mean loss. Stacked
+    clients (y [C, B], logits [C, B, K], mask [C, B], batch_loss [C]): the sum of their batches' increments."""
+    sizes = tf.reduce_sum(mask, axis=-1)  # [] or [C]
+    size = tf.reduce_sum(sizes)
+    batches = tf.reduce_sum(tf.cast(sizes > 0, tf.float32))
+    if logits.shape.rank == 3:
+      y = tf.reshape(y, tf.concat([[-1], tf.shape(y)[2:]], 0))
+      logits, mask = tf.reshape(logits, [-1, logits.shape[-1]]), tf.reshape(mask, [-1])
     out = []
     for kind, dtypes, fn in self.metrics:
       if kind == 'loss':
-        values = [batch_loss * size, size]
+        values = [tf.reduce_sum(batch_loss * sizes), size]
       elif kind == 'num_examples':
         values = [size]
       elif kind == 'num_batches':
