@@ -70,7 +70,7 @@ COMPONENTS = (
     C('chain', ('--aggregator=clip(1.0)>topk(0.3)>quantize(8)>median',)),
     C('adaptive_clip', ('--aggregator=adaptive_clip(0.5)>mean',)),
     C('secagg', ('--aggregator=secagg(24,0.6)>mean',)),
-    C('attack', ('--attack=sign_flip', '--byzantine_fraction=0.2')),
+    C('attack', ('--attack=sign_flip', '--byzantine_fraction=0.4')),
     # Privacy.
     C('dp', ('--dp=fixed', '--noise_multiplier=0.1')),
     C('sample_dp', ('--sample_dp', '--sample_noise_multiplier=0.5')),

@@ -39,16 +39,27 @@ def stochastic_round(y: tf.Tensor, seed=None) -> tf.Tensor:
   return tf.floor(y + u)
 
 
+_KEY_COORDINATES = 64  # Coordinates per leaf that `value_key` reads.
+_KEY_DROPPED_BITS = 15  # Low mantissa bits it ignores (float32 keeps 8 of 23).
+
+
 def value_key(seed: int, value) -> tf.Tensor:
   """int64[2] key of the rounding of a client `value` (a structure of float tensors) when the stage has a `seed`
-  (an aggregator does not know which client a value is from): [seed, hash of the value's float32 bits]. The same
-  value gets the same stream (a seeded run repeats exactly); any two distinct values, however close, get
-  independent-looking streams."""
+  (an aggregator does not know which client a value is from): [seed, hash of the value]. The hash reads 64 evenly
+  spaced coordinates per leaf to 8 mantissa bits, so two clients' values get independent-looking streams unless
+  they agree there to ~0.4%, while the last-bit differences that float summation order makes upstream (other slot,
+  worker or engine layouts) change it with probability ~2^-15 per coordinate read: a seeded run repeats."""
   digest = tf.constant(0, tf.int64)
   for leaf in tf.nest.flatten(value):
-    bits = tf.reshape(tf.cast(tf.bitcast(tf.cast(leaf, tf.float32), tf.int32), tf.int64), [-1])
-    positions = tf.range(tf.size(bits, out_type=tf.int64), dtype=tf.int64)
-    mixed = tf.math.floormod(positions * 2654435761 + 40503, 2**31)  # Knuth's multiplicative hash of the position.
+    if leaf.shape.num_elements() == 0:
+      continue
+    flat = tf.reshape(tf.cast(leaf, tf.float32), [-1])
+    size = tf.size(flat)
+    picks = tf.cast(tf.linspace(0.0, tf.cast(tf.maximum(size - 1, 0), tf.float32), _KEY_COORDINATES), tf.int32)
+    picks = tf.minimum(picks, tf.maximum(size - 1, 0))
+    coarse = tf.bitwise.bitwise_and(tf.bitcast(tf.gather(flat, picks), tf.int32), -(1 << _KEY_DROPPED_BITS))
+    bits = tf.math.floormod(tf.cast(coarse, tf.int64), 2**31)
+    mixed = tf.math.floormod(tf.range(_KEY_COORDINATES, dtype=tf.int64) * 2654435761 + 40503, 2**31)
     digest = tf.math.floormod(digest * 1000003 + tf.reduce_sum(tf.math.floormod(bits * mixed, 2**31)), 2**31)
   return tf.stack([tf.constant(seed, tf.int64), digest])
 

@@ -15,7 +15,8 @@ report attack (a dropped client sends nothing, malicious or not). The choice tra
 
 Update attacks transform the update sent to the aggregator (`transform_update`); `update_weight`, uploads (e.g.
 SCAFFOLD's control-variate deltas) and client states are not changed. `last_malicious` holds the flags of the last
-packed cohort (reporting clients, in order) for the training loop's `AttackHook`.
+round's packed cohorts (reporting clients, in order; a hierarchical round's clusters one after another) for the
+training loop's `AttackHook`.
 """
 
 import collections
@@ -86,13 +87,20 @@ class ByzantineAttack(extension.Extension):
     self.scale, self.noise_std, self.num_classes = scale, noise_std, num_classes
     self.last_round: Optional[int] = None
     self.last_malicious: list[bool] = []
+    self._round_sampled: set = set()
 
   def field_specs(self):
     return collections.OrderedDict(malicious=tf.TensorSpec([], tf.int32))
 
   def fields(self, round_num, client_ids, sampled):
     bad = choose_byzantine(sampled, self.fraction, self.seed, round_num)
-    self.last_round, self.last_malicious = round_num, [cid in bad for cid in client_ids]
+    flags = [cid in bad for cid in client_ids]
+    # A hierarchical round packs each cluster's cohort (disjoint sampled sets) in turn: the round's flags are all of
+    # them, in that order. The same round packed again (a re-run) replaces them.
+    more = round_num == self.last_round and not self._round_sampled & set(sampled)
+    self.last_malicious = self.last_malicious + flags if more else flags
+    self._round_sampled = self._round_sampled | set(sampled) if more else set(sampled)
+    self.last_round = round_num
     return collections.OrderedDict(malicious=np.array(self.last_malicious, np.int32))
 
   def has(self, method):

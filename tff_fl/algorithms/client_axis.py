@@ -118,19 +118,27 @@ def _stack(t, num):
 
 
 def _step_fn(fm: functional.FunctionalModel, call: Call):
-  """(weights, opt state, batch, mask, anchor, correction, masks) -> (opt state, weights, sizes [c], losses [c],
-  metric increments): one local step of `local_training.train` for c stacked clients on the functional model
-  (rows with mask 0 are padding and count for nothing). Every client's loss is the mean over its real rows, so the
-  gradient of their sum gives each client its own gradient."""
+  """(weights, opt state, batch, mask, anchor, correction, masks, shared) -> (opt state, weights, sizes [c],
+  losses [c], metric increments): one local step of `local_training.train` for c stacked clients on the functional
+  model (rows with mask 0 are padding and count for nothing). Every client's loss is the mean over its real rows,
+  so the gradient of their sum gives each client its own gradient. `shared`: the weights are one set for every
+  client (the broadcast), run as one matmul per layer (`apply_shared`); else each leaf is [c, ...]."""
 
-  def step(weights, opt_state, batch, mask, anchor, correction, masks):
+  def step(weights, opt_state, batch, mask, anchor, correction, masks, shared):
+    taps = []
     with tf.GradientTape() as tape:
       tape.watch(weights)
-      logits = fm.apply_stacked(list(weights), batch['x'])
+      logits = (fm.apply_shared(list(weights), batch['x'], taps) if shared
+                else fm.apply_stacked(list(weights), batch['x']))
       sizes = tf.reduce_sum(mask, axis=1)
       losses = tf.reduce_sum(fm.per_example_loss(batch['y'], logits) * mask, axis=1) / tf.maximum(sizes, 1.0)
       total = tf.reduce_sum(losses)
-    grads = tape.gradient(total, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if shared:
+      deltas = tape.gradient(total, [t[3] for t in taps], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      grads = fm.dense_gradients(len(weights), taps, deltas)
+      weights = tuple(tf.broadcast_to(w, tf.shape(g)) for w, g in zip(weights, grads))  # The optimizer's shapes.
+    else:
+      grads = tape.gradient(total, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     opt_state, updated = local_training.descend(call.optimizer, opt_state, weights, tuple(grads),
                                                 proximal_mu=call.proximal_mu, anchor=anchor, correction=correction,
                                                 masks=masks)
@@ -150,10 +158,13 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
   mask) of one client's step i, mapped over the clients with `tf.vectorized_map`."""
   num = tf.shape(client_steps)[0]
   flat = lambda name: tuple(tf.nest.flatten(args[name])) if name in args else None
-  start = (tuple(_stack(t, num) for t in tf.nest.flatten(broadcast.trainable)) if call.shared_start
+  # Clients starting from the broadcast share their first step's weights (one matmul per layer) if the model
+  # allows it; else the start is stacked.
+  shared = call.shared_start and fm.shared_step
+  broadcast_flat = tuple(tf.nest.flatten(broadcast.trainable))
+  start = (broadcast_flat if shared else tuple(_stack(t, num) for t in broadcast_flat) if call.shared_start
            else flat('start'))
-  anchor = flat('anchor') if call.has_anchor else start  # `train`'s anchor defaults to its start.
-  per_client = dict(anchor=anchor, correction=flat('correction'), masks=flat('masks'))
+  per_client = dict(anchor=flat('anchor'), correction=flat('correction'), masks=flat('masks'))
   specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in tf.nest.flatten(broadcast.trainable))
   opt_state = tf.nest.map_structure(
       lambda t: _stack(t, num) if t.shape.rank else t,
@@ -164,14 +175,18 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
     pick = (lambda t: t) if rows is None else (lambda t: tf.gather(t, rows))
     return tf.vectorized_map(lambda client: batch_fn(client, i), tf.nest.map_structure(pick, clients))
 
-  def run_step(i, weights, opt_state, rows=None):
+  def run_step(i, weights, opt_state, rows=None, shared_weights=False):
     pick = (lambda t: t) if rows is None else (lambda t: tf.gather(t, rows))
     extra = {k: None if v is None else tuple(pick(t) for t in v) for k, v in per_client.items()}
+    anchor = extra['anchor']
+    if anchor is None:  # `train`'s anchor defaults to its start (shared: no rows to pick).
+      anchor = start if shared else tuple(pick(t) for t in start)
     batch, mask = batches(i, rows)
-    return step(tuple(pick(w) for w in weights), opt_state, batch, mask, extra['anchor'], extra['correction'],
-                extra['masks'])
+    weights = weights if shared_weights else tuple(pick(w) for w in weights)
+    return step(weights, opt_state, batch, mask, anchor, extra['correction'], extra['masks'], shared_weights)
 
-  opt_state, weights, sizes, losses, increments = run_step(tf.constant(0), start, opt_state)
+  opt_state, weights, sizes, losses, increments = run_step(tf.constant(0), start, opt_state, shared_weights=shared)
+  weights = tuple(tf.broadcast_to(w, tf.concat([[num], tf.shape(b)], 0)) for w, b in zip(weights, broadcast_flat))
   examples = tf.cast(sizes, tf.int64)
   steps = tf.cast(sizes > 0, tf.int64)
   loss_sums = tf.cast(losses, tf.float64) * tf.cast(sizes, tf.float64)
@@ -204,7 +219,8 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
   finite = tf.reduce_all(tf.stack([tf.reduce_all(rows_of(tf.math.is_finite(d)), axis=1) for d in delta], 1), 1)
   good = tf.logical_and(finite, steps > 0)
   finite = tf.logical_or(finite, tf.equal(steps, 0))  # A client without steps has a (zero) finite update.
-  delta = [tf.where(tf.reshape(good, [-1] + [1] * (d.shape.rank - 1)), d, tf.zeros_like(d)) for d in delta]
+  delta = tf.cond(tf.reduce_all(good), lambda: delta, lambda: [  # Usually all good: skip a pass over the updates.
+      tf.where(tf.reshape(good, [-1] + [1] * (d.shape.rank - 1)), d, tf.zeros_like(d)) for d in delta])
   results = local_training.result(tf.nest.pack_sequence_as(broadcast.trainable, delta),
                                   tf.cast(tf.logical_not(finite), tf.int32), call.weighting, num_examples, steps,
                                   loss_sum)

@@ -100,7 +100,10 @@ def _layer_fn(layer, index_of) -> Callable:
           return _grouped_conv(x, w[k], strides, padding, dilations)
         return tf.nn.conv2d(x, w[k], strides, padding, dilations=dilations)
     if b is None:
-      return lambda w, x, stacked: act(linear(w, x, stacked))
+      fn = lambda w, x, stacked: act(linear(w, x, stacked))
+      if isinstance(layer, layers.Dense):
+        fn.dense = (k, None, act)
+      return fn
 
     def biased(w, x, stacked):
       y = linear(w, x, stacked)
@@ -109,6 +112,8 @@ def _layer_fn(layer, index_of) -> Callable:
       bias = tf.reshape(w[b], tf.concat([tf.shape(w[b])[:1], tf.ones([y.shape.rank - 2], tf.int32),
                                          tf.shape(w[b])[1:]], 0))
       return act(y + bias)
+    if isinstance(layer, layers.Dense):
+      biased.dense = (k, b, act)
     return biased
   if isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D)):
     if layer.data_format != 'channels_last':
@@ -127,6 +132,7 @@ class FunctionalModel:
   loss: tf.keras.losses.Loss
   metrics: tuple  # Per metric of `model.get_metrics()`: (kind, variable dtypes, Keras fn or None).
   layer_kinds: tuple = ()  # Keras class name of each layer.
+  shared_step: bool = False  # Every weighted layer is a Dense layer on [B, features] (`apply_shared` applies).
 
   def apply(self, trainable: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
     """Logits [B, K] of inputs x [B, ...] under `trainable` (list, `model.trainable_variables` order)."""
@@ -140,6 +146,38 @@ class FunctionalModel:
     for fn in self.layer_fns:
       x = fn(trainable, x, True)
     return x
+
+  def apply_shared(self, trainable: Sequence[tf.Tensor], x: tf.Tensor, taps: list) -> tf.Tensor:
+    """Logits [C, B, K] of C clients' inputs x [C, B, ...] under ONE set of weights (each Dense layer is one
+    matmul over all C*B rows), for clients that start from the same weights. Every Dense layer appends
+    (kernel index, bias index or None, its input [C, B, i], its pre-activation [C, B, o]) to `taps`, from which
+    `dense_gradients` gives each client its own gradient. Needs `shared_step`."""
+    for fn in self.layer_fns:
+      dense = getattr(fn, 'dense', None)
+      if dense is None:
+        x = fn(trainable, x, True)
+        continue
+      k, b, act = dense
+      lead = tf.shape(x)[:2]
+      pre = tf.reshape(tf.matmul(tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]])), trainable[k]),
+                       tf.concat([lead, tf.shape(trainable[k])[1:]], 0))
+      if b is not None:
+        pre += trainable[b]
+      taps.append((k, b, x, pre))
+      x = act(pre)
+    return x
+
+  @staticmethod
+  def dense_gradients(num_weights: int, taps: list, deltas: list) -> list:
+    """Per-client gradients [C, ...] of every weight (trainable order) from `apply_shared`'s taps and the gradients
+    `deltas` of the clients' summed loss w.r.t. the taps' pre-activations: kernel_c = input_c^T delta_c (one
+    batched matmul), bias_c = the sum of delta_c over the client's rows."""
+    grads = [None] * num_weights
+    for (k, b, inputs, _), delta in zip(taps, deltas):
+      grads[k] = tf.matmul(inputs, delta, transpose_a=True)
+      if b is not None:
+        grads[b] = tf.reduce_sum(delta, axis=1)
+    return grads
 
   def per_example_loss(self, y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """float32 [B] (or [C, B] for stacked clients' y [C, B], logits [C, B, K]): the Keras loss of each example
@@ -212,5 +250,8 @@ def from_model(model) -> FunctionalModel:
   if used != set(positions.values()):
     raise Unsupported('some trainable weights are not read by the supported layers')
   metrics = tuple(_metric_entry(m) for m in model.get_metrics())
-  return FunctionalModel(layer_fns, loss_fns[0], metrics, tuple(type(l).__name__ for l in keras_model.layers))
+  shared_step = all(not layer.trainable_weights or (hasattr(fn, 'dense') and len(layer.input_shape) == 2)
+                    for layer, fn in zip(keras_model.layers, layer_fns))
+  return FunctionalModel(layer_fns, loss_fns[0], metrics, tuple(type(l).__name__ for l in keras_model.layers),
+                         shared_step)
 
