@@ -29,7 +29,7 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
                   client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
                   extensions: Sequence[extension_lib.Extension] = (), seed: int = 0, num_slots: int = 1,
                   store=None, runtime: Optional[str] = None,
-                  client_axis: Optional[bool] = False) -> process_lib.EngineProcess:
+                  client_axis: Optional[bool] = None) -> process_lib.EngineProcess:
   """`EngineProcess` running `algorithm` on `train_arrays` (client id -> (x, y)).
 
   Args:
@@ -48,9 +48,9 @@ def build_process(algorithm: definition.Algorithm, model_fn, train_arrays: Mappi
       algorithms only); default in memory.
     runtime: 'local' (one slot, run in this process; the default for one slot) or 'tff' (the installed TFF
       execution context; the default for several slots).
-    client_axis: run a slot's clients together on a client axis (None: whenever the model, algorithm and
-      extensions allow it, else sequentially with the reason logged; True: required; False, the default for now:
-      sequentially; the client axis's first round traces for ~30 s, README).
+    client_axis: run a slot's clients together on a client axis (None, the default: whenever the model,
+      algorithm and extensions allow it, else sequentially with the reason logged; True: required; False:
+      sequentially).
   """
   algorithm.validate()
   runtime = process_lib.resolve_runtime(runtime, num_slots)

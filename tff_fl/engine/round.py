@@ -134,11 +134,11 @@ def build_round(algorithm: definition.Algorithm, model_fn, client_optimizer: tff
                 model_aggregator=None,
                 client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
                 extensions: Sequence[extension_lib.Extension] = (),
-                parts: Optional[RoundParts] = None, client_axis: Optional[bool] = False) -> Round:
+                parts: Optional[RoundParts] = None, client_axis: Optional[bool] = None) -> Round:
   """The round (module docstring); `slot_type` from `Packer.slot_type()`. `client_axis`: run a slot's clients
-  together on a client axis (`slot_training.train_vectorized`); None = whenever the model, algorithm and
-  extensions allow it (otherwise sequentially, with the reason logged), True = required (ValueError naming the
-  reason otherwise), False (the default for now: the client axis's first round traces for ~30 s) = sequentially."""
+  together on a client axis (`slot_training.train_vectorized`); None (default) = whenever the model, algorithm
+  and extensions allow it (otherwise sequentially, with the reason logged), True = required (ValueError naming the
+  reason otherwise), False = sequentially."""
   if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
     raise TypeError(f'client_optimizer must be a tff.learning.optimizers.Optimizer; got {type(client_optimizer)}.')
   parts = parts or RoundParts(algorithm, model_fn, extensions)
@@ -153,7 +153,7 @@ class RoundFunctions:
   wraps each function in a `tff.tensorflow.computation`; `tff_fl.engine.local_round` calls them in one graph."""
 
   def __init__(self, parts: RoundParts, client_optimizer, server_optimizer, *, batch_size: int, model_aggregator,
-               client_weighting, client_axis: Optional[bool] = False):
+               client_weighting, client_axis: Optional[bool] = None):
     self.parts, self.client_optimizer, self.batch_size = parts, client_optimizer, batch_size
     self.client_weighting = client_weighting
     self.server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(
