@@ -135,13 +135,18 @@ def _outputs(fns, model, acc, upload, arrays):
       (e.name, arrays[VECTOR + e.name]) for e in fns.vectored)
 
 
+def _accumulator_shapes(zero_acc):
+  """Loop shape invariants of the aggregator's accumulator: robust aggregators' accumulators grow with the
+  clients (they start as [0, d] and gain a row per client), so a 0 dimension is left open."""
+  return tf.nest.map_structure(lambda t: tf.TensorShape([None if d == 0 else d for d in t.shape.as_list()]),
+                               zero_acc)
+
+
 def _accumulate(fns, client_input, updates, weights, num):
   """The aggregator's client part over clients 0..num-1 in order (`updates`/`weights` stacked on a client axis)."""
   agg = fns.agg
   zero_acc = agg.zero()
-  # Accumulators of robust aggregators grow with the clients: they start as [0, d] and gain a row per client.
-  acc_shapes = tf.nest.map_structure(
-      lambda t: tf.TensorShape([None if d == 0 else d for d in t.shape.as_list()]), zero_acc)
+  acc_shapes = _accumulator_shapes(zero_acc)
 
   def body(c, acc):
     pick = lambda t: t[c]
@@ -174,8 +179,7 @@ def train_sequential(fns, model, weights, extra, ext_bcast, client_input, slot):
   zero_upload = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
                                       tff.types.type_to_tf_tensor_specs(parts.upload_type))
   zero_acc = agg.zero()
-  acc_shapes = tf.nest.map_structure(
-      lambda t: tf.TensorShape([None if d == 0 else d for d in t.shape.as_list()]), zero_acc)
+  acc_shapes = _accumulator_shapes(zero_acc)
   invariants = (tf.TensorShape([]), acc_shapes, tf.nest.map_structure(lambda t: t.shape, zero_upload),
                 collections.OrderedDict((k, tf.TensorShape([])) for k in arrays))
   _, acc, upload, arrays = tf.while_loop(lambda c, *_: c < num, body,
