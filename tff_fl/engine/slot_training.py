@@ -7,12 +7,11 @@ state float32[C, S], <extension>__<measurement> [C]) and the aggregate-pass vect
 
 * `train_sequential`: a `tf.while_loop` over clients on the Keras `VariableModel` (any model).
 * `train_vectorized`: every client's `algorithm.client_update` mapped over the client axis with `tf.vectorized_map`
-  (FedJAX's `for_each_client`) on the model's functional form (`tff_fl.models.functional`): per-client weights are
-  stacked on a leading axis, matmuls become batched matmuls, and the first local step, where every client starts
-  from the broadcast weights, is one matmul over the whole cohort; local training runs in
-  `tff_fl.algorithms.client_axis` (later steps only on the clients that have them; a client's last batch padded
-  and masked, `packing.padded_batch`). The aggregator's client part then runs per client, as in the sequential
-  form.
+  (FedJAX's `for_each_client`) on the model's functional form (`tff_fl.models.functional`), while local training
+  runs outside the map on stacked weights (`tff_fl.algorithms.client_axis`: batched matmuls; the first local step,
+  where every client starts from the broadcast weights, is one matmul over the whole cohort; later steps only on
+  the clients that have them; a client's last batch padded and masked, `packing.padded_batch`). The aggregator's
+  client part then runs per client, as in the sequential form.
 
 `client_axis_reason(...)` says why a round cannot run on the client axis ('' when it can); the round falls back
 to the sequential form and logs the reason.
@@ -52,9 +51,8 @@ def field_specs(extensions: Sequence[extension_lib.Extension]) -> collections.Or
 def client_axis_reason(algorithm, extensions, model_fn,
                        required: bool = False) -> tuple[Optional[functional.FunctionalModel], str]:
   """(the functional model, '') if the round's clients should run on a client axis, else (None, why not).
-  Convolutional models run sequentially unless `required`: `tf.vectorized_map` has no batched kernel for a
-  convolution with per-client filters and loops over the clients (slower than sequential clients: 1.11x on the
-  digits CNN, 20 clients x 40 examples)."""
+  Convolutional models run sequentially unless `required`: per-client filters make the axis's convolution a
+  grouped convolution over the clients' channels, which does no less work than one client at a time (README)."""
   for part in [algorithm] + list(extensions):
     if not part.client_axis:
       return None, f'{type(part).__name__} runs its clients one at a time ({part.client_axis_note})'
