@@ -22,6 +22,7 @@ from tff_fl.algorithms import extension
 from tff_fl.algorithms import local_training
 from tff_fl.algorithms import dp_sgd_client
 from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import error_feedback
 from tff_fl.algorithms import fed_sgd
 from tff_fl.algorithms import feddyn
 from tff_fl.algorithms import fednova
@@ -161,6 +162,10 @@ def test_rounds_the_client_axis_cannot_express_fall_back_and_say_why(task, monke
                                       client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1))
   assert process.client_execution.startswith('sequential (FedSGD runs its clients one at a time')
   assert any('sequential (FedSGD' in s for s in said)
+  wrapped = engine.build_task_process(error_feedback.TopKErrorFeedback(fed_sgd.FedSGD(), 0.3), task, epochs=1,
+                                      batch_size=BATCH, seed=0, client_axis=None,
+                                      client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1))
+  assert wrapped.client_execution.startswith('sequential (FedSGD runs its clients one at a time')
   with pytest.raises(ValueError, match='client_axis=True.*SampleDP runs its clients one at a time'):
     engine.build_task_process(fed_avg.FedAvg(), task, epochs=1, batch_size=BATCH, seed=0, client_axis=True,
                               client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1),

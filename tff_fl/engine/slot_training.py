@@ -54,7 +54,10 @@ def client_axis_reason(algorithm, extensions, model_fn,
   Convolutional models run sequentially unless `required`: per-client filters make the axis's convolution a
   grouped convolution over the clients' channels, measured at 0.93x the time of sequential clients (README), too
   little gain for a default."""
-  for part in [algorithm] + list(extensions):
+  wrapped = [algorithm]  # A wrapper (e.g. top-k error feedback) runs its inner algorithm's client update.
+  while isinstance(getattr(wrapped[-1], 'inner', None), definition.Algorithm):
+    wrapped.append(wrapped[-1].inner)
+  for part in wrapped + list(extensions):
     if not part.client_axis:
       return None, f'{type(part).__name__} runs its clients one at a time ({part.client_axis_note})'
   with tf.Graph().as_default():
