@@ -9,6 +9,8 @@ masked batch (`metric_increments`), so the round's unfinalized metrics equal the
   fm = functional.from_model(model)          # raises Unsupported(reason) for what it cannot express
   logits = fm.apply(trainable, x)            # trainable: list in `model.trainable_variables` order; x [B, ...]
   losses = fm.per_example_loss(y, logits)    # [B]; the batch loss is their mean over the real examples
+  logits = fm.apply_stacked(stacked, xs)     # C clients at once: every weight [C, ...], xs [C, B, ...]
+  logits = fm.apply_shared(trainable, xs, taps)  # C clients from one set of weights; fm.dense_gradients(...)
 
 Supported: `tf.keras.Sequential` models of InputLayer, Flatten, Reshape, Dense, Conv2D (channels_last, no
 groups), MaxPooling2D, AveragePooling2D, Activation, ReLU and Dropout(rate=0), with no regularization losses and no
