@@ -64,6 +64,16 @@ def value_key(seed: int, value) -> tf.Tensor:
   return tf.stack([tf.constant(seed, tf.int64), digest])
 
 
+def leaf_keys(seed: Optional[int], value) -> list:
+  """Per leaf of `value`, the int64[2] key of its rounding: `value_key(seed, value)` folded with the leaf's index;
+  all None when `seed` is None (unseeded rounding)."""
+  leaves = tf.nest.flatten(value)
+  if seed is None:
+    return [None] * len(leaves)
+  base = value_key(seed, value)
+  return [tf.random.experimental.stateless_fold_in(base, i) for i in range(len(leaves))]
+
+
 def _stochastic_quantize(x: tf.Tensor, bits: int, key=None) -> tf.Tensor:
   """Unbiased stochastic rounding of `x` to a (2^bits)-level grid on [min(x), max(x)]; returns decoded floats.
   `key`: int64[2] stateless key of the rounding (None: unseeded)."""
@@ -163,10 +173,8 @@ def quantize(bits: int, inner: Optional[tff.aggregators.AggregationFactory] = No
 
   def encode(value, value_type):
     del value_type  # Per-leaf encoding.
-    leaves = tf.nest.flatten(value)
-    base = None if seed is None else value_key(seed, value)
-    keys = [None if base is None else tf.random.experimental.stateless_fold_in(base, i) for i in range(len(leaves))]
-    return tf.nest.pack_sequence_as(value, [_stochastic_quantize(x, bits, k) for x, k in zip(leaves, keys)])
+    return tf.nest.pack_sequence_as(value, [_stochastic_quantize(x, bits, k) for x, k in
+                                            zip(tf.nest.flatten(value), leaf_keys(seed, value))])
 
   def wire_bits(value_type):
     return bits * flat.flat_size(value_type) + 64 * len(flat.leaf_types(value_type))

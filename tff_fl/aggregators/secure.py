@@ -64,16 +64,13 @@ class ClippedSecureSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(value_type)
     def encode(value):
-      base = None if self._seed is None else compression.value_key(self._seed, value)
-
-      def one(x, i):
+      def one(x, key):
         x = tf.cast(x, tf.float32)
         scaled = (tf.clip_by_value(x, -r, r) + r) / step
-        key = None if base is None else tf.random.experimental.stateless_fold_in(base, i)
         q = tf.clip_by_value(compression.stochastic_round(scaled, key), 0.0, levels)
         return tf.cast(q, tf.int32), tf.reduce_sum(tf.cast(tf.abs(x) > r, tf.int32))
 
-      pairs = [one(x, i) for i, x in enumerate(tf.nest.flatten(value))]
+      pairs = [one(x, k) for x, k in zip(tf.nest.flatten(value), compression.leaf_keys(self._seed, value))]
       ints = tf.nest.pack_sequence_as(value, [q for q, _ in pairs])
       return ints, tf.add_n([c for _, c in pairs]), tf.constant(1, tf.int32)
 

@@ -11,8 +11,8 @@ iteration). So `client_update` is traced in stages, with a `ClientAxisModel` as 
   last stage (no new call): the map's outputs are the clients' real outputs.
 
 Unused work of a recording stage (the update math after the call) feeds no output, so TF prunes it.
-`train_stacked` steps the clients together without `tf.vectorized_map` (whose conversion of a whole training step
-cost ~10 s of tracing per round function): weights are stacked [C, ...], the forward pass is the functional
+`train_stacked` steps the clients together without `tf.vectorized_map` (converting a whole training step was most
+of the first version's ~30 s first round, README): weights are stacked [C, ...], the forward pass is the functional
 model's `apply_stacked` (a batched matmul per Dense layer, a grouped convolution per Conv2D), the gradient of the
 sum of the clients' mean losses is each client's own gradient, and the optimizer steps all clients at once, which
 holds for elementwise optimizers only (`_ELEMENTWISE`; others run sequentially). A later step runs only on the
@@ -50,9 +50,6 @@ class Call:
   proximal_mu: float
   track_metrics: bool
   shared_start: bool
-  has_anchor: bool
-  has_correction: bool
-  has_masks: bool
 
 
 class ClientAxisModel:
@@ -80,8 +77,7 @@ class ClientAxisModel:
                                    'steps elementwise (SGD(M), Adam, AdamW, Adagrad, RMSProp, Yogi)')
     shared = initial_weights is self.broadcast
     if self.recorded is None:
-      call = Call(optimizer, weighting, float(proximal_mu), bool(track_metrics), shared, anchor is not None,
-                  correction is not None, options.masks is not None)
+      call = Call(optimizer, weighting, float(proximal_mu), bool(track_metrics), shared)
       args = collections.OrderedDict(
           start=None if shared else initial_weights.trainable,
           anchor=None if anchor is None else anchor.trainable, correction=correction, masks=options.masks)
@@ -185,8 +181,8 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
     weights = weights if shared_weights else tuple(pick(w) for w in weights)
     return step(weights, opt_state, batch, mask, anchor, extra['correction'], extra['masks'], shared_weights)
 
+  # Step 0's weights come back stacked [C, ...] (from a shared start, the optimizer stepped them broadcast).
   opt_state, weights, sizes, losses, increments = run_step(tf.constant(0), start, opt_state, shared_weights=shared)
-  weights = tuple(tf.broadcast_to(w, tf.concat([[num], tf.shape(b)], 0)) for w, b in zip(weights, broadcast_flat))
   examples = tf.cast(sizes, tf.int64)
   steps = tf.cast(sizes > 0, tf.int64)
   loss_sums = tf.cast(losses, tf.float64) * tf.cast(sizes, tf.float64)
