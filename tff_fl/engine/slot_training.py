@@ -137,26 +137,18 @@ def _outputs(fns, model, acc, upload, arrays):
       (e.name, arrays[VECTOR + e.name]) for e in fns.vectored)
 
 
-def _accumulator_shapes(zero_acc):
-  """Loop shape invariants of the aggregator's accumulator: robust aggregators' accumulators grow with the
-  clients (they start as [0, d] and gain a row per client), so a 0 dimension is left open."""
-  return tf.nest.map_structure(lambda t: tf.TensorShape([None if d == 0 else d for d in t.shape.as_list()]),
-                               zero_acc)
-
-
 def _accumulate(fns, client_input, updates, weights, num):
   """The aggregator's client part over clients 0..num-1 in order (`updates`/`weights` stacked on a client axis)."""
   agg = fns.agg
-  zero_acc = agg.zero()
-  acc_shapes = _accumulator_shapes(zero_acc)
+  carry = agg.fold_start(num)
 
-  def body(c, acc):
+  def body(c, carry):
     pick = lambda t: t[c]
-    return c + 1, agg.accumulate_client(acc, tf.nest.map_structure(pick, updates),
-                                        tf.nest.map_structure(pick, weights), client_input)
+    return c + 1, agg.fold_add(carry, c, tf.nest.map_structure(pick, updates), tf.nest.map_structure(pick, weights),
+                          client_input)
 
-  return tf.while_loop(lambda c, _: c < num, body, (tf.constant(0), zero_acc),
-                       shape_invariants=(tf.TensorShape([]), acc_shapes))[1]
+  return agg.fold_end(tf.while_loop(lambda c, _: c < num, body, (tf.constant(0), carry),
+                                  shape_invariants=(tf.TensorShape([]), agg.fold_invariants(carry)))[1])
 
 
 def train_sequential(fns, model, weights, extra, ext_bcast, client_input, slot):
@@ -171,7 +163,7 @@ def train_sequential(fns, model, weights, extra, ext_bcast, client_input, slot):
     ctx = definition.ClientContext(model, weights, extra, parts.client_state_struct(slot['state'][c]), data,
                                    fns.client_optimizer, fns.client_weighting, options)
     update, weight, upload, values = _client_result(fns, ctx, infos, bcast)
-    acc = agg.accumulate_client(acc, update, weight, client_input)
+    acc = agg.fold_add(acc, c, update, weight, client_input)
     upload_acc = tf.nest.map_structure(tf.add, upload_acc, upload)
     arrays = collections.OrderedDict((k, arrays[k].write(c, values[k])) for k in arrays)
     return c + 1, acc, upload_acc, arrays
@@ -180,14 +172,15 @@ def train_sequential(fns, model, weights, extra, ext_bcast, client_input, slot):
       (k, tf.TensorArray(tf.float32, size=num, element_shape=s)) for k, s in _per_client_shapes(fns).items())
   zero_upload = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
                                       tff.types.type_to_tf_tensor_specs(parts.upload_type))
-  zero_acc = agg.zero()
-  acc_shapes = _accumulator_shapes(zero_acc)
-  invariants = (tf.TensorShape([]), acc_shapes, tf.nest.map_structure(lambda t: t.shape, zero_upload),
+  carry = agg.fold_start(num)
+  invariants = (tf.TensorShape([]), agg.fold_invariants(carry),
+                tf.nest.map_structure(lambda t: t.shape, zero_upload),
                 collections.OrderedDict((k, tf.TensorShape([])) for k in arrays))
   _, acc, upload, arrays = tf.while_loop(lambda c, *_: c < num, body,
-                                         (tf.constant(0), zero_acc, zero_upload, arrays),
+                                         (tf.constant(0), carry, zero_upload, arrays),
                                          shape_invariants=invariants)
-  return _outputs(fns, model, acc, upload, collections.OrderedDict((k, a.stack()) for k, a in arrays.items()))
+  arrays = collections.OrderedDict((k, a.stack()) for k, a in arrays.items())
+  return _outputs(fns, model, agg.fold_end(acc), upload, arrays)
 
 
 def train_vectorized(fns, model, functional_model, weights, extra, ext_bcast, client_input, slot):
