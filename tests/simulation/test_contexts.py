@@ -7,6 +7,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 _SCRIPT = r'''
 import numpy as np, tensorflow_federated as tff
@@ -97,3 +98,29 @@ def test_training_binary_stopped_by_sigterm_leaves_no_worker(tmp_path):
   finally:
     if proc.poll() is None:
       proc.kill()
+
+
+def test_a_worker_that_dies_during_start_up_is_started_again(monkeypatch):
+  from tff_fl.simulation import contexts  # pylint: disable=g-import-not-at-top
+  real_start, started = contexts.start_worker, []
+
+  def start_worker(**kwargs):
+    if len(started) < 2:  # The first two die as the gRPC segfault did (SIGSEGV, returncode -11).
+      proc = subprocess.Popen([sys.executable, '-c', 'import os, signal; os.kill(os.getpid(), signal.SIGSEGV)'])
+      started.append(proc)
+      return proc, 1
+    proc, port = real_start(**kwargs)
+    started.append(proc)
+    return proc, port
+
+  monkeypatch.setattr(contexts, 'start_worker', start_worker)
+  worker = contexts._ManagedWorker(None)  # pylint: disable=protected-access
+  try:
+    assert worker.get_stub().is_ready
+    assert [p.returncode for p in started[:2]] == [-signal.SIGSEGV] * 2 and started[2].poll() is None
+  finally:
+    worker.close()
+  monkeypatch.setattr(contexts, 'start_worker', lambda **kwargs: (
+      subprocess.Popen([sys.executable, '-c', 'raise SystemExit(3)']), 1))
+  with pytest.raises(RuntimeError, match='exited with code 3 during start-up, 3 times'):
+    contexts._ManagedWorker(None).get_stub()  # pylint: disable=protected-access

@@ -48,6 +48,7 @@ WORKER_BINARY = os.path.normpath(
     os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary'))
 _PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT_S = 60.0
+_START_ATTEMPTS = 3
 
 _lock = threading.Lock()
 _workers: list[subprocess.Popen] = []
@@ -125,22 +126,28 @@ class _ManagedWorker:
     self._stub = None
 
   def get_stub(self) -> remote_executor_grpc_stub.RemoteExecutorGrpcStub:
+    """The live worker's stub; (re)starts the worker if needed. A worker that dies during start-up (seen: a
+    segfault in gRPC's event engine on a loaded machine) is started again, up to `_START_ATTEMPTS` times."""
     if self._stub is not None and self._proc.poll() is None and self._stub.is_ready:
       return self._stub
-    if self._proc is not None:
-      stop_worker(self._proc)
-    self._proc, port = start_worker(log_path=self._log_path)
-    channel = grpc.insecure_channel(f'localhost:{port}', tff_executor_factory._GRPC_CHANNEL_OPTIONS)  # pylint: disable=protected-access
-    self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    while not self._stub.is_ready:
-      if self._proc.poll() is not None:
-        raise RuntimeError(f'TFF worker_binary exited with code {self._proc.returncode} during start-up.')
-      if time.monotonic() > deadline:
+    for attempt in range(1, _START_ATTEMPTS + 1):
+      if self._proc is not None:
         stop_worker(self._proc)
-        raise RuntimeError(f'TFF worker_binary did not become ready within {_READY_TIMEOUT_S:.0f}s.')
-      time.sleep(0.05)
-    return self._stub
+      self._proc, port = start_worker(log_path=self._log_path)
+      channel = grpc.insecure_channel(f'localhost:{port}', tff_executor_factory._GRPC_CHANNEL_OPTIONS)  # pylint: disable=protected-access
+      self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
+      deadline = time.monotonic() + _READY_TIMEOUT_S
+      while not self._stub.is_ready and self._proc.poll() is None:
+        if time.monotonic() > deadline:
+          stop_worker(self._proc)
+          raise RuntimeError(f'TFF worker_binary did not become ready within {_READY_TIMEOUT_S:.0f}s.')
+        time.sleep(0.05)
+      if self._proc.poll() is None:
+        return self._stub
+      logging.warning('TFF worker_binary exited with code %s during start-up (attempt %d of %d).',
+                      self._proc.returncode, attempt, _START_ATTEMPTS)
+    raise RuntimeError(f'TFF worker_binary exited with code {self._proc.returncode} during start-up, '
+                       f'{_START_ATTEMPTS} times.')
 
   def close(self):
     if self._proc is not None:
