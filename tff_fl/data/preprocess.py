@@ -5,13 +5,13 @@ What a client does to its raw training examples each round, in order:
 
   example order: the task's E seeded permutations, or per epoch a shuffle buffer of `shuffle_buffer` examples
                  (`buffered_shuffle`), cut to the first `max_batches` * B examples (`take`)
-  each example:  augment (`augment_image`, seeded per client, round and example) ► normalise ((x - mean) / std)
+  each example:  augment (`augment_batch`, seeded per client, round and example) ► normalise ((x - mean) / std)
 
-Randomness is stateless. An example's augmentation seed is `stateless_fold_in([client_round_seed, AUGMENT_STREAM],
-k)`, k its position in the client's round stream (epochs included), client_round_seed the engine's per-client seed
-of the round (`tasks.derived_seed(seed, round, client)`), and each augmentation a split of that: the same (seed,
-client, round) gives the same examples on any machine, after a resume and for any batch size; another round other
-draws. Per-client normalisation statistics are the scalar mean and population std over all features of the
+Randomness is stateless: an example's draws are a hash of (client_round_seed, AUGMENT_STREAM, k, augmentation,
+draw), k its position in the client's round stream (epochs included), client_round_seed the engine's per-client
+seed of the round (`tasks.derived_seed(seed, round, client)`): the same (seed, client, round) gives the same
+examples on any machine, after a resume, for any batch size and with clients run one at a time or on a client
+axis; another round other draws. A batch is augmented at once (no per-example loop). Per-client normalisation statistics are the scalar mean and population std over all features of the
 client's raw training examples (float64, std floored at 1e-6). Evaluation is never augmented; it is normalised with
 the same statistics as the client's training data (`normalized_eval_arrays`).
 """
@@ -67,47 +67,76 @@ class PreprocessSpec:
                          f'crops back to {shape[0]}x{shape[1]}); got resize({int(op.args[0])}).')
 
 
-def augment_image(image: tf.Tensor, ops: Sequence[augment_spec.Op], seed: tf.Tensor) -> tf.Tensor:
-  """Applies `ops` in order to one image [H, W, C]; `seed` is an int64 [2] stateless seed."""
-  if not ops:
-    return image
-  height, width, channels = image.shape
-  seeds = tf.random.experimental.stateless_split(seed, num=len(ops))
-  for i, op in enumerate(ops):
-    s = seeds[i]
-    if op.name == 'flip':
-      image = tf.image.stateless_random_flip_left_right(image, s)
-    elif op.name == 'brightness':
-      image = tf.image.stateless_random_brightness(image, op.args[0], s)
-    elif op.name == 'contrast':
-      lower, upper = augment_spec.contrast_range(op)
-      image = tf.image.stateless_random_contrast(image, lower, upper, s) if upper > lower else (
-          (image - tf.reduce_mean(image, axis=[0, 1], keepdims=True)) * lower
-          + tf.reduce_mean(image, axis=[0, 1], keepdims=True))
-    elif op.name == 'crop':
-      pad = int(op.args[0])
-      padded = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
-      image = tf.image.stateless_random_crop(padded, [height, width, channels], s)
-    elif op.name == 'resize':
-      size = int(op.args[0])
-      resized = tf.image.resize(image, [size, size], method='bilinear')
-      image = tf.image.stateless_random_crop(resized, [height, width, channels], s)
-    else:
-      raise ValueError(f'unknown augmentation {op.name!r}; allowed: {", ".join(augment_spec.AUGMENTATIONS)}.')
-    image = tf.ensure_shape(image, [height, width, channels])
-  return image
+def _mix(h: tf.Tensor) -> tf.Tensor:
+  """MurmurHash3's 32-bit finalizer (uint32 -> uint32, a bijection that spreads every input bit)."""
+  shift, xor = tf.bitwise.right_shift, tf.bitwise.bitwise_xor
+  h = xor(h, shift(h, 16)) * tf.constant(0x85EBCA6B, tf.uint32)
+  h = xor(h, shift(h, 13)) * tf.constant(0xC2B2AE35, tf.uint32)
+  return xor(h, shift(h, 16))
+
+
+def _word(value) -> tf.Tensor:
+  """The low 32 bits of an integer tensor, as uint32."""
+  return tf.cast(tf.bitwise.bitwise_and(tf.cast(value, tf.int64), 0xFFFFFFFF), tf.uint32)
+
+
+def example_uniforms(client_round_seed, positions: tf.Tensor, op_index: int, num: int) -> tf.Tensor:
+  """float32 [b, num] in [0, 1): the draws of augmentation `op_index` for the examples at stream `positions` [b],
+  a hash of (client_round_seed, AUGMENT_STREAM, position, op_index, draw). Elementwise integer ops only, so
+  clients mapped on a client axis (`tf.vectorized_map`) draw exactly what they draw one at a time."""
+  xor = tf.bitwise.bitwise_xor
+  h = _mix(xor(_word(client_round_seed), tf.constant(AUGMENT_STREAM, tf.uint32)))
+  h = _mix(xor(h, _word(positions)))[:, tf.newaxis]
+  h = _mix(xor(h, tf.constant(op_index * 0x9E3779B9 % 2**32, tf.uint32)))
+  draws = tf.constant([(j * 0x7FEB352D) % 2**32 for j in range(num)], tf.uint32)
+  h = _mix(xor(h, draws[tf.newaxis]))
+  return tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) * (1.0 / (1 << 24))
+
+
+def _windows(x: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, height: int, width: int) -> tf.Tensor:
+  """Per image of x [b, H', W', C], the height x width window at (rows[i], cols[i])."""
+  r = rows[:, tf.newaxis] + tf.range(height)[tf.newaxis]
+  c = cols[:, tf.newaxis] + tf.range(width)[tf.newaxis]
+  return tf.gather(tf.gather(x, r, axis=1, batch_dims=1), c, axis=2, batch_dims=1)
+
+
+def _offsets(u: tf.Tensor, count: int) -> tf.Tensor:
+  """Uniform integers in [0, count) from uniforms u in [0, 1)."""
+  return tf.minimum(tf.cast(u * count, tf.int32), count - 1)
 
 
 def augment_batch(x: tf.Tensor, ops: Sequence[augment_spec.Op], client_round_seed, offset) -> tf.Tensor:
-  """Augments images x [b, H, W, C] at stream positions offset .. offset + b - 1 (module docstring's seeds)."""
+  """Augments images x [b, H, W, C] at stream positions offset .. offset + b - 1, each with its own draws
+  (`example_uniforms`), in the order of `ops`: flip (p = 0.5), brightness (+ U(-d, d)), contrast (deviation from
+  the per-channel image mean x U(lower, upper)), crop (a window of the zero-padded image at a uniform offset),
+  resize (bilinear, then a window at a uniform offset)."""
   if not ops:
     return x
-  base = tf.stack([tf.cast(client_round_seed, tf.int64), tf.constant(AUGMENT_STREAM, tf.int64)])
+  height, width, channels = x.shape[1:]
   positions = tf.cast(offset, tf.int64) + tf.range(tf.shape(x, out_type=tf.int64)[0])
-  seeds = tf.map_fn(lambda k: tf.random.experimental.stateless_fold_in(base, k), positions,
-                    fn_output_signature=tf.TensorSpec([2], tf.int64))
-  return tf.map_fn(lambda args: augment_image(args[0], ops, args[1]), (x, seeds),
-                   fn_output_signature=tf.TensorSpec(x.shape[1:], x.dtype))
+  per_image = lambda v: v[:, tf.newaxis, tf.newaxis, tf.newaxis]
+  for i, op in enumerate(ops):
+    u = example_uniforms(client_round_seed, positions, i, 2)
+    if op.name == 'flip':
+      x = tf.where(per_image(u[:, 0] < 0.5), tf.reverse(x, axis=[2]), x)
+    elif op.name == 'brightness':
+      x = x + per_image((2.0 * u[:, 0] - 1.0) * op.args[0])
+    elif op.name == 'contrast':
+      lower, upper = augment_spec.contrast_range(op)
+      mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+      x = (x - mean) * per_image(lower + (upper - lower) * u[:, 0]) + mean
+    elif op.name in ('crop', 'resize'):
+      if op.name == 'crop':
+        pad = int(op.args[0])
+        source = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+      else:
+        source = tf.image.resize(x, [int(op.args[0])] * 2, method='bilinear')
+      rows = _offsets(u[:, 0], source.shape[1] - height + 1)
+      x = _windows(source, rows, _offsets(u[:, 1], source.shape[2] - width + 1), height, width)
+    else:
+      raise ValueError(f'unknown augmentation {op.name!r}; allowed: {", ".join(augment_spec.AUGMENTATIONS)}.')
+    x = tf.ensure_shape(x, [None, height, width, channels])
+  return x
 
 
 def client_statistics(x: np.ndarray) -> tuple[float, float]:
