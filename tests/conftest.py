@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('GRPC_ENABLE_FORK_SUPPORT', 'false')  # As the binaries (experiments/__init__.py).
 
 import psutil  # pylint: disable=g-import-not-at-top
 

@@ -56,9 +56,11 @@ _workers: list[subprocess.Popen] = []
 _TFF_DEFAULT_CONTEXT = context_stack_impl.context_stack.current
 
 
+_libc = []  # Loaded in the parent: the child between fork and exec of a threaded parent must not dlopen.
+
+
 def _die_with_parent():  # Runs in the child between fork and exec.
-  libc = ctypes.CDLL('libc.so.6', use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+  _libc[0].prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
   # A parent that ignores SIGINT (nohup, background jobs) would pass that on, and stop_worker's SIGINT would wait
   # out its timeout; restore the default so the worker exits on SIGINT.
   signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -70,6 +72,8 @@ def start_worker(port: Optional[int] = None, log_path: Optional[str] = None,
   if not os.path.isfile(WORKER_BINARY):
     raise RuntimeError(f'TFF worker binary not found at {WORKER_BINARY}; reinstall tensorflow-federated==0.87.0.')
   port = port or portpicker.pick_unused_port()
+  if not _libc:
+    _libc.append(ctypes.CDLL('libc.so.6', use_errno=True))
   out = open(log_path, 'ab') if log_path else subprocess.DEVNULL  # pylint: disable=consider-using-with
   args = [WORKER_BINARY, f'--port={port}', f'--max_concurrent_computation_calls={max_concurrent_computation_calls}']
   # glibc's per-thread arenas fragment in the multi-threaded worker: over 2,000 rounds its peak RSS grew 24% with
