@@ -38,6 +38,16 @@ from tff_fl.simulation import training_loop
 ENGINES = ('packed', 'tff')
 
 
+def process_error(e: ValueError) -> ValueError:
+  """A library ValueError from building the engine process, reworded with the flags that set the argument."""
+  message = str(e)
+  if message.startswith('model_aggregator '):
+    return ValueError(f'--aggregator / --dp: {message}')
+  if message.startswith('client_axis=True'):
+    return ValueError('--client_axis=true' + message[len('client_axis=True'):])
+  return e
+
+
 @dataclasses.dataclass
 class Experiment:
   """Task, configs and the components' declared parts (module docstring)."""
@@ -69,6 +79,7 @@ class Experiment:
   engine: str = 'packed'  # 'packed' or 'tff'.
   engine_slots: int = 1
   engine_runtime: Optional[str] = None  # 'local' / 'tff' (`tff_fl.engine.build_process`); None = by slots.
+  client_axis: Optional[bool] = None  # `tff_fl.engine.build_process`'s client_axis (--client_axis).
   algorithm: Any = None  # The Algorithm definition, set by build_process.
   process: Any = None
 
@@ -129,11 +140,9 @@ class Experiment:
           seed=loop.seed, client_optimizer=self.client_optimizer, server_optimizer=self.server_optimizer,
           model_aggregator=self.aggregator(), client_weighting=builders.weighting(self.algo_cfg),
           extensions=self.extensions, num_slots=self.engine_slots, store=self.store,
-          runtime=self.engine_runtime)
+          runtime=self.engine_runtime, client_axis=self.client_axis)
     except ValueError as e:  # The library names its argument; the binary's user set it with --aggregator / --dp.
-      if str(e).startswith('model_aggregator '):
-        raise ValueError(f'--aggregator / --dp: {e}') from None
-      raise
+      raise process_error(e) from None
 
   def _stock_process(self):
     if not self.algorithm.stateless or self.extensions:

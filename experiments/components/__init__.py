@@ -25,7 +25,7 @@ COMPONENTS = registry.Registry('component')  # name -> module or its dotted path
 # same refusals (tests/experiments/test_component_order.py); this order only fixes the order of hooks, and so of
 # metrics.csv columns.
 for _name in (
-    'engine',  # --engine / --engine_slots: exp.engine, exp.engine_slots
+    'engine',  # --engine / --engine_slots / --client_axis: exp.engine, exp.engine_slots, exp.client_axis
     'algorithms',  # fednova's binary-level checks (its step count and the aggregator / dp / compression flags)
     'real_data',  # the central evaluation hook
     'regimes',  # the sampler (availability, cross-silo); with --straggler_model=per_client, the participation

@@ -26,6 +26,7 @@ from absl import flags
 import numpy as np
 import tensorflow_federated as tff
 
+from experiments import experiment as experiment_lib
 from experiments import flag_groups
 from tff_fl import aggregators
 from tff_fl import engine
@@ -149,11 +150,14 @@ def build(exp, cfg: HierarchyConfig, clusters: np.ndarray) -> hierarchical_proce
   if exp.engine != 'packed':
     raise ValueError(f'--hierarchical runs on the packed engine; got --engine={exp.engine}.')
   loop = exp.loop_cfg
-  edge = engine.build_task_process(
-      exp.algorithm, exp.task, epochs=loop.client_epochs_per_round, batch_size=loop.client_batch_size,
-      seed=loop.seed, client_optimizer=exp.client_optimizer, model_aggregator=exp.aggregator(),
-      client_weighting=builders.weighting(exp.algo_cfg), extensions=exp.extensions, num_slots=exp.engine_slots,
-      store=exp.store, runtime=exp.engine_runtime)
+  try:
+    edge = engine.build_task_process(
+        exp.algorithm, exp.task, epochs=loop.client_epochs_per_round, batch_size=loop.client_batch_size,
+        seed=loop.seed, client_optimizer=exp.client_optimizer, model_aggregator=exp.aggregator(),
+        client_weighting=builders.weighting(exp.algo_cfg), extensions=exp.extensions, num_slots=exp.engine_slots,
+        store=exp.store, runtime=exp.engine_runtime, client_axis=exp.client_axis)
+  except ValueError as e:
+    raise experiment_lib.process_error(e) from None
   try:
     return hierarchical_process.build_hierarchical_process(
         edge, clusters, exp.task.client_ids, num_clusters=cfg.num_clusters, global_every=cfg.global_every,

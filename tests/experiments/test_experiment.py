@@ -1,15 +1,18 @@
 """Experiment: the registry's definition runs on the packed engine or as the stock TFF process; participation is
-set once; the stock engine refuses what it cannot run."""
+set once; the stock engine refuses what it cannot run; --client_axis picks how a slot's clients run."""
 
 import types
 
 import pytest
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from experiments import experiment
+from experiments.components import engine as engine_component
 from tff_fl import engine
 from tff_fl import tasks
 from tff_fl.algorithms import builders
+from tff_fl.algorithms import dp_sgd_client
 from tff_fl.algorithms import extension
 from tff_fl.algorithms import fed_avg
 from tff_fl.simulation import stock_process
@@ -68,3 +71,30 @@ def test_a_binary_run_leaves_nothing_behind_for_the_next_experiment(tmp_path):
   exp = _exp()
   exp.build_process()
   assert type(exp.algorithm) is fed_avg.FedAvg and exp.algorithm_wrappers == []
+
+
+@pytest.mark.parametrize('value, execution', [('auto', 'client axis'), ('true', 'client axis'),
+                                              ('false', 'sequential (client_axis=False)')])
+def test_client_axis_flag_chooses_how_a_slots_clients_run(parse, value, execution):
+  parse(f'--client_axis={value}')
+  exp = _exp()
+  engine_component.configure(exp)
+  assert exp.build_process().client_execution == execution
+
+
+def test_client_axis_flag_errors_name_the_flags(parse):
+  parse('--client_axis=maybe')
+  with pytest.raises(ValueError, match="^--client_axis must be one of auto, true, false; got 'maybe'.$"):
+    engine_component.configure(_exp())
+  parse('--engine=tff', '--client_axis=false')
+  with pytest.raises(ValueError, match='^--client_axis applies to --engine=packed; got --engine=tff '
+                                       '--client_axis=false.$'):
+    engine_component.configure(_exp())
+  parse('--client_axis=true')
+  exp = _exp()
+  engine_component.configure(exp)
+  exp.extensions.append(dp_sgd_client.SampleDP(1.0, 0.5, tf.keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True, reduction='none')))
+  with pytest.raises(ValueError, match='^--client_axis=true, but the clients cannot run on a client axis: SampleDP '
+                                       'runs its clients one at a time'):
+    exp.build_process()
