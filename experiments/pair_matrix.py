@@ -1,6 +1,8 @@
 """The full component pair matrix: every accepted pair of the test's representative components trained separately.
 
   nice -n 10 taskset -c 1 .venv/bin/python -m experiments.pair_matrix [--out_dir=/tmp/tff_fl/pair_matrix]
+      [--json=PATH --reverse --skip_done_in=experiments/results/pair_matrix.json]  # a second process, other core
+  .venv/bin/python -m experiments.pair_matrix --merge=PATH   # adds PATH's runs and pairs to the results
 
 The components, the tiny task and the contract are tests/component_pairs.py's (the CI test,
 tests/experiments/test_component_pairs.py, validates every pair before training, trains a covering set and each
@@ -78,15 +80,40 @@ class Matrix:
     return problems
 
 
+def _done_elsewhere(path: str, key: str) -> bool:
+  if not path or not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return key in json.load(f).get('pairs', {})
+
+
+def merge(path: str) -> None:
+  """Adds the runs, pairs and singles recorded in `path` (a second process's json) to the results."""
+  matrix = Matrix('', os.path.join(RESULTS, 'pair_matrix.json'))
+  with open(path) as f:
+    other = json.load(f)
+  for part in ('validated', 'runs', 'pairs', 'singles'):
+    for k, v in other.get(part, {}).items():
+      matrix.data[part].setdefault(k, v)
+  matrix.save()
+  write_report(matrix)
+
+
 def main(argv):
-  out_dir = '/tmp/tff_fl/pair_matrix'
-  for arg in argv[1:]:
-    if arg.startswith('--out_dir='):
-      out_dir = arg.split('=', 1)[1]
+  """Flags (see module docstring): --out_dir (run outputs), --json (this process's record; default the results'),
+  --reverse (pairs in reverse order), --skip_done_in (pairs already in that json are skipped), --merge."""
+  args = dict(a[2:].split('=', 1) if '=' in a else (a[2:], '') for a in argv[1:])
+  if 'merge' in args:
+    return merge(args['merge'])
+  out_dir = args.get('out_dir', '/tmp/tff_fl/pair_matrix')
   os.makedirs(out_dir, exist_ok=True)
   signal.signal(signal.SIGALRM, _alarm)
   contexts.set_local_cpp_context()
-  matrix = Matrix(out_dir, os.path.join(RESULTS, 'pair_matrix.json'))
+  json_path = args.get('json', os.path.join(RESULTS, 'pair_matrix.json'))
+  if not os.path.exists(json_path) and os.path.exists(os.path.join(RESULTS, 'pair_matrix.json')):
+    with open(os.path.join(RESULTS, 'pair_matrix.json')) as f, open(json_path, 'w') as g:
+      g.write(f.read())  # Starts from the results' record (its singles are trained in the same out_dir).
+  matrix = Matrix(out_dir, json_path)
   started = time.time()
   pairs = cp.pairs()
   for a, b in pairs:  # Validation: cheap, before any training.
@@ -104,9 +131,11 @@ def main(argv):
     if record['returncode'] == 0:
       matrix.data['singles'][c.name] = cp.effect_problem(c, cp.outputs(out_dir, [c]), cp.outputs(out_dir, []))
     matrix.save()
-  for a, b in pairs:
+  for a, b in (reversed(pairs) if 'reverse' in args else pairs):
     key = f'{a.name}+{b.name}'
     if matrix.data['validated'][key] is not None or key in matrix.data['pairs']:
+      continue
+    if _done_elsewhere(args.get('skip_done_in', ''), key):
       continue
     record = matrix.train([a, b])
     entry = {'returncode': record['returncode']}
@@ -122,10 +151,12 @@ def main(argv):
       entry['problem'] = '; '.join(problems) or None
     matrix.data['pairs'][key] = entry
     matrix.save()
-    write_report(matrix)
+    if json_path == os.path.join(RESULTS, 'pair_matrix.json'):
+      write_report(matrix)
   matrix.data['wall_seconds_this_run'] = round(time.time() - started)
   matrix.save()
-  write_report(matrix)
+  if json_path == os.path.join(RESULTS, 'pair_matrix.json'):
+    write_report(matrix)
   contexts.shutdown()
 
 
