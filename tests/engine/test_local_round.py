@@ -1,6 +1,6 @@
 """The in-process round (`runtime='local'`) equals the same federated round run by TFF's runtime (`runtime='tff'`):
 model, algorithm extra, aggregator/finalizer/extension states, metrics, per-client metrics and client states, over
-rounds with different cohorts; for a robust aggregator chain, Krum, a stateful algorithm, a server-side extension
+rounds with different cohorts (of 5 clients, run with the slot size static, and of 6, dynamic); for a robust aggregator chain, Krum, a stateful algorithm, a server-side extension
 (pruning) and an extension with an aggregate pass (drift)."""
 
 import numpy as np
@@ -37,6 +37,8 @@ def _run(task, runtime, algorithm, **kwargs):
     out = process.next(state, engine.Cohort.full(r, [task.client_ids[i] for i in cohort]))
     state = out.state
     outputs.append(out)
+  if runtime == 'local':  # Rounds 1-2 ran the function traced for 5 clients, round 3 the one of any size.
+    assert process._round._static_size == len(COHORTS[0])  # pylint: disable=protected-access
   return state, outputs, process.client_states(task.client_ids)
 
 

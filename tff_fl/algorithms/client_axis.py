@@ -152,7 +152,7 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
   that have it (gathered, and scattered back into the stacked state; the optimizer's scalar state, e.g. Adam's
   step count, is shared: every client that runs step i has run steps 0..i-1); `batch_fn(client, i)` -> (batch,
   mask) of one client's step i, mapped over the clients with `tf.vectorized_map`."""
-  num = tf.shape(client_steps)[0]
+  num = client_steps.shape[0] or tf.shape(client_steps)[0]  # Static when known (stacked shapes stay static).
   flat = lambda name: tuple(tf.nest.flatten(args[name])) if name in args else None
   # Clients starting from the broadcast share their first step's weights (one matmul per layer) if the model
   # allows it; else the start is stacked.

@@ -123,7 +123,21 @@ class LocalRound:
     self._finalize = None  # Built on the first round, from the type of the metric sums.
     self.models_made = False
     self._make_model = tf.function(make_model, autograph=False)
+    self._step_fn = step
     self._step = tf.function(step, input_signature=(self._state_spec, self._slot_spec), autograph=False)
+    self._static_step, self._static_size = None, None
+
+  def _step_for(self, slot):
+    """The round's function for `slot`: traced for the first nonzero slot size seen with that size static (the
+    client axis then skips `tf.vectorized_map`'s copies of stacked inputs; most runs' cohorts have one size), and
+    for any other size with the size dynamic."""
+    size = int(np.shape(slot['n'])[0])
+    if self._static_size is None and size > 0:
+      static = lambda s: tf.TensorSpec([size] + s.shape.as_list()[1:], s.dtype) if s.shape.rank else s
+      self._static_size = size
+      self._static_step = tf.function(self._step_fn, autograph=False, input_signature=(
+          self._state_spec, tf.nest.map_structure(static, self._slot_spec)))
+    return self._static_step if size == self._static_size else self._step
 
   def initialize(self):
     return conform(graph_calls.SessionComputation(self._init)(), self._state_spec)
@@ -142,6 +156,7 @@ class LocalRound:
     if not self.models_made:
       self._make_model()
       self.models_made = True
-    new_state, metrics, per_client = _numpy(self._step(conform(state, self._state_spec), slots[0]))
+    step = self._step_for(slots[0])
+    new_state, metrics, per_client = _numpy(step(conform(state, self._state_spec), slots[0]))
     metrics['client_work'] = collections.OrderedDict(train=self._finalize_metrics(metrics['client_work']))
     return conform(new_state, self._state_spec), metrics, [per_client]

@@ -190,8 +190,11 @@ def train_vectorized(fns, model, functional_model, weights, extra, ext_bcast, cl
   batch = fns.batch_size
   clients = collections.OrderedDict((k, slot[k]) for k in ('x', 'y', 'n', 'order', 'seed', 'state', 'info'))
   # An empty slot gets one client without examples (tf.vectorized_map cannot map over 0); outputs are cut to `num`.
+  # A slot of a known nonzero size needs no padding: its size then stays static, and `tf.vectorized_map`'s gather
+  # of each client's row is the identity instead of a copy of every stacked input.
   pad = lambda t: tf.concat([t, tf.zeros(tf.concat([[1], tf.shape(t)[1:]], 0), t.dtype)], 0)
-  clients = tf.nest.map_structure(lambda t: tf.cond(num > 0, lambda: t, lambda: pad(t)), clients)
+  if not clients['n'].shape[0]:
+    clients = tf.nest.map_structure(lambda t: tf.cond(num > 0, lambda: t, lambda: pad(t)), clients)
   client_steps = (clients['n'] + batch - 1) // batch
 
   def batch_fn(client, i):
