@@ -1,12 +1,13 @@
 """Sequential clients vs clients on a client axis, interleaved round by round in one process (the README's figures).
 
   taskset -c 0 .venv/bin/python -m experiments.benchmark_client_axis [--scenarios=100x9,50x18,10x900]
-      [--algorithms=fedavg,fedprox,scaffold,feddyn,ditto] [--model=2nn] [--rounds=10]
+      [--algorithms=fedavg,fedprox,scaffold,feddyn,ditto] [--model=2nn] [--rounds=10] [--compare=static_size]
 
 For each scenario (clients x examples, `benchmark_setup.build_task`) and algorithm, builds the packed engine twice
 (`client_axis=False` / `True`), runs 2 warm-up rounds each, then `--rounds` rounds alternating between the two, and
 prints the median CPU seconds per round of each, their ratio, the max |weight difference| after the same rounds,
-and each engine's first-round wall time (build + tracing + the first round).
+and each engine's first-round wall time (build + tracing + the first round). `--compare=static_size`: both on the
+client axis, the round traced with the slot size static (the default, `local_round.LocalRound`) vs dynamic.
 """
 
 import statistics
@@ -33,9 +34,13 @@ _SCENARIOS = flags.DEFINE_list('scenarios', ['100x9', '50x18', '10x900'], 'clien
 _ALGORITHMS = flags.DEFINE_list('algorithms', ['fedavg'], f'any of {", ".join(ALGORITHMS)}')
 _MODEL = flags.DEFINE_string('model', '2nn', 'model of the digits task (2nn, logreg, cnn)')
 _ROUNDS = flags.DEFINE_integer('rounds', 10, 'timed rounds per engine (median reported)')
+_COMPARE = flags.DEFINE_enum('compare', 'sequential', ['sequential', 'static_size'],
+                             'sequential: sequential clients vs the client axis; static_size: the client axis with '
+                             'the slot size dynamic vs static')
 
 
-def compare(num_clients: int, examples: int, algorithm: str, model: str, rounds: int) -> dict:
+def compare(num_clients: int, examples: int, algorithm: str, model: str, rounds: int,
+            static_size: bool = False) -> dict:
   task = setup.build_task(num_clients, examples)
   if model != task.model_name:
     task = type(task)(task.name, task.data, model, task.input_shape, task.num_classes)
@@ -44,7 +49,9 @@ def compare(num_clients: int, examples: int, algorithm: str, model: str, rounds:
   first = {}
   for axis in (False, True):
     start = time.perf_counter()
-    process = setup.build_packed(task, ALGORITHMS[algorithm](len(ids)), client_axis=axis)
+    process = setup.build_packed(task, ALGORITHMS[algorithm](len(ids)), client_axis=axis or static_size)
+    if static_size and not axis:
+      process._round._static_size = -1  # pylint: disable=protected-access  (never static: the dynamic trace)
     state = process.set_model_weights(process.initialize(), task.initial_weights(setup.SEED))
     for r in range(2):
       state = process.next(state, engine.Cohort.full(r, ids)).state
@@ -71,8 +78,10 @@ def main(argv):
     for scenario in _SCENARIOS.value:
       num_clients, examples = map(int, scenario.split('x'))
       for algorithm in _ALGORITHMS.value:
-        r = compare(num_clients, examples, algorithm, _MODEL.value, _ROUNDS.value)
-        print(f"{algorithm} {_MODEL.value} {scenario}: sequential {r['sequential']:.4f}  client_axis "
+        static = _COMPARE.value == 'static_size'
+        r = compare(num_clients, examples, algorithm, _MODEL.value, _ROUNDS.value, static)
+        names = ('dynamic size', 'static size') if static else ('sequential', 'client_axis')
+        print(f"{algorithm} {_MODEL.value} {scenario}: {names[0]} {r['sequential']:.4f}  {names[1]} "
               f"{r['client_axis']:.4f} CPU-s/round  ratio {r['ratio']:.2f}  max|dw| {r['max_diff']:.1e}  first round "
               f"{r['first_sequential']:.1f} s / {r['first_client_axis']:.1f} s  ({r['execution']})", flush=True)
   finally:
