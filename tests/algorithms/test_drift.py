@@ -83,9 +83,9 @@ def test_drift_figures_match_numpy_and_training_is_untouched(task):
                              [losses.mean(), losses.std(), losses.min(), losses.max()], rtol=1e-4)
 
   # The extension only measures: training and the model's training metrics are those without it, bit for bit
-  # (clients run one at a time in both: drift measurements keep them off the client axis).
-  assert p.client_execution.startswith('sequential (DriftMeasurements')
-  plain, plain_state = _process(task, [attack()], client_axis=False)
+  # (clients on the client axis in both; the measurements' gradients at the broadcast are a call of their own).
+  assert p.client_execution == 'client axis'
+  plain, plain_state = _process(task, [attack()])
   ref = plain.next(plain_state, engine.Cohort.full(1, cohort))
   assert out.metrics['client_work'] == ref.metrics['client_work']
   for a, c in zip(p.get_model_weights(out.state).trainable, plain.get_model_weights(ref.state).trainable):

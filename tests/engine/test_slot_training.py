@@ -18,6 +18,7 @@ from tff_fl import tasks
 from tff_fl.data import preprocess
 from tff_fl.algorithms import attacks
 from tff_fl.algorithms import ditto
+from tff_fl.algorithms import drift
 from tff_fl.algorithms import extension
 from tff_fl.algorithms import local_training
 from tff_fl.algorithms import dp_sgd_client
@@ -107,6 +108,12 @@ class _NormalizedSGD(tff.learning.optimizers.Optimizer):
     return state, tuple(w - 0.05 * g / norm for w, g in zip(weights, gradients))
 
 
+@dataclasses.dataclass(frozen=True)
+class _OneAtATime(fed_avg.FedAvg):
+  client_axis = False
+  client_axis_note = 'a test'
+
+
 ALGORITHMS = collections.OrderedDict(
     fedavg=lambda n: fed_avg.FedAvg(),
     fedprox=lambda n: fed_avg.FedAvg(proximal_mu=0.1),
@@ -114,7 +121,8 @@ ALGORITHMS = collections.OrderedDict(
     feddyn=lambda n: feddyn.FedDyn(alpha=0.05, num_clients=n),
     fednova=lambda n: fednova.FedNova(0.05, client_momentum=0.5),
     fedper=lambda n: fedper.FedPer(head_size=2),
-    ditto=lambda n: ditto.Ditto(lam=0.1))
+    ditto=lambda n: ditto.Ditto(lam=0.1),
+    fedsgd=lambda n: fed_sgd.FedSGD())
 
 
 @pytest.mark.parametrize('name', list(ALGORITHMS))
@@ -149,6 +157,12 @@ def test_extension_stages_match_sequential_clients(task):
                extensions=[attacks.ByzantineAttack('gaussian_noise', 0.5, seed=2, noise_std=0.01)])
 
 
+def test_drift_measurements_match_sequential_clients(task):
+  """Drift's gradients at the broadcast weights (the client axis's 'gradient' call, as FedSGD's update) and its
+  aggregate pass: per-client figures and the cohort summary as with sequential clients."""
+  _assert_same(task, fed_avg.FedAvg(), rounds=2, extensions=[drift.DriftMeasurements()])
+
+
 def test_preprocessing_and_augmentation_match_sequential_clients(task):
   spec = preprocess.PreprocessSpec.from_flags('normalize(client),take(3)', 'brightness(0.2),contrast(0.5,1.5)')
   _assert_same(task, fed_avg.FedAvg(), extensions=[preprocessing.ClientPreprocessing(
@@ -158,14 +172,14 @@ def test_preprocessing_and_augmentation_match_sequential_clients(task):
 def test_rounds_the_client_axis_cannot_express_fall_back_and_say_why(task, monkeypatch):
   said = []
   monkeypatch.setattr(logging, 'info', lambda msg, *args: said.append(msg % args))
-  process = engine.build_task_process(fed_sgd.FedSGD(), task, epochs=1, batch_size=BATCH, seed=0, client_axis=None,
+  process = engine.build_task_process(_OneAtATime(), task, epochs=1, batch_size=BATCH, seed=0, client_axis=None,
                                       client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1))
-  assert process.client_execution.startswith('sequential (FedSGD runs its clients one at a time')
-  assert any('sequential (FedSGD' in s for s in said)
-  wrapped = engine.build_task_process(error_feedback.TopKErrorFeedback(fed_sgd.FedSGD(), 0.3), task, epochs=1,
+  assert process.client_execution.startswith('sequential (_OneAtATime runs its clients one at a time (a test))')
+  assert any('sequential (_OneAtATime' in s for s in said)
+  wrapped = engine.build_task_process(error_feedback.TopKErrorFeedback(_OneAtATime(), 0.3), task, epochs=1,
                                       batch_size=BATCH, seed=0, client_axis=None,
                                       client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1))
-  assert wrapped.client_execution.startswith('sequential (FedSGD runs its clients one at a time')
+  assert wrapped.client_execution.startswith('sequential (_OneAtATime runs its clients one at a time')
   with pytest.raises(ValueError, match='client_axis=True.*SampleDP runs its clients one at a time'):
     engine.build_task_process(fed_avg.FedAvg(), task, epochs=1, batch_size=BATCH, seed=0, client_axis=True,
                               client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1),

@@ -43,13 +43,15 @@ _ELEMENTWISE = (sgdm._SGD, adam._Adam, adamw._AdamW, adagrad._Adagrad, rmsprop._
 
 @dataclasses.dataclass(frozen=True)
 class Call:
-  """The static part of one recorded `train` call; per-client tensors travel in `args` (start, anchor,
-  correction, masks: None = the broadcast weights / the start / none)."""
+  """The static part of one recorded call; per-client tensors travel in `args` (start, anchor, correction, masks:
+  None = the broadcast weights / the start / none). kind 'train': `local_training.train`; 'gradient': the mean
+  gradient and loss over the client's batches at the broadcast weights (`gradient_call`), no step."""
   optimizer: Any
   weighting: Any
   proximal_mu: float
   track_metrics: bool
   shared_start: bool
+  kind: str = 'train'
 
 
 class ClientAxisModel:
@@ -86,6 +88,22 @@ class ClientAxisModel:
     scalar = tf.zeros([], tf.float32)
     return collections.OrderedDict(update=zeros, update_weight=scalar, num_steps=scalar, finite=scalar, loss=scalar,
                                    num_examples=scalar)
+
+  def gradient_call(self, initial_weights, options, *, track_metrics):
+    """OrderedDict(gradient (trainable structure), loss, num_examples): the example-weighted mean gradient and loss
+    of the client's batches at `initial_weights`, which must be the broadcast weights (FedSGD's client update, the
+    drift measurements' gradient); the model's metrics count the batches if `track_metrics`."""
+    if options.dp is not None:
+      raise functional.Unsupported('DP-SGD runs on the sequential engine')
+    k, self._calls = self._calls, self._calls + 1
+    if k < len(self.results):
+      return self.results[k]
+    if initial_weights is not self.broadcast:
+      raise functional.Unsupported('a mean gradient at weights other than the broadcast ones runs sequentially')
+    if self.recorded is None:
+      self.recorded = (Call(None, None, 0.0, bool(track_metrics), True, kind='gradient'), collections.OrderedDict())
+    return collections.OrderedDict(gradient=tf.nest.map_structure(tf.zeros_like, initial_weights.trainable),
+                                   loss=tf.zeros([], tf.float32), num_examples=tf.zeros([], tf.float32))
 
 
 def _holds_graph_tensors(obj, depth: int = 3) -> bool:
@@ -152,6 +170,8 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
   that have it (gathered, and scattered back into the stacked state; the optimizer's scalar state, e.g. Adam's
   step count, is shared: every client that runs step i has run steps 0..i-1); `batch_fn(client, i)` -> (batch,
   mask) of one client's step i, mapped over the clients with `tf.vectorized_map`."""
+  if call.kind == 'gradient':
+    return _gradients_stacked(fm, call, broadcast, clients, client_steps, batch_fn)
   num = client_steps.shape[0] or tf.shape(client_steps)[0]  # Static when known (stacked shapes stay static).
   flat = lambda name: tuple(tf.nest.flatten(args[name])) if name in args else None
   # Clients starting from the broadcast share their first step's weights (one matmul per layer) if the model
@@ -221,3 +241,50 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
                                   tf.cast(tf.logical_not(finite), tf.int32), call.weighting, num_examples, steps,
                                   loss_sum)
   return results, list(increments)
+
+
+def _gradients_stacked(fm: functional.FunctionalModel, call: Call, broadcast, clients, client_steps,
+                       batch_fn: Callable) -> tuple:
+  """A recorded 'gradient' call for every client (`train_stacked`'s contract): per client, the sum over its
+  batches of the gradient of its summed example losses at the broadcast weights (one matmul per layer over the
+  whole cohort when the model allows it), divided by its examples; the mean loss likewise."""
+  num = client_steps.shape[0] or tf.shape(client_steps)[0]
+  weights = tuple(tf.nest.flatten(broadcast.trainable))
+  shared = fm.shared_step
+
+  def batch_gradients(i):
+    batch, mask = tf.vectorized_map(lambda client: batch_fn(client, i), clients)
+    stacked = weights if shared else tuple(_stack(w, num) for w in weights)
+    taps = []
+    with tf.GradientTape() as tape:
+      tape.watch(stacked)
+      logits = (fm.apply_shared(list(stacked), batch['x'], taps) if shared
+                else fm.apply_stacked(list(stacked), batch['x']))
+      sums = tf.reduce_sum(fm.per_example_loss(batch['y'], logits) * mask, axis=1)  # [C]
+      total = tf.reduce_sum(sums)
+    if shared:
+      deltas = tape.gradient(total, [t[3] for t in taps], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      grads = fm.dense_gradients(len(weights), taps, deltas)
+    else:
+      grads = tape.gradient(total, stacked, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    sizes = tf.reduce_sum(mask, axis=1)
+    increments = (fm.metric_increments(batch['y'], logits, mask, sums / tf.maximum(sizes, 1.0))
+                  if call.track_metrics else [])
+    return tuple(grads), tf.cast(sums, tf.float64), sizes, increments
+
+  grads, loss_sums, examples, increments = batch_gradients(tf.constant(0))
+  structure = (grads, loss_sums, examples, increments)
+
+  def later(i, leaves):
+    total = tf.nest.pack_sequence_as(structure, leaves)
+    return i + 1, tf.nest.flatten(tf.nest.map_structure(tf.add, total, batch_gradients(i)))
+
+  num_steps = tf.reduce_max(tf.concat([client_steps, [0]], 0))
+  _, leaves = tf.while_loop(lambda i, _: i < num_steps, later, (tf.constant(1), tf.nest.flatten(structure)))
+  grads, loss_sums, examples, increments = tf.nest.pack_sequence_as(structure, leaves)
+  per_client = lambda t: tf.reshape(tf.maximum(examples, 1.0), [-1] + [1] * (t.shape.rank - 1))
+  static = lambda g, w: tf.reshape(g, [num if isinstance(num, int) else -1] + w.shape.as_list())  # Static dims.
+  gradient = tf.nest.pack_sequence_as(broadcast.trainable,
+                                      [static(g, w) / per_client(g) for g, w in zip(grads, weights)])
+  loss = tf.cast(loss_sums / tf.cast(tf.maximum(examples, 1.0), tf.float64), tf.float32)
+  return collections.OrderedDict(gradient=gradient, loss=loss, num_examples=examples), list(increments)

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fl.algorithms import extension
+from tff_fl.algorithms import local_training
 
 FIGURES = ('update_norm_mean', 'update_norm_max', 'aggregate_norm', 'cosine_mean', 'cosine_min',
            'gradient_dissimilarity', 'gradient_norm_sq_mean', 'loss_mean', 'loss_std', 'loss_min', 'loss_max')
@@ -37,7 +38,11 @@ def _flat(value) -> tf.Tensor:
 def gradient_at(model: tff.learning.models.VariableModel, weights, data) -> collections.OrderedDict:
   """OrderedDict(gradient (trainable structure), loss, num_examples): the example-weighted mean gradient and loss
   of `data` (`.reduce` as tf.data) at `weights` (ModelWeights), in the current graph. No update is made; the model's
-  metric variables are left as they were (its weights are left at `weights`)."""
+  metric variables are left as they were (its weights are left at `weights`). On the engine's client axis, the
+  client's packed batches (`client_axis.ClientAxisModel.gradient_call`)."""
+  if hasattr(model, 'gradient_call'):
+    out = model.gradient_call(weights, local_training.LocalOptions(), track_metrics=False)
+    return collections.OrderedDict(gradient=out['gradient'], loss=out['loss'], num_examples=out['num_examples'])
   model_weights = tff.learning.models.ModelWeights.from_model(model)
   saved_metrics = [v.read_value() for v in model.local_variables]
   with tf.control_dependencies(saved_metrics):
@@ -68,8 +73,6 @@ class DriftMeasurements(extension.Extension):
   """Per-client drift figures and their cohort summary (module docstring)."""
 
   name = 'drift'
-  client_axis = False
-  client_axis_note = 'its measurements take gradients on the Keras model'
   _PER_CLIENT = ('update_norm', 'cosine', 'aggregate_norm', 'gradient_norm_sq', 'gradient_distance_sq', 'loss')
 
   def vector_size(self, model, update_size):

@@ -29,14 +29,8 @@ from tff_fl.algorithms import stock
 ClientWeighting = tff.learning.ClientWeighting
 
 
-def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, data, *,
-                  weighting: ClientWeighting, options: local_training.LocalOptions = local_training.LocalOptions()
-                  ) -> collections.OrderedDict:
-  """The client's example-weighted mean gradient at `initial_weights` over `data` (`.reduce` as tf.data).
-
-  Returns local training's result layout: update (the gradient), update_weight, num_steps (0: no step is taken),
-  finite, loss (example-weighted mean), num_examples.
-  """
+def _gradient_sums(model, initial_weights, data, options):
+  """(mean gradient leaves, examples, loss sum (float64), trainable structure) over `data` on the Keras model."""
   weights = tff.learning.models.ModelWeights.from_model(model)
   assign = tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
   trainable = weights.trainable
@@ -58,7 +52,25 @@ def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, dat
     init = (tuple(tf.zeros(v.shape, v.dtype) for v in tf.nest.flatten(trainable)), tf.constant(0.0),
             tf.constant(0.0, tf.float64), tf.constant(0, tf.int64))
   grad_sum, num_examples, loss_sum, _ = data.reduce(init, reduce_fn)
-  grads = [g / tf.maximum(num_examples, 1.0) for g in grad_sum]
+  return [g / tf.maximum(num_examples, 1.0) for g in grad_sum], num_examples, loss_sum, trainable
+
+
+def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, data, *,
+                  weighting: ClientWeighting, options: local_training.LocalOptions = local_training.LocalOptions()
+                  ) -> collections.OrderedDict:
+  """The client's example-weighted mean gradient at `initial_weights` over `data` (`.reduce` as tf.data), or on
+the engine's client axis over the client's packed batches (`client_axis.ClientAxisModel.gradient_call`).
+
+  Returns local training's result layout: update (the gradient), update_weight, num_steps (0: no step is taken),
+  finite, loss (example-weighted mean), num_examples.
+  """
+  if hasattr(model, 'gradient_call'):  # A client on the engine's client axis (`client_axis.ClientAxisModel`).
+    out = model.gradient_call(initial_weights, options, track_metrics=True)
+    grads, num_examples = tf.nest.flatten(out['gradient']), out['num_examples']
+    loss_sum = tf.cast(out['loss'], tf.float64) * tf.cast(num_examples, tf.float64)
+    trainable = initial_weights.trainable
+  else:
+    grads, num_examples, loss_sum, trainable = _gradient_sums(model, initial_weights, data, options)
   if options.masks is not None:
     grads = [g * m for g, m in zip(grads, tf.nest.flatten(options.masks))]
   grads, has_non_finite = tensor_utils.zero_all_if_any_non_finite(tf.nest.pack_sequence_as(trainable, grads))
@@ -76,8 +88,6 @@ def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, dat
 class FedSGD(definition.Algorithm):
   """One gradient per client at the broadcast model; the server optimizer steps on the averaged gradient."""
   name = 'fedsgd'
-  client_axis = False
-  client_axis_note = 'its client update is one mean gradient over the client\'s data, on the Keras model'
 
   def default_server_learning_rate(self) -> float:
     return 0.1

@@ -235,7 +235,10 @@ class RoundFunctions:
         return collections.OrderedDict((k, tf.cast(values[k], tf.float32)) for k in names)
 
       signature = collections.OrderedDict((k, tf.TensorSpec([], tf.float32)) for k in names)
-      values = tf.map_fn(one, vectors[e.name], fn_output_signature=signature)
+      if vectors[e.name].shape[0]:  # A static nonzero client count: mapped at once (cannot map over 0 clients).
+        values = tf.vectorized_map(one, vectors[e.name])
+      else:
+        values = tf.map_fn(one, vectors[e.name], fn_output_signature=signature)
       out.update((field_key(e.name, k), v) for k, v in values.items())
     return out
 
