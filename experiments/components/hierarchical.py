@@ -23,6 +23,7 @@ import dataclasses
 from typing import Callable, Optional
 
 from absl import flags
+from absl import logging
 import numpy as np
 import tensorflow_federated as tff
 
@@ -100,6 +101,11 @@ def configure(exp) -> None:
   except ValueError as e:
     raise _flag_error(e) from None
   sizes = np.bincount(clusters, minlength=cfg.num_clusters)
+  if cfg.global_every == 1 and cfg.cluster_mixing == 0.0 and cfg.cluster_weighting == 'examples':
+    logging.warning('--hierarchical with --global_every=1, --cluster_mixing=0 and --cluster_weighting=examples: '
+                    'every round the global model is the example-weighted mean of the edge models, which for '
+                    'FedAvg with server SGD at learning rate 1 is FedAvg itself; --global_every > 1 or '
+                    '--cluster_mixing > 0 lets the clusters drift apart.')
 
   def check_edges(e):  # When every component is configured: the sampler is another component's part.
     full = e.sampler is None or loop.clients_per_round >= len(e.task.client_ids)

@@ -84,6 +84,16 @@ def test_without_hierarchical_nothing_changes(tmp_path, parse):
   assert exp.process_factory is None and not exp.hooks
 
 
+@pytest.mark.parametrize('argv, warned', [((), True), (('--global_every=2',), False), (('--cluster_mixing=0.5',), False),
+                                           (('--cluster_weighting=uniform',), False)])
+def test_settings_that_make_the_hierarchy_fedavg_say_so(tmp_path, parse, monkeypatch, argv, warned):
+  said = []
+  monkeypatch.setattr(component.logging, 'warning', lambda msg, *args: said.append(msg % args))
+  parse('--hierarchical', *argv)
+  component.configure(_experiment(tmp_path))
+  assert any('is FedAvg itself' in s for s in said) == warned
+
+
 def test_engine_tff_is_refused(tmp_path, parse):
   parse('--hierarchical')
   exp = _experiment(tmp_path)
