@@ -3,6 +3,7 @@
   nice -n 10 taskset -c 1 .venv/bin/python -m experiments.pair_matrix [--out_dir=/tmp/tff_fl/pair_matrix]
       [--json=PATH --reverse --skip_done_in=experiments/results/pair_matrix.json]  # a second process, other core
   .venv/bin/python -m experiments.pair_matrix --merge=PATH   # adds PATH's runs and pairs to the results
+  .venv/bin/python -m experiments.pair_matrix --recheck      # the effect checks again, on the recorded runs' outputs
 
 The components, the tiny task and the contract are tests/component_pairs.py's (the CI test,
 tests/experiments/test_component_pairs.py, validates every pair before training, trains a covering set and each
@@ -76,7 +77,7 @@ class Matrix:
     problems = []
     for member in components:
       others = [c for c in components if c is not member]
-      problems.append(cp.effect_problem(member, run, cp.outputs(self.out_dir, others)))
+      problems.append(cp.effect_problem(member, run, cp.outputs(self.out_dir, others), others))
     return problems
 
 
@@ -99,12 +100,32 @@ def merge(path: str) -> None:
   write_report(matrix)
 
 
+def recheck(out_dir: str) -> None:
+  """Recomputes every trained pair's and component's effect check from the runs' outputs in `out_dir` (after a
+  change of the contract in tests/component_pairs.py), and rewrites the results."""
+  matrix = Matrix(out_dir, os.path.join(RESULTS, 'pair_matrix.json'))
+  by_name = {c.name: c for c in cp.COMPONENTS}
+  for name in list(matrix.data['singles']):
+    matrix.data['singles'][name] = cp.effect_problem(by_name[name], cp.outputs(out_dir, [by_name[name]]),
+                                                     cp.outputs(out_dir, []))
+  for key, entry in matrix.data['pairs'].items():
+    if 'effects' in entry:
+      pair = [by_name[n] for n in key.split('+')]
+      entry['effects'] = matrix.effects(pair)
+      problems = [f'{c.name}: {p}' for c, p in zip(pair, entry['effects']) if p]
+      entry['problem'] = '; '.join(problems) or None
+  matrix.save()
+  write_report(matrix)
+
+
 def main(argv):
   """Flags (see module docstring): --out_dir (run outputs), --json (this process's record; default the results'),
-  --reverse (pairs in reverse order), --skip_done_in (pairs already in that json are skipped), --merge."""
+  --reverse (pairs in reverse order), --skip_done_in (pairs already in that json are skipped), --merge, --recheck."""
   args = dict(a[2:].split('=', 1) if '=' in a else (a[2:], '') for a in argv[1:])
   if 'merge' in args:
     return merge(args['merge'])
+  if 'recheck' in args:
+    return recheck(args.get('out_dir', '/tmp/tff_fl/pair_matrix'))
   out_dir = args.get('out_dir', '/tmp/tff_fl/pair_matrix')
   os.makedirs(out_dir, exist_ok=True)
   signal.signal(signal.SIGALRM, _alarm)

@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import traceback
@@ -37,11 +38,15 @@ class Component:
 
   effect: TRAINS (metrics.csv values differ), PERSONAL (the global model is the baseline's by design; per-client
   models appear in clients.csv: Ditto), MEASURES (adds metrics.csv columns; training unchanged) or NEUTRAL (declared
-  result-neutral: the same metrics up to float summation order, e.g. --workers).
+  result-neutral: the same metrics up to float summation order, e.g. --workers). amplifies_rounding: the setting
+  makes discrete choices on values (top-k coordinates, stochastic rounding, a median), so a float-rounding
+  difference between two runs (e.g. of another slot layout) can change a choice and, from the next round on, the
+  model: a neutral member paired with it is compared on the first round's training only.
   """
   name: str
   flags: tuple
   effect: str = TRAINS
+  amplifies_rounding: bool = False
 
   @property
   def flag_names(self) -> frozenset:
@@ -68,7 +73,7 @@ COMPONENTS = (
     # statistic is the median, which any cohort size allows: dropouts and availability shrink this task's 5-client
     # cohort below what Krum or a trimmed mean need (a one-line error at that round, tests/experiments/
     # test_aggregation_flags.py), a size limit rather than a composition.
-    C('chain', ('--aggregator=clip(1.0)>topk(0.3)>quantize(8)>median',)),
+    C('chain', ('--aggregator=clip(1.0)>topk(0.3)>quantize(8)>median',), amplifies_rounding=True),
     C('adaptive_clip', ('--aggregator=adaptive_clip(0.5)>mean',)),
     C('secagg', ('--aggregator=secagg(24,0.6)>mean',)),
     C('attack', ('--attack=sign_flip', '--byzantine_fraction=0.4')),
@@ -232,6 +237,10 @@ def _numbers_close(u, v, rtol: float) -> bool:
     u, v = float(u), float(v)
   except (TypeError, ValueError):
     return u == v
+  if u == v or (math.isnan(u) and math.isnan(v)):  # Equal infinities (e.g. an epsilon of inf) or both NaN.
+    return True
+  if not (math.isfinite(u) and math.isfinite(v)):
+    return False
   return abs(u - v) <= rtol * max(1.0, abs(u), abs(v))
 
 
@@ -243,8 +252,10 @@ def close(a: dict, b: dict, rtol: float = 1e-4) -> bool:
   return all(_numbers_close(x[k], y[k], rtol) for x, y in zip(rows_a, rows_b) for k in x)
 
 
-def effect_problem(component: Component, run: dict, without: dict) -> Optional[str]:
-  """None if `run` (the component on) and `without` (the same run without it) differ as the component declares."""
+def effect_problem(component: Component, run: dict, without: dict, others: Sequence[Component] = ()
+                   ) -> Optional[str]:
+  """None if `run` (the component on) and `without` (the same run without it: `others` on) differ as the component
+  declares."""
   rows, base = run['metrics'], without['metrics']
   common = [k for k in base[0] if k in rows[0]] if rows and base else []
 
@@ -252,6 +263,9 @@ def effect_problem(component: Component, run: dict, without: dict) -> Optional[s
     return len(rows) == len(base) and all(_numbers_close(r[k], b[k], rtol) for r, b in zip(rows, base) for k in common)
 
   if component.effect == NEUTRAL:
+    if any(o.amplifies_rounding for o in others):  # The first round's training, before any discrete choice.
+      first = lambda r: {'metrics': [{k: v for k, v in r['metrics'][0].items() if k.startswith('client_work/train/')}]}
+      return None if close(first(run), first(without)) else 'declared result-neutral, but round 1 training differs'
     return None if close(run, without) else 'declared result-neutral, but the metrics differ'
   if component.effect == MEASURES:  # May run the clients in another form (e.g. sequentially): float order only.
     if not trained_same(1e-4):
