@@ -17,7 +17,9 @@ model's `apply_stacked` (a batched matmul per Dense layer, a grouped convolution
 sum of the clients' mean losses is each client's own gradient, and the optimizer steps all clients at once, which
 holds for elementwise optimizers only (`_ELEMENTWISE`; others run sequentially). A later step runs only on the
 clients that have it (gathered, then scattered back), so clients of different sizes cost no padded steps; only a
-client's last batch is padded (to B rows, masked).
+client's last batch is padded (to B rows, masked). A mean gradient at the broadcast weights without a step
+(FedSGD's update, the drift measurements: `gradient_call`) is recorded and run the same way, summing each
+client's batch gradients (`_gradients_stacked`).
 """
 
 import collections

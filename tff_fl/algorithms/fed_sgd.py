@@ -58,8 +58,8 @@ def _gradient_sums(model, initial_weights, data, options):
 def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, data, *,
                   weighting: ClientWeighting, options: local_training.LocalOptions = local_training.LocalOptions()
                   ) -> collections.OrderedDict:
-  """The client's example-weighted mean gradient at `initial_weights` over `data` (`.reduce` as tf.data), or on
-the engine's client axis over the client's packed batches (`client_axis.ClientAxisModel.gradient_call`).
+  """The client's example-weighted mean gradient at `initial_weights` over `data` (`.reduce` as tf.data), or, on
+  the engine's client axis, over the client's packed batches (`client_axis.ClientAxisModel.gradient_call`).
 
   Returns local training's result layout: update (the gradient), update_weight, num_steps (0: no step is taken),
   finite, loss (example-weighted mean), num_examples.
