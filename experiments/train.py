@@ -113,10 +113,12 @@ _COMPONENTS = components.modules()
 for _component in _COMPONENTS:
   _component.define_flags()
 
-# Flags that do not change what the model sees; a checkpoint may be resumed with other values of these.
+# Flags that do not change what the model sees; a checkpoint may be resumed with other values of these (--workers and
+# --client_axis change how clients run, with results equal up to float rounding; a checkpoint written before
+# --client_axis existed resumes too).
 _RESUMABLE_FLAGS = ('total_rounds', 'rounds_per_eval', 'eval_clients', 'rounds_per_checkpoint', 'root_output_dir',
                     'experiment_name',
-                    'workers')
+                    'workers', 'client_axis')
 
 
 def build_experiment() -> experiment_lib.Experiment:

@@ -124,6 +124,15 @@ def test_changed_configuration_is_refused_and_nothing_destroyed(tmp_path):
   assert (tmp_path / 'c' / 'metrics.csv').read_text() == before
 
 
+def test_a_run_resumes_with_another_client_axis(tmp_path):
+  """--client_axis changes how clients run, not what they compute (up to float rounding): not part of the resume
+  fingerprint, so a checkpoint written with (or before) one value resumes with another."""
+  _run(tmp_path, '--experiment_name=axis', '--total_rounds=1', '--rounds_per_checkpoint=1', '--rounds_per_eval=1')
+  _run(tmp_path, '--experiment_name=axis', '--total_rounds=2', '--rounds_per_checkpoint=1', '--rounds_per_eval=1',
+       '--client_axis=false')
+  assert [r['round'] for r in _metrics(tmp_path / 'axis')] == ['1', '2']
+
+
 @pytest.mark.parametrize('flags,expected', [
     (['--task=cifar1000'], '--task must be one of'),
     (['--algorithm=fedfoo'], '--algorithm must be one of'),
