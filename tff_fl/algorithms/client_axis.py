@@ -133,6 +133,29 @@ def _stack(t, num):
   return tf.broadcast_to(t[tf.newaxis], tf.concat([[num], tf.shape(t)], 0))
 
 
+def _client_gradients(fm: functional.FunctionalModel, weights, batch, mask, shared: bool, of_mean: bool):
+  """Each client's gradient of its batch loss -> (grads [c, ...] per leaf, logits, sizes [c], mean losses [c], loss
+  sums [c]): of its mean loss (`of_mean`) or of its summed example losses. Rows with mask 0 count for nothing; the
+  gradient of the sum over clients is each client's own gradient. `shared`: `weights` are one set for every client
+  (one matmul per layer, `apply_shared`, per-client weight gradients from `dense_gradients`); else each leaf is
+  [c, ...]."""
+  taps = []
+  with tf.GradientTape() as tape:
+    tape.watch(weights)
+    logits = fm.apply_shared(list(weights), batch['x'], taps) if shared else fm.apply_stacked(list(weights),
+                                                                                             batch['x'])
+    sizes = tf.reduce_sum(mask, axis=1)
+    sums = tf.reduce_sum(fm.per_example_loss(batch['y'], logits) * mask, axis=1)
+    losses = sums / tf.maximum(sizes, 1.0)
+    total = tf.reduce_sum(losses if of_mean else sums)
+  if shared:
+    deltas = tape.gradient(total, [t[3] for t in taps], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = fm.dense_gradients(len(weights), taps, deltas)
+  else:
+    grads = tape.gradient(total, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return tuple(grads), logits, sizes, losses, sums
+
+
 def _step_fn(fm: functional.FunctionalModel, call: Call):
   """(weights, opt state, batch, mask, anchor, correction, masks, shared) -> (opt state, weights, sizes [c],
   losses [c], metric increments): one local step of `local_training.train` for c stacked clients on the functional
@@ -141,20 +164,9 @@ def _step_fn(fm: functional.FunctionalModel, call: Call):
   client (the broadcast), run as one matmul per layer (`apply_shared`); else each leaf is [c, ...]."""
 
   def step(weights, opt_state, batch, mask, anchor, correction, masks, shared):
-    taps = []
-    with tf.GradientTape() as tape:
-      tape.watch(weights)
-      logits = (fm.apply_shared(list(weights), batch['x'], taps) if shared
-                else fm.apply_stacked(list(weights), batch['x']))
-      sizes = tf.reduce_sum(mask, axis=1)
-      losses = tf.reduce_sum(fm.per_example_loss(batch['y'], logits) * mask, axis=1) / tf.maximum(sizes, 1.0)
-      total = tf.reduce_sum(losses)
+    grads, logits, sizes, losses, _ = _client_gradients(fm, weights, batch, mask, shared, of_mean=True)
     if shared:
-      deltas = tape.gradient(total, [t[3] for t in taps], unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      grads = fm.dense_gradients(len(weights), taps, deltas)
       weights = tuple(tf.broadcast_to(w, tf.shape(g)) for w, g in zip(weights, grads))  # The optimizer's shapes.
-    else:
-      grads = tape.gradient(total, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     opt_state, updated = local_training.descend(call.optimizer, opt_state, weights, tuple(grads),
                                                 proximal_mu=call.proximal_mu, anchor=anchor, correction=correction,
                                                 masks=masks)
@@ -257,22 +269,9 @@ def _gradients_stacked(fm: functional.FunctionalModel, call: Call, broadcast, cl
   def batch_gradients(i):
     batch, mask = tf.vectorized_map(lambda client: batch_fn(client, i), clients)
     stacked = weights if shared else tuple(_stack(w, num) for w in weights)
-    taps = []
-    with tf.GradientTape() as tape:
-      tape.watch(stacked)
-      logits = (fm.apply_shared(list(stacked), batch['x'], taps) if shared
-                else fm.apply_stacked(list(stacked), batch['x']))
-      sums = tf.reduce_sum(fm.per_example_loss(batch['y'], logits) * mask, axis=1)  # [C]
-      total = tf.reduce_sum(sums)
-    if shared:
-      deltas = tape.gradient(total, [t[3] for t in taps], unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      grads = fm.dense_gradients(len(weights), taps, deltas)
-    else:
-      grads = tape.gradient(total, stacked, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    sizes = tf.reduce_sum(mask, axis=1)
-    increments = (fm.metric_increments(batch['y'], logits, mask, sums / tf.maximum(sizes, 1.0))
-                  if call.track_metrics else [])
-    return tuple(grads), tf.cast(sums, tf.float64), sizes, increments
+    grads, logits, sizes, losses, sums = _client_gradients(fm, stacked, batch, mask, shared, of_mean=False)
+    increments = fm.metric_increments(batch['y'], logits, mask, losses) if call.track_metrics else []
+    return grads, tf.cast(sums, tf.float64), sizes, increments
 
   grads, loss_sums, examples, increments = batch_gradients(tf.constant(0))
   structure = (grads, loss_sums, examples, increments)

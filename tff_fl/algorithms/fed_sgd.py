@@ -29,8 +29,8 @@ from tff_fl.algorithms import stock
 ClientWeighting = tff.learning.ClientWeighting
 
 
-def _gradient_sums(model, initial_weights, data, options):
-  """(mean gradient leaves, examples, loss sum (float64), trainable structure) over `data` on the Keras model."""
+def _mean_gradient_on_model(model, initial_weights, data, options):
+  """(mean gradient leaves, examples, mean loss, trainable structure) over `data` on the Keras model."""
   weights = tff.learning.models.ModelWeights.from_model(model)
   assign = tf.nest.map_structure(lambda a, b: a.assign(b), weights, initial_weights)
   trainable = weights.trainable
@@ -52,7 +52,8 @@ def _gradient_sums(model, initial_weights, data, options):
     init = (tuple(tf.zeros(v.shape, v.dtype) for v in tf.nest.flatten(trainable)), tf.constant(0.0),
             tf.constant(0.0, tf.float64), tf.constant(0, tf.int64))
   grad_sum, num_examples, loss_sum, _ = data.reduce(init, reduce_fn)
-  return [g / tf.maximum(num_examples, 1.0) for g in grad_sum], num_examples, loss_sum, trainable
+  loss = loss_sum / tf.maximum(tf.cast(num_examples, tf.float64), 1.0)
+  return [g / tf.maximum(num_examples, 1.0) for g in grad_sum], num_examples, loss, trainable
 
 
 def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, data, *,
@@ -66,15 +67,13 @@ def mean_gradient(model: tff.learning.models.VariableModel, initial_weights, dat
   """
   if hasattr(model, 'gradient_call'):  # A client on the engine's client axis (`client_axis.ClientAxisModel`).
     out = model.gradient_call(initial_weights, options, track_metrics=True)
-    grads, num_examples = tf.nest.flatten(out['gradient']), out['num_examples']
-    loss_sum = tf.cast(out['loss'], tf.float64) * tf.cast(num_examples, tf.float64)
+    grads, num_examples, loss = tf.nest.flatten(out['gradient']), out['num_examples'], out['loss']
     trainable = initial_weights.trainable
   else:
-    grads, num_examples, loss_sum, trainable = _gradient_sums(model, initial_weights, data, options)
+    grads, num_examples, loss, trainable = _mean_gradient_on_model(model, initial_weights, data, options)
   if options.masks is not None:
     grads = [g * m for g, m in zip(grads, tf.nest.flatten(options.masks))]
   grads, has_non_finite = tensor_utils.zero_all_if_any_non_finite(tf.nest.pack_sequence_as(trainable, grads))
-  loss = loss_sum / tf.maximum(tf.cast(num_examples, tf.float64), 1.0)
   return collections.OrderedDict(
       update=grads,
       update_weight=local_training.client_weight(weighting, has_non_finite, num_examples),

@@ -11,9 +11,10 @@ Randomness is stateless: an example's draws are a hash of (client_round_seed, AU
 draw), k its position in the client's round stream (epochs included), client_round_seed the engine's per-client
 seed of the round (`tasks.derived_seed(seed, round, client)`): the same (seed, client, round) gives the same
 examples on any machine, after a resume, for any batch size and with clients run one at a time or on a client
-axis; another round other draws. A batch is augmented at once (no per-example loop). Per-client normalisation statistics are the scalar mean and population std over all features of the
-client's raw training examples (float64, std floored at 1e-6). Evaluation is never augmented; it is normalised with
-the same statistics as the client's training data (`normalized_eval_arrays`).
+axis; another round other draws. A batch is augmented at once (no per-example loop). Per-client normalisation
+statistics are the scalar mean and population std over all features of the client's raw training examples
+(float64, std floored at 1e-6). Evaluation is never augmented; it is normalised with the same statistics as the
+client's training data (`normalized_eval_arrays`).
 """
 
 import collections

@@ -144,11 +144,11 @@ def _accumulate(fns, client_input, updates, weights, num):
 
   def body(c, carry):
     pick = lambda t: t[c]
-    return c + 1, agg.fold_add(carry, c, tf.nest.map_structure(pick, updates), tf.nest.map_structure(pick, weights),
-                          client_input)
+    return c + 1, agg.fold_add(carry, c, tf.nest.map_structure(pick, updates),
+                               tf.nest.map_structure(pick, weights), client_input)
 
   return agg.fold_end(tf.while_loop(lambda c, _: c < num, body, (tf.constant(0), carry),
-                                  shape_invariants=(tf.TensorShape([]), agg.fold_invariants(carry)))[1])
+                                    shape_invariants=(tf.TensorShape([]), agg.fold_invariants(carry)))[1])
 
 
 def train_sequential(fns, model, weights, extra, ext_bcast, client_input, slot):
