@@ -13,6 +13,7 @@ import tensorflow_privacy as tfp
 from tff_fl import engine
 from tff_fl.algorithms import dp_sgd_client
 from tff_fl.algorithms import fed_avg
+from tff_fl.algorithms import local_training
 
 NUM_FEATURES, NUM_CLASSES = 4, 3
 LOSS = tf.keras.losses.sparse_categorical_crossentropy
@@ -163,6 +164,24 @@ def test_engine_noise_repeats_with_the_seed_under_any_slot_layout():
   np.testing.assert_array_equal(first, _engine_update(one_slot, ids, weights))
   np.testing.assert_allclose(first, _engine_update(two_slots, ids, weights), rtol=1e-5, atol=1e-7)
   assert np.max(np.abs(first - _engine_update(one_slot, ids, weights, round_num=2))) > 1e-3
+
+
+def test_engine_clients_run_on_the_client_axis():
+  """The engine's default for this Dense model: the tests above check the client axis's per-example norms."""
+  assert _engine({'a': _client_data(1)}, 0.1, 1.0, 1.0, batch_size=4).client_execution == 'client axis'
+
+
+def test_seeded_gaussian_is_normal_and_a_function_of_its_key():
+  key = tf.constant([3, 4], tf.int64)
+  draws = local_training.seeded_gaussian([200_001], key, 2.0).numpy()
+  assert draws.shape == (200_001,) and draws.dtype == np.float32
+  assert stats.kstest(draws / 2.0, 'norm').pvalue > 1e-3
+  half = len(draws) // 2  # Box-Muller's cosine and sine halves are independent normals.
+  assert abs(np.corrcoef(draws[:half], draws[half:2 * half])[0, 1]) < 0.01
+  np.testing.assert_array_equal(local_training.seeded_gaussian([200_001], key, 2.0).numpy(), draws)
+  other = local_training.seeded_gaussian([200_001], tf.constant([3, 5], tf.int64), 2.0).numpy()
+  assert abs(np.corrcoef(draws, other)[0, 1]) < 0.01
+  assert local_training.seeded_gaussian([3, 4], key, 1.0).shape == (3, 4)
 
 
 def test_stock_learning_process_equals_stock_unweighted_fed_avg():

@@ -19,7 +19,9 @@ holds for elementwise optimizers only (`_ELEMENTWISE`; others run sequentially).
 clients that have it (gathered, then scattered back), so clients of different sizes cost no padded steps; only a
 client's last batch is padded (to B rows, masked). A mean gradient at the broadcast weights without a step
 (FedSGD's update, the drift measurements: `gradient_call`) is recorded and run the same way, summing each
-client's batch gradients (`_gradients_stacked`).
+client's batch gradients (`_gradients_stacked`). DP-SGD's steps (`LocalOptions.dp`, Dense models) clip
+per-example gradients from per-example norms without forming them (`_dp_gradients`) and add each client's own
+seeded noise, as the sequential loop does.
 """
 
 import collections
@@ -54,6 +56,7 @@ class Call:
   track_metrics: bool
   shared_start: bool
   kind: str = 'train'
+  dp: Any = None  # local_training.DPSGD: DP-SGD's clipped, noised gradients (`_dp_gradients`).
 
 
 class ClientAxisModel:
@@ -68,8 +71,9 @@ class ClientAxisModel:
   def train_call(self, optimizer, initial_weights, data, *, weighting, proximal_mu, anchor, correction, options,
                  track_metrics):
     del data  # The slot's own batches (packed per client); algorithms that pass other data do not use this model.
-    if options.dp is not None:
-      raise functional.Unsupported('DP-SGD runs on the sequential engine')
+    if options.dp is not None and not self.functional.shared_step:
+      raise functional.Unsupported('DP-SGD on the client axis takes per-example gradient norms from Dense layers on '
+                                   '[B, features] only')
     k, self._calls = self._calls, self._calls + 1
     if k < len(self.results):
       return self.results[k]
@@ -81,10 +85,11 @@ class ClientAxisModel:
                                    'steps elementwise (SGD(M), Adam, AdamW, Adagrad, RMSProp, Yogi)')
     shared = initial_weights is self.broadcast
     if self.recorded is None:
-      call = Call(optimizer, weighting, float(proximal_mu), bool(track_metrics), shared)
+      call = Call(optimizer, weighting, float(proximal_mu), bool(track_metrics), shared, dp=options.dp)
       args = collections.OrderedDict(
           start=None if shared else initial_weights.trainable,
-          anchor=None if anchor is None else anchor.trainable, correction=correction, masks=options.masks)
+          anchor=None if anchor is None else anchor.trainable, correction=correction, masks=options.masks,
+          noise_key=None if options.dp is None else options.noise_key)
       self.recorded = (call, collections.OrderedDict((k, v) for k, v in args.items() if v is not None))
     zeros = tf.nest.map_structure(tf.zeros_like, initial_weights.trainable)
     scalar = tf.zeros([], tf.float32)
@@ -96,7 +101,7 @@ class ClientAxisModel:
     of the client's batches at `initial_weights`, which must be the broadcast weights (FedSGD's client update, the
     drift measurements' gradient); the model's metrics count the batches if `track_metrics`."""
     if options.dp is not None:
-      raise functional.Unsupported('DP-SGD runs on the sequential engine')
+      raise functional.Unsupported('a mean gradient under DP-SGD (FedSGD, drift) runs sequentially')
     k, self._calls = self._calls, self._calls + 1
     if k < len(self.results):
       return self.results[k]
@@ -133,21 +138,31 @@ def _stack(t, num):
   return tf.broadcast_to(t[tf.newaxis], tf.concat([[num], tf.shape(t)], 0))
 
 
-def _client_gradients(fm: functional.FunctionalModel, weights, batch, mask, shared: bool, of_mean: bool):
+def _client_gradients(fm: functional.FunctionalModel, weights, batch, mask, shared: bool, of_mean: bool,
+                      dp=None, noise: Optional[Callable] = None):
   """Each client's gradient of its batch loss -> (grads [c, ...] per leaf, logits, sizes [c], mean losses [c], loss
-  sums [c]): of its mean loss (`of_mean`) or of its summed example losses. Rows with mask 0 count for nothing; the
+  sums [c]): of its mean loss (`of_mean`) or of its summed example losses, or with `dp` (local_training.DPSGD)
+  DP-SGD's gradient (`_dp_gradients`, noise from `noise(grads)`). Rows with mask 0 count for nothing; the
   gradient of the sum over clients is each client's own gradient. `shared`: `weights` are one set for every client
-  (one matmul per layer, `apply_shared`, per-client weight gradients from `dense_gradients`); else each leaf is
-  [c, ...]."""
+  (one matmul per layer, `apply_tapped`, per-client weight gradients from `dense_gradients`); else each leaf is
+  [c, ...]. The losses are the model's."""
   taps = []
   with tf.GradientTape() as tape:
     tape.watch(weights)
-    logits = fm.apply_shared(list(weights), batch['x'], taps) if shared else fm.apply_stacked(list(weights),
-                                                                                             batch['x'])
+    if shared or dp is not None:
+      logits = fm.apply_tapped(list(weights), batch['x'], taps, stacked=not shared)
+    else:
+      logits = fm.apply_stacked(list(weights), batch['x'])
     sizes = tf.reduce_sum(mask, axis=1)
     sums = tf.reduce_sum(fm.per_example_loss(batch['y'], logits) * mask, axis=1)
     losses = sums / tf.maximum(sizes, 1.0)
-    total = tf.reduce_sum(losses if of_mean else sums)
+    if dp is None:
+      total = tf.reduce_sum(losses if of_mean else sums)
+    else:
+      total = tf.reduce_sum(_dp_losses(dp, batch['y'], logits) * mask)
+  if dp is not None:
+    deltas = tape.gradient(total, [t[3] for t in taps], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return _dp_gradients(fm, len(weights), taps, deltas, sizes, dp, noise), logits, sizes, losses, sums
   if shared:
     deltas = tape.gradient(total, [t[3] for t in taps], unconnected_gradients=tf.UnconnectedGradients.ZERO)
     grads = fm.dense_gradients(len(weights), taps, deltas)
@@ -156,15 +171,70 @@ def _client_gradients(fm: functional.FunctionalModel, weights, batch, mask, shar
   return tuple(grads), logits, sizes, losses, sums
 
 
-def _step_fn(fm: functional.FunctionalModel, call: Call):
-  """(weights, opt state, batch, mask, anchor, correction, masks, shared) -> (opt state, weights, sizes [c],
-  losses [c], metric increments): one local step of `local_training.train` for c stacked clients on the functional
-  model (rows with mask 0 are padding and count for nothing). Every client's loss is the mean over its real rows,
-  so the gradient of their sum gives each client its own gradient. `shared`: the weights are one set for every
-  client (the broadcast), run as one matmul per layer (`apply_shared`); else each leaf is [c, ...]."""
+def _dp_losses(dp, y, logits):
+  """[c, B]: DP-SGD's per-example losses (a sequence example's: the mean over its targets), as
+  `local_training._dp_gradient` takes them."""
+  flat_y = tf.reshape(y, tf.concat([[-1], tf.shape(y)[2:]], 0))
+  losses = dp.per_example_loss(flat_y, tf.reshape(logits, tf.concat([[-1], tf.shape(logits)[2:]], 0)))
+  losses = tf.reduce_mean(tf.reshape(tf.cast(losses, tf.float32), [tf.shape(flat_y)[0], -1]), axis=1)
+  return tf.reshape(losses, tf.shape(logits)[:2])
 
-  def step(weights, opt_state, batch, mask, anchor, correction, masks, shared):
-    grads, logits, sizes, losses, _ = _client_gradients(fm, weights, batch, mask, shared, of_mean=True)
+
+def _dp_gradients(fm, num_weights, taps, deltas, sizes, dp, noise) -> tuple:
+  """Per client, `local_training._dp_gradient`'s law without per-example gradients ("ghost" norms, Goodfellow
+  2015): example e's gradient of a Dense kernel is x_e d_e^T (x_e its input row, d_e the gradient of its loss at
+  the pre-activation), of squared norm ||x_e||^2 ||d_e||^2 (the bias's: ||d_e||^2). Scaling each d_e by
+  C / max(||g_e||, C) (NaN if the norm is not finite) makes `dense_gradients` the clipped sum, one batched
+  matmul per layer; then + noise, / the client's batch size. Padded rows have d_e = 0 and add nothing."""
+  squares = 0.0
+  for (_, b, x, _), d in zip(taps, deltas):
+    out = tf.reduce_sum(tf.square(d), axis=-1)  # [c, B]
+    squares += tf.reduce_sum(tf.square(x), axis=-1) * out + (out if b is not None else 0.0)
+  norms = tf.sqrt(squares)
+  clip = tf.constant(dp.l2_norm_clip, tf.float32)
+  scale = tf.where(tf.math.is_finite(norms), clip / tf.maximum(norms, clip), tf.fill(tf.shape(norms), float('nan')))
+  grads = fm.dense_gradients(num_weights, taps, [d * scale[..., tf.newaxis] for d in deltas])
+  noises = noise(grads)
+  if noises is not None:
+    grads = [g + n for g, n in zip(grads, noises)]
+  per_client = lambda g: tf.reshape(tf.maximum(sizes, 1.0), [-1] + [1] * (g.shape.rank - 1))
+  return tuple(g / per_client(g) for g in grads)
+
+
+def _dp_noise(dp, keys, step, shapes):
+  """grads -> the Gaussian noise `local_training._dp_gradient` adds at each client's local step `step` (None if
+  none): leaf i's is seeded_gaussian(fold_in(fold_in(key, step), i)) for the client's key (`keys` int64 [c, 2]),
+  so it equals the sequential client's; unseeded normal noise if `keys` is None. `shapes`: the weights' shapes."""
+  stddev = dp.l2_norm_clip * dp.noise_multiplier
+
+  def noise(grads):
+    if not stddev:
+      return None
+    if keys is None:
+      return [tf.random.normal(tf.shape(g), stddev=stddev) for g in grads]
+
+    def one(key):
+      step_key = tf.random.experimental.stateless_fold_in(key, tf.cast(step, tf.int64))
+      return [local_training.seeded_gaussian(shape, tf.random.experimental.stateless_fold_in(step_key, i), stddev)
+              for i, shape in enumerate(shapes)]
+
+    return tf.map_fn(one, keys, fn_output_signature=[tf.TensorSpec(shape, tf.float32) for shape in shapes])
+
+  return noise
+
+
+def _step_fn(fm: functional.FunctionalModel, call: Call, shapes):
+  """(weights, opt state, batch, mask, anchor, correction, masks, shared, step, noise keys) -> (opt state, weights,
+  sizes [c], losses [c], metric increments): one local step of `local_training.train` for c stacked clients on the
+  functional model (rows with mask 0 are padding and count for nothing). Every client's loss is the mean over its
+  real rows, so the gradient of their sum gives each client its own gradient (DP-SGD: `_dp_gradients`, its noise
+  keyed by the client's key and `step`). `shared`: the weights are one set for every client (the broadcast), run
+  as one matmul per layer (`apply_tapped`); else each leaf is [c, ...]. `shapes`: the weights' shapes."""
+
+  def step(weights, opt_state, batch, mask, anchor, correction, masks, shared, index, keys):
+    noise = None if call.dp is None else _dp_noise(call.dp, keys, index, shapes)
+    grads, logits, sizes, losses, _ = _client_gradients(fm, weights, batch, mask, shared, of_mean=True, dp=call.dp,
+                                                        noise=noise)
     if shared:
       weights = tuple(tf.broadcast_to(w, tf.shape(g)) for w, g in zip(weights, grads))  # The optimizer's shapes.
     opt_state, updated = local_training.descend(call.optimizer, opt_state, weights, tuple(grads),
@@ -194,12 +264,13 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
   broadcast_flat = tuple(tf.nest.flatten(broadcast.trainable))
   start = (broadcast_flat if shared else tuple(_stack(t, num) for t in broadcast_flat) if call.shared_start
            else flat('start'))
-  per_client = dict(anchor=flat('anchor'), correction=flat('correction'), masks=flat('masks'))
+  per_client = dict(anchor=flat('anchor'), correction=flat('correction'), masks=flat('masks'),
+                    noise_key=(args['noise_key'],) if 'noise_key' in args else None)
   specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in tf.nest.flatten(broadcast.trainable))
   opt_state = tf.nest.map_structure(
       lambda t: _stack(t, num) if t.shape.rank else t,
       tf.nest.map_structure(tf.convert_to_tensor, call.optimizer.initialize(specs)))
-  step = _step_fn(fm, call)
+  step = _step_fn(fm, call, [s.shape for s in specs])
 
   def batches(i, rows=None):
     pick = (lambda t: t) if rows is None else (lambda t: tf.gather(t, rows))
@@ -213,7 +284,8 @@ def train_stacked(fm: functional.FunctionalModel, call: Call, args, broadcast, c
       anchor = start if shared else tuple(pick(t) for t in start)
     batch, mask = batches(i, rows)
     weights = weights if shared_weights else tuple(pick(w) for w in weights)
-    return step(weights, opt_state, batch, mask, anchor, extra['correction'], extra['masks'], shared_weights)
+    keys = None if extra['noise_key'] is None else extra['noise_key'][0]
+    return step(weights, opt_state, batch, mask, anchor, extra['correction'], extra['masks'], shared_weights, i, keys)
 
   # Step 0's weights come back stacked [C, ...] (from a shared start, the optimizer stepped them broadcast).
   opt_state, weights, sizes, losses, increments = run_step(tf.constant(0), start, opt_state, shared_weights=shared)

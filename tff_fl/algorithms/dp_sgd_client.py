@@ -11,7 +11,9 @@ That is the law of tensorflow-privacy's `GaussianSumQuery(l2_norm_clip=C, stddev
 Keras optimizers; tests/algorithms/test_dp_sgd_client.py checks a step against its DP Keras SGD), so every example
 moves the summed gradient by at most C in L2 norm; the noise is drawn fresh for every batch of every client. On the
 engine (`SampleDP`) it is a pseudo-random function of (client's seed of the round, pass, step, leaf), so runs repeat
-exactly under any layout of slots and workers, like `aggregators.seeded_queries`; the stock exports draw unseeded
+exactly under any layout of slots and workers, like `aggregators.seeded_queries`, and on the engine's client axis
+(`client_axis._dp_gradients`: per-example norms of Dense models without per-example gradients, the same
+noise); the stock exports draw unseeded
 noise (a deployment should use a secure source). Regularization losses of the model are not used; a sequence example's loss is the mean over its
 targets. Algorithms add their terms (proximal, SCAFFOLD's correction) after the DP gradient; FedSGD's one gradient
 per batch is the DP gradient. Example-level epsilon: `tff_fl.privacy.accounting.example_level_epsilon`.
@@ -55,8 +57,6 @@ class SampleDP(extension.Extension):
   """DP-SGD in every client's local training (module docstring); composes with every algorithm."""
 
   name = 'sample_dp'
-  client_axis = False
-  client_axis_note = 'DP-SGD clips per-example gradients on the Keras model'
 
   def __init__(self, l2_norm_clip: float, noise_multiplier: float, per_example_loss: LossArg):
     self.dp = dp_options(per_example_loss, l2_norm_clip, noise_multiplier)

@@ -10,7 +10,7 @@ masked batch (`metric_increments`), so the round's unfinalized metrics equal the
   logits = fm.apply(trainable, x)            # trainable: list in `model.trainable_variables` order; x [B, ...]
   losses = fm.per_example_loss(y, logits)    # [B]; the batch loss is their mean over the real examples
   logits = fm.apply_stacked(stacked, xs)     # C clients at once: every weight [C, ...], xs [C, B, ...]
-  logits = fm.apply_shared(trainable, xs, taps)  # C clients from one set of weights; fm.dense_gradients(...)
+  logits = fm.apply_tapped(trainable, xs, taps)  # C clients from one set of weights; fm.dense_gradients(...)
 
 Supported: `tf.keras.Sequential` models of InputLayer, Flatten, Reshape, Dense, Conv2D (channels_last, no
 groups), MaxPooling2D, AveragePooling2D, Activation, ReLU and Dropout(rate=0), with no regularization losses and no
@@ -134,7 +134,7 @@ class FunctionalModel:
   loss: tf.keras.losses.Loss
   metrics: tuple  # Per metric of `model.get_metrics()`: (kind, variable dtypes, Keras fn or None).
   layer_kinds: tuple = ()  # Keras class name of each layer.
-  shared_step: bool = False  # Every weighted layer is a Dense layer on [B, features] (`apply_shared` applies).
+  shared_step: bool = False  # Every weighted layer is a Dense layer on [B, features] (`apply_tapped` applies).
 
   def apply(self, trainable: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
     """Logits [B, K] of inputs x [B, ...] under `trainable` (list, `model.trainable_variables` order)."""
@@ -149,29 +149,35 @@ class FunctionalModel:
       x = fn(trainable, x, True)
     return x
 
-  def apply_shared(self, trainable: Sequence[tf.Tensor], x: tf.Tensor, taps: list) -> tf.Tensor:
-    """Logits [C, B, K] of C clients' inputs x [C, B, ...] under ONE set of weights (each Dense layer is one
-    matmul over all C*B rows), for clients that start from the same weights. Every Dense layer appends
-    (kernel index, bias index or None, its input [C, B, i], its pre-activation [C, B, o]) to `taps`, from which
-    `dense_gradients` gives each client its own gradient. Needs `shared_step`."""
+  def apply_tapped(self, trainable: Sequence[tf.Tensor], x: tf.Tensor, taps: list, stacked: bool = False) -> tf.Tensor:
+    """Logits [C, B, K] of C clients' inputs x [C, B, ...], recording every Dense layer's input and pre-activation.
+    stacked=False: under ONE set of weights, each Dense layer one matmul over all C*B rows (clients that start from
+    the same weights); True: client c under its own weights (every leaf [C, ...], a batched matmul per layer).
+    Every Dense layer appends (kernel index, bias index or None, its input [C, B, i], its pre-activation
+    [C, B, o]) to `taps`, from which `dense_gradients` gives each client its own gradient. Needs `shared_step`."""
     for fn in self.layer_fns:
       dense = getattr(fn, 'dense', None)
       if dense is None:
         x = fn(trainable, x, True)
         continue
       k, b, act = dense
-      lead = tf.shape(x)[:2]
-      pre = tf.reshape(tf.matmul(tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]])), trainable[k]),
-                       tf.concat([lead, tf.shape(trainable[k])[1:]], 0))
-      if b is not None:
-        pre += trainable[b]
+      if stacked:
+        pre = tf.matmul(x, trainable[k])
+        if b is not None:
+          pre += trainable[b][:, tf.newaxis]
+      else:
+        lead = tf.shape(x)[:2]
+        pre = tf.reshape(tf.matmul(tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]])), trainable[k]),
+                         tf.concat([lead, tf.shape(trainable[k])[1:]], 0))
+        if b is not None:
+          pre += trainable[b]
       taps.append((k, b, x, pre))
       x = act(pre)
     return x
 
   @staticmethod
   def dense_gradients(num_weights: int, taps: list, deltas: list) -> list:
-    """Per-client gradients [C, ...] of every weight (trainable order) from `apply_shared`'s taps and the gradients
+    """Per-client gradients [C, ...] of every weight (trainable order) from `apply_tapped`'s taps and the gradients
     `deltas` of the clients' summed loss w.r.t. the taps' pre-activations: kernel_c = input_c^T delta_c (one
     batched matmul), bias_c = the sum of delta_c over the client's rows."""
     grads = [None] * num_weights
