@@ -73,16 +73,18 @@ def client_weight(weighting: ClientWeighting, has_non_finite, num_examples):
 
 
 def seeded_gaussian(shape, key, stddev: float):
-  """float32 N(0, stddev^2) draws of `shape`, a pure function of `key` (int64[2]): Box-Muller on one stateless
-  uniform draw in [2^-126, 1). TF's `stateless_normal` kernel computes log/sin/cos one number at a time (~30 ns a
-  number on the benchmark machine against ~18 ns here); the law is the same (tests/algorithms/test_dp_sgd_client.py
-  checks it against the normal distribution)."""
-  shape = tf.convert_to_tensor(shape, tf.int32)
-  size = tf.reduce_prod(shape)
-  u = tf.random.stateless_uniform(tf.stack([2, (size + 1) // 2]), key, minval=2.0 ** -126, maxval=1.0)
+  """float32 N(0, stddev^2) draws of `shape` (static), a pure function of `key` (int64[2]): Box-Muller on one
+  stateless uniform draw u [2, n/2] in [2^-126, 1): stddev * sqrt(-2 log u0) * cos(2 pi u1 - {0, pi/2}) (the
+  cosine and sine halves). TF's `stateless_normal` kernel computes log/sin/cos one number at a time (~30 ns a number
+  on the benchmark machine against ~18 ns here); tests/algorithms/test_dp_sgd_client.py checks the law."""
+  shape = tf.TensorShape(shape).as_list()
+  size = math.prod(shape)
+  half = (size + 1) // 2
+  u = tf.random.stateless_uniform([2, half], key, minval=2.0 ** -126, maxval=1.0)
   radius = stddev * tf.sqrt(-2.0 * tf.math.log(u[0]))
-  angle = (2.0 * math.pi) * u[1]
-  return tf.reshape(tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)[:size], shape)
+  waves = tf.cos((2.0 * math.pi) * u[1] - tf.constant([[0.0], [math.pi / 2]]))
+  draws = tf.reshape(radius * waves, [2 * half])
+  return tf.reshape(draws if size == 2 * half else draws[:size], shape)
 
 
 def _labels(batch):
@@ -115,7 +117,7 @@ def _dp_gradient(model, weights, batch, dp: DPSGD, noise_key=None):
       summed += tf.random.normal(tf.shape(summed), stddev=stddev, dtype=summed.dtype)
     elif stddev > 0:
       key = tf.random.experimental.stateless_fold_in(noise_key, i)
-      summed += seeded_gaussian(tf.shape(summed), key, stddev)
+      summed += seeded_gaussian(summed.shape, key, stddev)
     grads.append(summed / denominator)
   return tf.nest.pack_sequence_as(weights.trainable, grads), output
 
