@@ -6,15 +6,16 @@ client never seen). A round with cohort P out of m clients, regularisation alpha
 
   client k:  theta_k <- approx. argmin_theta  L_k(theta) - <g_k, theta> + (alpha/2) ||theta - theta^{t-1}||^2
              by local steps on the minibatch gradient  grad L_k(theta) - g_k + alpha (theta - theta^{t-1})
-             g_k <- g_k - alpha (theta_k - theta^{t-1});  sends theta^{t-1} - theta_k (the FedAvg-style update)
-             and uploads theta_k - theta^{t-1} (summed over the cohort)
-  server:    h <- h - (alpha / m) * sum_{k in P} (theta_k - theta^{t-1})
+             g_k <- g_k - alpha (theta_k - theta^{t-1});  sends and uploads theta^{t-1} - theta_k (the FedAvg-style
+             update; uploads are summed over the cohort)
+  server:    h <- h + (alpha / m) * sum_{k in P} (theta^{t-1} - theta_k)
              theta^t <- mean_{k in P} theta_k - h / alpha
 
 The mean is the model aggregator applied to the updates followed by the server optimizer, SGD(1.0) by default,
 which is the paper's step; the paper averages uniformly (run it with `client_weighting=UNIFORM`). With g_k = 0 and
 h = 0 a client step is FedProx's with mu = alpha. A client with no data or a non-finite update keeps g_k and
-uploads 0. Local steps use the engine's client optimizer (the paper: SGD).
+uploads 0 (local training zeroes such an update, so g_k + alpha * update keeps g_k). Local steps use the engine's
+client optimizer (the paper: SGD).
 Shapes: h and g_k have the structure of the model's trainable weights.
 """
 
@@ -49,13 +50,12 @@ class FedDyn(definition.Algorithm):
     alpha = float(self.alpha)
     g_k = ctx.state['gradient']
     out = ctx.train(proximal_mu=alpha, correction=tf.nest.map_structure(tf.negative, g_k))
-    ok = tf.logical_and(out['finite'] > 0, out['num_steps'] > 0)
-    # update = theta^{t-1} - theta_k (zero if not finite), so g_k - alpha (theta_k - theta^{t-1}) = g_k + alpha update.
-    new_g = tf.nest.map_structure(lambda g, d: tf.where(ok, g + alpha * d, g), g_k, out['update'])
-    upload = tf.nest.map_structure(lambda d: tf.where(ok, -d, tf.zeros_like(d)), out['update'])
-    return definition.client_output(out, upload=upload, state=collections.OrderedDict(gradient=new_g))
+    # update = theta^{t-1} - theta_k, exactly 0 without a finite step, so g_k - alpha (theta_k - theta^{t-1}) =
+    # g_k + alpha update.
+    new_g = tf.nest.map_structure(lambda g, d: g + alpha * d, g_k, out['update'])
+    return definition.client_output(out, upload=out['update'], state=collections.OrderedDict(gradient=new_g))
 
   def server_update(self, trainable, extra, upload_sum):
     alpha = float(self.alpha)
-    h = tf.nest.map_structure(lambda hk, s: hk - (alpha / self.num_clients) * s, extra, upload_sum)
+    h = tf.nest.map_structure(lambda hk, s: hk + (alpha / self.num_clients) * s, extra, upload_sum)
     return tf.nest.map_structure(lambda w, hk: w - hk / alpha, trainable, h), h

@@ -135,10 +135,13 @@ def batch_gradient(model, weights, batch, dp: Optional[DPSGD] = None, noise_key=
 
 def descend(optimizer, opt_state, trainable, grads, *, proximal_mu, anchor, correction, masks):
   """One step of the loop on flat tuples: proximal term, correction, optimizer step, masks -> (opt_state, weights)."""
+  terms = [grads]
   if proximal_mu:
-    grads = tuple(g + proximal_mu * (w - w0) for g, w, w0 in zip(grads, trainable, anchor))
+    terms.append(tuple(proximal_mu * (w - w0) for w, w0 in zip(trainable, anchor)))
   if correction is not None:
-    grads = tuple(g + c for g, c in zip(grads, correction))
+    terms.append(tuple(correction))
+  if len(terms) > 1:  # One AddN per leaf: one pass (Grappler rewrites chained adds into a slower accumulator).
+    grads = tuple(tf.add_n(list(leaf)) for leaf in zip(*terms))
   opt_state, updated = optimizer.next(opt_state, tuple(trainable), tuple(grads))
   if masks is not None:
     updated = tuple(w * m for w, m in zip(updated, masks))

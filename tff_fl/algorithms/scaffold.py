@@ -85,11 +85,12 @@ class Scaffold(definition.Algorithm):
     else:
       shift = tuple(lr * d for d in tf.nest.flatten(c_minus_ci))
       out = ctx.train(optimizer=_ShiftAfterStep(ctx.optimizer, shift))
-    ok = tf.logical_and(out['finite'] > 0, out['num_steps'] > 0)
-    scale = 1.0 / (tf.maximum(out['num_steps'], 1.0) * lr)
-    new_c_i = tf.nest.map_structure(lambda ci, ck, d: tf.where(ok, ci - ck + d * scale, ci), c_i, c, out['update'])
-    return definition.client_output(out, upload=tf.nest.map_structure(tf.subtract, new_c_i, c_i),
-                                    state=collections.OrderedDict(control=new_c_i))
+    ok = tf.cast(tf.logical_and(out['finite'] > 0, out['num_steps'] > 0), tf.float32)
+    scale = ok / (tf.maximum(out['num_steps'], 1.0) * lr)
+    # dc_i = c_i+ - c_i = -c + (x - y) / (K lr_l), or 0 for a client without a finite step (its update is 0).
+    upload = tf.nest.map_structure(lambda ck, d: d * scale - ck * ok, c, out['update'])
+    return definition.client_output(out, upload=upload,
+                                    state=collections.OrderedDict(control=tf.nest.map_structure(tf.add, c_i, upload)))
 
   def server_update(self, trainable, extra, upload_sum):
     return trainable, tf.nest.map_structure(lambda ck, s: ck + s / float(self.num_clients), extra, upload_sum)
