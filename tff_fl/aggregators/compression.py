@@ -88,14 +88,17 @@ def _stochastic_quantize(x: tf.Tensor, bits: int, key=None) -> tf.Tensor:
   return tf.cast(decoded, x.dtype)
 
 
-def _top_k_sparsify(vector: tf.Tensor, k: int) -> tf.Tensor:
-  """Keeps the `k` largest-|.| entries of the 1-D `vector` (lower index first on ties), zeroes the rest. A vector
-  with at most `k` nonzeros is returned as is (its top-k; skips the O(d log k) selection, e.g. for the already
-  sparse uploads of error feedback)."""
+def _top_k_sparsify(vector: tf.Tensor, k: int, skip_sparse: bool = True) -> tf.Tensor:
+  """Keeps the `k` largest-|.| entries of the 1-D `vector` (lower index first on ties), zeroes the rest. With
+  `skip_sparse`, a vector with at most `k` nonzeros is returned as is (its top-k; skips the O(d log k) selection,
+  e.g. for the already sparse uploads of error feedback); without it (a dense vector, e.g. error feedback's
+  corrected update) no count and no branch: on the engine's client axis a per-client branch splits the clients."""
   def select():
     _, indices = tf.math.top_k(tf.abs(vector), k=k, sorted=False)
     return tf.scatter_nd(indices[:, tf.newaxis], tf.gather(vector, indices), tf.shape(vector))
 
+  if not skip_sparse:
+    return select()
   sparse = tf.math.count_nonzero(vector, dtype=tf.int32) <= k
   return tf.cond(sparse, lambda: tf.identity(vector), select)
 

@@ -52,7 +52,7 @@ class Ditto(definition.Algorithm):
     personal = ctx.train(start, weighting=tff.learning.ClientWeighting.UNIFORM, proximal_mu=float(self.lam),
                          anchor=ctx.weights, track_metrics=False)
     ok = tf.logical_and(personal['finite'] > 0, personal['num_steps'] > 0)
-    new_v = [tf.where(ok, v - d, v) for v, d in zip(start.trainable, personal['update'])]
+    new_v = [v - d for v, d in zip(start.trainable, personal['update'])]  # d = 0 without a finite step: v kept.
     state = collections.OrderedDict(
         personal=new_v, initialized=tf.maximum(ctx.state['initialized'], tf.cast(ok, tf.float32)))
     return definition.client_output(out, state=state)

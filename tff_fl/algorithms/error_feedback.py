@@ -38,7 +38,7 @@ def num_kept(fraction: float, dim: int) -> int:
 def sparsify_with_feedback(update_vector: tf.Tensor, residual: tf.Tensor, k: int):
   """(sent, new_residual) for float32[d] vectors: sent = topk(update + residual), new_residual = the rest."""
   corrected = update_vector + residual
-  sent = compression._top_k_sparsify(corrected, k)  # pylint: disable=protected-access
+  sent = compression._top_k_sparsify(corrected, k, skip_sparse=False)  # pylint: disable=protected-access
   return sent, corrected - sent
 
 
