@@ -192,6 +192,17 @@ def test_rounds_the_client_axis_cannot_express_fall_back_and_say_why(task, monke
   with pytest.raises(ValueError, match='client_axis=True.*_OneAtATime runs its clients one at a time'):
     engine.build_task_process(_OneAtATime(), task, epochs=1, batch_size=BATCH, seed=0, client_axis=True,
                               client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1))
+  # DP-SGD's per-example norms need Dense layers: with convolutions it is refused when required, else sequential.
+  dp = dp_sgd_client.SampleDP(1.0, 0.5, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                                     reduction='none'))
+  cnn = dataclasses.replace(task, model_name='cnn')
+  with pytest.raises(ValueError, match='client_axis=True.*DP-SGD on the client axis takes per-example gradient norms'):
+    engine.build_task_process(fed_avg.FedAvg(), cnn, epochs=1, batch_size=BATCH, seed=0, client_axis=True,
+                              client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1), extensions=[dp])
+  assert engine.build_task_process(
+      fed_avg.FedAvg(), cnn, epochs=1, batch_size=BATCH, seed=0, client_axis=None, extensions=[dp],
+      client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=0.1)).client_execution.startswith(
+          'sequential (DP-SGD on the client axis takes per-example gradient norms from Dense layers')
 
 
 def test_convolutional_models_run_sequentially_unless_required(task):

@@ -58,6 +58,12 @@ class SampleDP(extension.Extension):
 
   name = 'sample_dp'
 
+  def client_axis_limit(self, functional_model) -> str:
+    if not functional_model.shared_step:
+      return ('DP-SGD on the client axis takes per-example gradient norms from Dense layers on [B, features] only '
+              f"(this model: {', '.join(functional_model.layer_kinds)})")
+    return ''
+
   def __init__(self, l2_norm_clip: float, noise_multiplier: float, per_example_loss: LossArg):
     self.dp = dp_options(per_example_loss, l2_norm_clip, noise_multiplier)
 

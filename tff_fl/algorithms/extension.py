@@ -50,6 +50,11 @@ class Extension:
   client_axis = True  # Its client stages run on the engine's client axis (tff_fl.algorithms.client_axis).
   client_axis_note = ''  # Why not, when client_axis is False (logged).
 
+  def client_axis_limit(self, functional_model) -> str:
+    """'' if its client stages run on the client axis with this model (`functional.FunctionalModel`), else why not."""
+    del functional_model
+    return ''
+
   def server_init(self, model) -> Any:
     del model
     return NO_VALUE

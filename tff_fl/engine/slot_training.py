@@ -65,6 +65,10 @@ def client_axis_reason(algorithm, extensions, model_fn,
       model = functional.from_model(model_fn())
     except functional.Unsupported as e:
       return None, f'the model has no functional form: {e}'
+  for part in extensions:
+    limit = part.client_axis_limit(model)
+    if limit:
+      return None, limit
   if 'Conv2D' in model.layer_kinds and not required:
     return None, 'convolutions with per-client filters are faster one client at a time'
   return model, ''
