@@ -202,22 +202,17 @@ def _dp_gradients(fm, num_weights, taps, deltas, sizes, dp, noise) -> tuple:
 
 
 def _dp_noise(dp, keys, step, shapes):
-  """grads -> the Gaussian noise `local_training._dp_gradient` adds at each client's local step `step` (None if
-  none): leaf i's is seeded_gaussian(fold_in(fold_in(key, step), i)) for the client's key (`keys` int64 [c, 2]),
-  so it equals the sequential client's; unseeded normal noise if `keys` is None. `shapes`: the weights' shapes."""
-  stddev = dp.l2_norm_clip * dp.noise_multiplier
+  """grads -> the noise `local_training.dp_noise` gives each client at its local step `step` (key: fold_in(the
+  client's key, step), as the sequential loop's), stacked [c, ...] per leaf; None if none; unseeded if `keys`
+  (int64 [c, 2]) is None. `shapes`: the weights' shapes."""
 
   def noise(grads):
-    if not stddev:
+    if not dp.l2_norm_clip * dp.noise_multiplier > 0:
       return None
     if keys is None:
-      return [tf.random.normal(tf.shape(g), stddev=stddev) for g in grads]
-
-    def one(key):
-      step_key = tf.random.experimental.stateless_fold_in(key, tf.cast(step, tf.int64))
-      return [local_training.seeded_gaussian(shape, tf.random.experimental.stateless_fold_in(step_key, i), stddev)
-              for i, shape in enumerate(shapes)]
-
+      return local_training.dp_noise(None, [tf.shape(g) for g in grads], dp)
+    one = lambda key: local_training.dp_noise(
+        tf.random.experimental.stateless_fold_in(key, tf.cast(step, tf.int64)), shapes, dp)
     return tf.map_fn(one, keys, fn_output_signature=[tf.TensorSpec(shape, tf.float32) for shape in shapes])
 
   return noise

@@ -87,6 +87,18 @@ def seeded_gaussian(shape, key, stddev: float):
   return tf.reshape(draws if size == 2 * half else draws[:size], shape)
 
 
+def dp_noise(key, shapes, dp: DPSGD) -> Optional[list]:
+  """DP-SGD's Gaussian noise N(0, (z C)^2) for one gradient of leaves of `shapes` (static), or None if z C = 0:
+  leaf i's is seeded_gaussian(fold_in(key, i)) for `key` int64[2] (a client's key of its step), unseeded if None."""
+  stddev = dp.l2_norm_clip * dp.noise_multiplier
+  if not stddev > 0:
+    return None
+  if key is None:
+    return [tf.random.normal(shape, stddev=stddev) for shape in shapes]
+  return [seeded_gaussian(shape, tf.random.experimental.stateless_fold_in(key, i), stddev)
+          for i, shape in enumerate(shapes)]
+
+
 def _labels(batch):
   return batch['y'] if isinstance(batch, dict) else batch[1]
 
@@ -108,18 +120,12 @@ def _dp_gradient(model, weights, batch, dp: DPSGD, noise_key=None):
   norms = tf.sqrt(tf.add_n(squares))  # [B]
   clip = tf.constant(dp.l2_norm_clip, tf.float32)
   scale = tf.where(tf.math.is_finite(norms), clip / tf.maximum(norms, clip), tf.fill(tf.shape(norms), float('nan')))
-  stddev = dp.l2_norm_clip * dp.noise_multiplier
   denominator = tf.cast(tf.maximum(tf.shape(losses)[0], 1), tf.float32)
-  grads = []
-  for i, j in enumerate(jacobians):
-    summed = tf.tensordot(scale, j, axes=1)
-    if stddev > 0 and noise_key is None:
-      summed += tf.random.normal(tf.shape(summed), stddev=stddev, dtype=summed.dtype)
-    elif stddev > 0:
-      key = tf.random.experimental.stateless_fold_in(noise_key, i)
-      summed += seeded_gaussian(summed.shape, key, stddev)
-    grads.append(summed / denominator)
-  return tf.nest.pack_sequence_as(weights.trainable, grads), output
+  sums = [tf.tensordot(scale, j, axes=1) for j in jacobians]
+  noise = dp_noise(noise_key, [v.shape for v in trainable], dp)
+  if noise is not None:
+    sums = [s + n for s, n in zip(sums, noise)]
+  return tf.nest.pack_sequence_as(weights.trainable, [s / denominator for s in sums]), output
 
 
 def batch_gradient(model, weights, batch, dp: Optional[DPSGD] = None, noise_key=None):
