@@ -21,8 +21,8 @@ from tff_fl.simulation import training_loop
 import train_binary  # tests/train_binary.py
 
 
-def _exp(**kwargs):
-  task = tasks.build_task(tasks.TaskConfig(task='digits', model='logreg', num_clients=4))
+def _exp(model='logreg', **kwargs):
+  task = tasks.build_task(tasks.TaskConfig(task='digits', model=model, num_clients=4))
   sgd = tff.learning.optimizers.build_sgdm(0.1)
   return experiment.Experiment(task=task, task_cfg=None, algo_cfg=builders.AlgorithmConfig(**kwargs),
                                loop_cfg=training_loop.LoopConfig(), client_optimizer=sgd, server_optimizer=sgd,
@@ -91,10 +91,10 @@ def test_client_axis_flag_errors_name_the_flags(parse):
                                        '--client_axis=false.$'):
     engine_component.configure(_exp())
   parse('--client_axis=true')
-  exp = _exp()
+  exp = _exp(model='cnn')  # DP-SGD's per-example norms on the client axis need Dense layers.
   engine_component.configure(exp)
   exp.extensions.append(dp_sgd_client.SampleDP(1.0, 0.5, tf.keras.losses.SparseCategoricalCrossentropy(
       from_logits=True, reduction='none')))
-  with pytest.raises(ValueError, match='^--client_axis=true, but the clients cannot run on a client axis: SampleDP '
-                                       'runs its clients one at a time'):
+  with pytest.raises(ValueError, match='^--client_axis=true, but the clients cannot run on a client axis: DP-SGD on '
+                                       'the client axis takes per-example gradient norms from Dense layers'):
     exp.build_process()
